@@ -1,0 +1,3 @@
+"""Sooner: a git-driven job scheduler."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from sooner.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The ``sooner`` command: parses arguments and wires objects together.
+
+Subcommands live in sibling modules by area and register themselves on
+:data:`main`. A :class:`~sooner.errors.SoonerError` becomes one line on stderr
+and exit code 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sooner import __version__
+from sooner.config import Settings, find_config, load_settings
+from sooner.errors import SiteNotFound, SoonerError
+
+
+class AppContext:
+    """What every command may need, created lazily: settings and the store."""
+
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+        self._store: Any = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            path = self.config_path or find_config()
+            self._settings = load_settings(path)
+            _configure_logging(self._settings.log_level)
+        return self._settings
+
+    @property
+    def store(self):
+        if self._store is None:
+            from sooner.store import open_store
+
+            settings = self.settings
+            if settings.mongo_url is None and settings.site_dir is None:
+                raise SiteNotFound("no Sooner site here: run `sooner init DIR` and work inside it, "
+                                   "pass --config DIR/config.json, or set SOONER_MONGO_URL")
+            self._store = open_store(settings)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class SoonerGroup(click.Group):
+    """A click group that reports SoonerError as one clear line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SoonerError as exc:
+            click.secho(f"sooner: error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if root.level == logging.WARNING or root.level == logging.NOTSET:
+        root.setLevel(level.upper())
+
+
+@click.group(cls=SoonerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sooner")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="SOONER_CONFIG",
+              help="The site's config.json (env SOONER_CONFIG). Default: the nearest site at or above "
+                   "the current directory.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at info level to stderr.")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
+    """Sooner: a git-driven job scheduler.
+
+    Push executable scripts to the site's scripts.git; each becomes a job
+    (disabled until enabled) that runs on a cron schedule, on demand, or when
+    another job emits an event.
+    """
+    if verbose:
+        _configure_logging("info")
+    app = AppContext(config_path.resolve() if config_path else None)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+# Importing the modules registers their commands on `main`.
+from sooner.cli import site as _site  # noqa: E402,F401
+from sooner.cli import jobs as _jobs  # noqa: E402,F401
+from sooner.cli import deploy as _deploy  # noqa: E402,F401

@@ -1,0 +1,79 @@
+"""Validation of job settings, shared by the CLI and the web UI."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from sooner.errors import SoonerError
+from sooner.store.jobs import Missed, Overlap
+
+_EVENT_NAME = re.compile(r"^[\w.:/@+-]{1,200}$")
+_WORKER_NAME = re.compile(r"^[\w.@+-]{1,100}$")
+
+
+class InvalidJobSetting(SoonerError, ValueError):
+    """A job setting given by a user is not valid."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+def validate_event_name(name: str) -> str:
+    """Event names: 1-200 characters of letters, digits and ``_ . : / @ + -``."""
+    if not isinstance(name, str) or not _EVENT_NAME.match(name):
+        raise InvalidJobSetting("hook", f"invalid event name {name!r}: use letters, digits and _ . : / @ + - (max 200)")
+    return name
+
+
+def settings_changes(job: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn user options (None = unchanged) into validated job fields.
+
+    Keys understood: schedule, tz, worker, timeout_s, overlap, missed, retry_attempts,
+    hooks/no_hooks (validated only; applied by the repository).
+    """
+    from sooner.schedule import validate_cron, validate_timezone
+
+    changes: dict[str, Any] = {}
+    if options.get("schedule") is not None:
+        text = options["schedule"].strip()
+        changes["schedule"] = _checked("schedule", validate_cron, text) if text else None
+    if options.get("tz") is not None:
+        changes["timezone"] = _checked("timezone", validate_timezone, options["tz"].strip() or "UTC")
+    if options.get("worker") is not None:
+        worker = options["worker"].strip()
+        if worker and not _WORKER_NAME.match(worker):
+            raise InvalidJobSetting("worker", f"invalid worker name or tag {worker!r}")
+        changes["worker"] = worker or None
+    if options.get("timeout_s") is not None:
+        timeout = float(options["timeout_s"])
+        if timeout < 0:
+            raise InvalidJobSetting("timeout", "must not be negative")
+        changes["timeout_s"] = timeout or None
+    if options.get("overlap") is not None:
+        changes["overlap"] = _enum("overlap", Overlap, options["overlap"])
+    if options.get("missed") is not None:
+        changes["missed"] = _enum("missed", Missed, options["missed"])
+    if options.get("retry_attempts") is not None:
+        attempts = int(options["retry_attempts"])
+        if not 0 <= attempts <= 100:
+            raise InvalidJobSetting("retry", "must be between 0 and 100")
+        changes["retry"] = {**(job.get("retry") or {"delay_s": 30}), "attempts": attempts}
+    for event in list(options.get("hooks") or ()) + list(options.get("no_hooks") or ()):
+        validate_event_name(event)
+    return changes
+
+
+def _checked(key: str, validate: Any, value: str) -> Any:
+    try:
+        return validate(value)
+    except ValueError as exc:
+        raise InvalidJobSetting(key, str(exc)) from None
+
+
+def _enum(key: str, enum: Any, value: str) -> str:
+    try:
+        return enum(value).value
+    except ValueError:
+        raise InvalidJobSetting(key, f"must be one of {', '.join(e.value for e in enum)}, got {value!r}") from None

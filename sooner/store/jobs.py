@@ -1,0 +1,149 @@
+"""The ``jobs`` collection: one document per deployed script path."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Iterable
+
+from pymongo import ReturnDocument
+
+from sooner.errors import JobNotFound
+from sooner.store import schema
+
+if TYPE_CHECKING:
+    from sooner.store import Store
+
+
+class Overlap(str, Enum):
+    """What the scheduler does when a job fires while a run of it is queued or running."""
+
+    ALLOW = "allow"  # start another run alongside
+    SKIP = "skip"  # drop the new fire (default)
+    QUEUE = "queue"  # queue it; it starts when the earlier run ends
+
+
+class Missed(str, Enum):
+    """What the scheduler does with ticks missed while no scheduler ran."""
+
+    SKIP = "skip"  # forget them (default)
+    CATCH_UP_ONCE = "catch_up_once"  # one run for the whole missed period
+
+
+# Settings a user may change with `sooner job set` or the web UI, with defaults.
+JOB_DEFAULTS: dict[str, Any] = {
+    "enabled": False,
+    "schedule": None,
+    "timezone": "UTC",
+    "worker": None,
+    "hooks": [],
+    "timeout_s": None,
+    "retry": {"attempts": 0, "delay_s": 30},
+    "overlap": Overlap.SKIP.value,
+    "missed": Missed.SKIP.value,
+}
+
+
+def utcnow() -> datetime:
+    """Now, in UTC with millisecond precision (what BSON keeps)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class JobRepo:
+    """Domain operations on ``jobs``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.collection = store.collection(schema.JOBS)
+
+    def find(self, name: str) -> dict | None:
+        return self.store.retry(lambda: self.collection.find_one({"_id": name}))
+
+    def get(self, name: str) -> dict:
+        """The job, or JobNotFound."""
+        job = self.find(name)
+        if job is None:
+            raise JobNotFound(name)
+        return job
+
+    def list(self, *, include_deleted: bool = False) -> list[dict]:
+        query = {} if include_deleted else {"deleted": {"$ne": True}}
+        return self.store.retry(lambda: list(self.collection.find(query).sort("_id", 1)))
+
+    def record_deployed(self, name: str, *, commit: str, blob: str, now: datetime | None = None) -> str:
+        """Create or update the job for a deployed script.
+
+        Returns ``created`` (new job, disabled), ``restored`` (was deleted; keeps
+        its settings but comes back disabled), ``updated`` (script content
+        changed: ``commit``/``blob`` set) or ``unchanged``. Changes ``commit``,
+        ``blob``, ``deleted``, ``updated_at`` and, on creation, every default.
+        """
+        now = now or utcnow()
+        existing = self.find(name)
+        if existing is None:
+            document = {"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit,
+                        "blob": blob, "created_at": now, "updated_at": now, "new": True}
+            self.store.retry(lambda: self.collection.update_one(
+                {"_id": name}, {"$setOnInsert": document}, upsert=True))
+            return "created"
+        if existing.get("deleted"):
+            self._set(name, {"deleted": False, "enabled": False, "commit": commit, "blob": blob,
+                             "updated_at": now, "deleted_at": None, "new": True})
+            return "restored"
+        if existing.get("blob") != blob:
+            self._set(name, {"commit": commit, "blob": blob, "updated_at": now})
+            return "updated"
+        return "unchanged"
+
+    def mark_deleted(self, name: str, *, commit: str, now: datetime | None = None) -> None:
+        """Mark a job whose script was removed (or lost its x bit); its history is kept.
+
+        Changes ``deleted``, ``enabled`` (false), ``deleted_at``, ``commit``, ``updated_at``.
+        """
+        now = now or utcnow()
+        self._set(name, {"deleted": True, "enabled": False, "deleted_at": now, "commit": commit, "updated_at": now})
+
+    def set_enabled(self, name: str, enabled: bool) -> dict:
+        """Enable or disable a job (never a deleted one). Changes ``enabled``, ``new``, ``updated_at``."""
+        job = self.get(name)
+        if enabled and job.get("deleted"):
+            from sooner.errors import SoonerError
+
+            raise SoonerError(f"job {name!r} was removed from the repository; push it again to use it")
+        return self._set(name, {"enabled": enabled, "new": False, "updated_at": utcnow()})
+
+    def update_settings(self, name: str, changes: dict[str, Any], *, add_hooks: Iterable[str] = (),
+                        remove_hooks: Iterable[str] = ()) -> dict:
+        """Change user settings (keys of JOB_DEFAULTS, already validated) and hooks."""
+        self.get(name)
+        unknown = set(changes) - set(JOB_DEFAULTS)
+        if unknown:
+            raise ValueError(f"not job settings: {sorted(unknown)}")
+        update: dict[str, Any] = {"$set": {**changes, "updated_at": utcnow(), "new": False}}
+        add, remove = list(add_hooks), list(remove_hooks)
+        if add:
+            update["$addToSet"] = {"hooks": {"$each": add}}
+        job = self.store.retry(lambda: self.collection.find_one_and_update(
+            {"_id": name}, update, return_document=ReturnDocument.AFTER))
+        if remove:
+            job = self.store.retry(lambda: self.collection.find_one_and_update(
+                {"_id": name}, {"$pull": {"hooks": {"$in": remove}}}, return_document=ReturnDocument.AFTER))
+        return job
+
+    def with_hook(self, event: str) -> list[dict]:
+        """Enabled, not deleted jobs whose ``hooks`` contain the event name."""
+        return self.store.retry(lambda: list(self.collection.find(
+            {"hooks": event, "enabled": True, "deleted": {"$ne": True}})))
+
+    def scheduled(self) -> list[dict]:
+        """Enabled, not deleted jobs that have a schedule."""
+        return self.store.retry(lambda: list(self.collection.find(
+            {"enabled": True, "deleted": {"$ne": True}, "schedule": {"$ne": None}})))
+
+    def _set(self, name: str, fields: dict[str, Any]) -> dict:
+        job = self.store.retry(lambda: self.collection.find_one_and_update(
+            {"_id": name}, {"$set": fields}, return_document=ReturnDocument.AFTER))
+        if job is None:
+            raise JobNotFound(name)
+        return job

@@ -1,0 +1,1 @@
+"""Flask app factory, views, Socket.IO handlers and the REST API."""

@@ -1,0 +1,1 @@
+"""Running jobs: the worker loop, the script process and its protocol."""

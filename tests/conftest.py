@@ -1,0 +1,145 @@
+"""Shared fixtures: a store on mongomock or the embedded server, a site made by `sooner init`, a clock."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from sooner.config import load_settings
+from sooner.site import init_site
+from sooner.store import Store, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, message: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy or the deadline passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
+        time.sleep(interval)
+
+
+class FakeClock:
+    """A settable clock (aware UTC) for schedulers and workers under test."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> datetime:
+        self.current += timedelta(**delta)
+        return self.current
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def mock_store() -> Store:
+    """A fresh in-memory store (mongomock): fast, single process, not thread-safe."""
+    store = Store(f"mongomock://test-{os.getpid()}-{next(_counter)}", "sooner")
+    store.ensure_indexes()
+    return store
+
+
+@pytest.fixture(scope="session")
+def embedded_site(tmp_path_factory) -> Path:
+    """One site per test session whose embedded nx-27017 server tests share (fresh database per test)."""
+    site = tmp_path_factory.mktemp("embedded") / "site"
+    settings = init_site(site)
+    yield site
+    from sooner.store.embedded import EmbeddedServer
+
+    EmbeddedServer(settings.state_dir).stop()
+
+
+@pytest.fixture
+def embedded_store(embedded_site: Path) -> Store:
+    """A store on the real embedded server (PyMongo over the wire), with its own database."""
+    settings = load_settings(embedded_site / "config.json", environ={},
+                             overrides={"database": f"t{uuid.uuid4().hex[:12]}"})
+    store = open_store(settings)
+    yield store
+    store.client.drop_database(settings.database)
+    store.close()
+
+
+@pytest.fixture
+def real_store() -> Store:
+    """A store on the real MongoDB named by SOONER_TEST_MONGO_URL, with its own database."""
+    url = os.environ["SOONER_TEST_MONGO_URL"]
+    name = f"t{uuid.uuid4().hex[:12]}"
+    store = Store(url, name)
+    store.ensure_indexes()
+    yield store
+    store.client.drop_database(name)
+    store.close()
+
+
+STORE_KINDS = ["mongomock", "embedded"] + (["real"] if os.environ.get("SOONER_TEST_MONGO_URL") else [])
+
+
+@pytest.fixture(params=STORE_KINDS)
+def any_store(request) -> Store:
+    """The same test on mongomock, on the embedded server, and on a real MongoDB when SOONER_TEST_MONGO_URL is set."""
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A fresh site made by `sooner init` (own embedded database, stopped afterwards)."""
+    path = tmp_path / "site"
+    settings = init_site(path)
+    yield path
+    from sooner.store.embedded import EmbeddedServer
+
+    EmbeddedServer(settings.state_dir).stop()
+
+
+def run_sooner(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real `sooner` CLI in a subprocess (python -m sooner)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "sooner", *args], cwd=cwd, env=full_env, input=input,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def git(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real git CLI."""
+    full_env = {**os.environ, "GIT_AUTHOR_NAME": "Tester", "GIT_AUTHOR_EMAIL": "tester@example.com",
+                "GIT_COMMITTER_NAME": "Tester", "GIT_COMMITTER_EMAIL": "tester@example.com", **(env or {})}
+    result = subprocess.run(["git", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def clone(site: Path, tmp_path: Path) -> Path:
+    """A working clone of the site's scripts.git on branch main."""
+    path = tmp_path / "clone"
+    git("clone", "-q", str(site / "scripts.git"), str(path), cwd=tmp_path)
+    git("checkout", "-q", "-B", "main", cwd=path)
+    return path
