@@ -1,3 +1,3 @@
-from sooner.cli import main
+from sooner.cli import run
 
-main()
+run()

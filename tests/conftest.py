@@ -98,7 +98,7 @@ def real_store() -> Store:
     store.close()
 
 
-STORE_KINDS = ["mongomock", "embedded"] + (["real"] if os.environ.get("SOONER_TEST_MONGO_URL") else [])
+STORE_KINDS = ["mock", "embedded"] + (["real"] if os.environ.get("SOONER_TEST_MONGO_URL") else [])
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -8,6 +8,7 @@ and exit code 1; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,24 @@ pass_app = click.make_pass_decorator(AppContext)
 from sooner.cli import site as _site  # noqa: E402,F401
 from sooner.cli import jobs as _jobs  # noqa: E402,F401
 from sooner.cli import deploy as _deploy  # noqa: E402,F401
+
+
+def run() -> None:
+    """Console-script entry point: run the CLI, then exit without waiting for idle driver threads.
+
+    PyMongo's monitor threads take ~0.5 s to wind down at interpreter exit;
+    short commands (a git hook, `sooner jobs`) would spend longer on that than
+    on their work. Commands close their own resources before returning.
+    """
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    os._exit(code or 0)

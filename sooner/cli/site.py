@@ -69,3 +69,37 @@ def db_stop(app: AppContext) -> None:
     """Stop the embedded database."""
     stopped = _embedded(app).stop()
     click.echo("embedded database stopped" if stopped else "embedded database was not running")
+
+
+@main.command("up")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option("--host", help="Web server address (default: web_host from the config, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Web server port (default: web_port, 8080).")
+@click.option("-n", "--worker-name", default="local", show_default=True, help="Name of the local worker.")
+@click.option("--capacity", type=click.IntRange(1, 1000), help="Runs the local worker executes at once.")
+@pass_app
+def up_command(app: AppContext, directory: Path | None, host: str | None, port: int | None,
+               worker_name: str, capacity: int | None) -> None:
+    """Run web + scheduler + a local worker for the site in DIRECTORY (created if new).
+
+    Without DIRECTORY, the site of the current directory (or --config) is used.
+    Ctrl-C stops everything, the embedded database last.
+    """
+    from sooner.config import CONFIG_FILE, load_settings
+    from sooner.site import init_site
+    from sooner.up import run_up
+
+    if directory is not None:
+        config_path = directory.resolve() / CONFIG_FILE
+        if not config_path.exists():
+            init_site(directory)
+            click.echo(f"Created a Sooner site in {directory.resolve()}")
+        settings = load_settings(config_path)
+    else:
+        settings = app.settings
+        if settings.site_dir is None:
+            raise SoonerError("no Sooner site here: give a folder (`sooner up ./site` creates one) or --config")
+        config_path = settings.site_dir / CONFIG_FILE
+    code = run_up(settings, config_path, host or settings.web_host, port or settings.web_port,
+                  worker_name, capacity, echo=click.echo)
+    raise SystemExit(code)

@@ -37,7 +37,12 @@ class Store:
     def __init__(self, url: str, database: str = "sooner", *, embedded: EmbeddedServer | None = None,
                  retry_attempts: int = 4) -> None:
         from sooner.store.deploys import DeployRepo, ObjectRepo
+        from sooner.store.events import EventRepo
         from sooner.store.jobs import JobRepo
+        from sooner.store.output import OutputRepo
+        from sooner.store.queues import QueueRepo
+        from sooner.store.runs import RunRepo
+        from sooner.store.workers import WorkerRepo
 
         self.url = url
         self.embedded = embedded
@@ -49,6 +54,11 @@ class Store:
         self.jobs = JobRepo(self)
         self.deploys = DeployRepo(self)
         self.objects = ObjectRepo(self)
+        self.runs = RunRepo(self)
+        self.output = OutputRepo(self)
+        self.events = EventRepo(self)
+        self.workers = WorkerRepo(self)
+        self.queues = QueueRepo(self)
 
     @property
     def is_mongomock(self) -> bool:
@@ -63,11 +73,20 @@ class Store:
         self.retry(lambda: self.client.admin.command("ping"))
 
     def ensure_indexes(self) -> None:
-        """Create every index Sooner relies on; idempotent."""
+        """Create every index Sooner relies on; idempotent.
+
+        A marker document remembers the schema version, so short-lived
+        commands (a git hook, `sooner jobs`) skip the round trips once done.
+        """
+        meta = self.db[schema.META]
+        if self.retry(lambda: meta.find_one({"_id": "schema", "version": schema.VERSION})):
+            return
+
         def create() -> None:
             for collection, indexes in schema.INDEXES.items():
                 for keys, options in indexes:
                     self.db[collection].create_index(keys, **options)
+            meta.update_one({"_id": "schema"}, {"$set": {"version": schema.VERSION}}, upsert=True)
         self.retry(create)
 
     def close(self) -> None:

@@ -32,9 +32,13 @@ def make_client(url: str) -> MongoClient:
         if url not in _mongomock_clients:
             _mongomock_clients[url] = mongomock.MongoClient(tz_aware=True)
         return _mongomock_clients[url]  # type: ignore[return-value]
+    # Timeouts written in the URL win over our defaults (PyMongo lets keyword
+    # arguments override the URL), so a site can shorten or lengthen them.
+    query = url.split("?", 1)[1].lower() if "?" in url else ""
+    timeouts = {name: SERVER_SELECTION_TIMEOUT_MS for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
+                if name.lower() + "=" not in query}
     try:
-        return MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                           connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, appname="sooner")
+        return MongoClient(url, tz_aware=True, appname="sooner", **timeouts)
     except (ConfigurationError, InvalidURI, ValueError) as exc:
         raise StoreError(f"invalid mongo_url {redact(url)!r}: {exc}") from None
 

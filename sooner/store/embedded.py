@@ -102,7 +102,7 @@ class EmbeddedServer:
         previous = self._read_info().get("port")
         port = previous if isinstance(previous, int) and _port_free(previous) else _free_port()
         command = [
-            sys.executable, "-m", "nx_27017.nx_27017",
+            sys.executable, "-m", "sooner.store.nx_server",
             "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(port),
             "--log-file", str(self.log_file), "--pid-file", str(self.pid_file),
         ]
@@ -187,6 +187,9 @@ def _free_port() -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # The server binds with SO_REUSEADDR (asyncio's default), so a port
+        # whose old connections linger in TIME_WAIT is free for it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

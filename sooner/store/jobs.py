@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from pymongo import ReturnDocument
 
@@ -130,6 +130,49 @@ class JobRepo:
             job = self.store.retry(lambda: self.collection.find_one_and_update(
                 {"_id": name}, {"$pull": {"hooks": {"$in": remove}}}, return_document=ReturnDocument.AFTER))
         return job
+
+    def deployed_state(self) -> dict[str, dict]:
+        """Every job, deleted ones too, as ``{name: {"_id", "blob", "deleted"}}``: what a deploy compares with."""
+        docs = self.store.retry(lambda: list(self.collection.find({}, {"blob": 1, "deleted": 1})))
+        return {doc["_id"]: doc for doc in docs}
+
+    def record_deploy_changes(self, *, commit: str, created: Mapping[str, str] | None = None,
+                              updated: Mapping[str, str] | None = None, restored: Mapping[str, str] | None = None,
+                              removed: Iterable[str] = (), now: datetime | None = None) -> None:
+        """Apply a whole deploy's job changes in one bulk write (a deploy of 1,000 scripts is one round trip).
+
+        ``created``/``updated``/``restored`` map job names to blob shas and
+        change the same fields as :meth:`record_deployed` for that outcome;
+        ``removed`` changes what :meth:`mark_deleted` changes. A job in
+        ``created`` that exists already is left alone, as ``$setOnInsert`` would.
+        """
+        from pymongo import InsertOne, UpdateOne
+        from pymongo.errors import BulkWriteError
+
+        now = now or utcnow()
+        ops: list[Any] = [
+            InsertOne({"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit, "blob": blob,
+                       "created_at": now, "updated_at": now, "new": True})
+            for name, blob in (created or {}).items()]
+        ops += [UpdateOne({"_id": name}, {"$set": {"deleted": False, "enabled": False, "commit": commit, "blob": blob,
+                                                   "updated_at": now, "deleted_at": None, "new": True}})
+                for name, blob in (restored or {}).items()]
+        ops += [UpdateOne({"_id": name}, {"$set": {"commit": commit, "blob": blob, "updated_at": now}})
+                for name, blob in (updated or {}).items()]
+        ops += [UpdateOne({"_id": name}, {"$set": {"deleted": True, "enabled": False, "deleted_at": now,
+                                                   "commit": commit, "updated_at": now}})
+                for name in removed]
+        if not ops:
+            return
+
+        def write() -> None:
+            try:
+                self.collection.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                # A duplicate insert is a job that exists already (or a retried batch).
+                if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
+                    raise
+        self.store.retry(write)
 
     def with_hook(self, event: str) -> list[dict]:
         """Enabled, not deleted jobs whose ``hooks`` contain the event name."""

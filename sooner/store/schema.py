@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING
 
+# Bump when INDEXES change, so existing databases get the new indexes.
+VERSION = 1
+
+META = "sooner_meta"
 JOBS = "jobs"
 DEPLOYS = "deploys"
 BLOBS = "blobs"

@@ -1,0 +1,48 @@
+"""The ``events`` collection: every emitted event and the runs it triggered."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+
+from sooner.store import schema
+from sooner.store.jobs import utcnow
+
+if TYPE_CHECKING:
+    from sooner.store import Store
+
+
+class EventRepo:
+    """Domain operations on ``events``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.collection = store.collection(schema.EVENTS)
+
+    def record(self, name: str, data: Any, *, source: dict[str, Any], depth: int,
+               now: datetime | None = None) -> dict:
+        """Store an emitted event. ``source`` is {type: run/cli/api/system, run, job}."""
+        event = {"_id": str(ObjectId()), "name": name, "data": data, "source": source, "depth": depth,
+                 "t": now or utcnow(), "runs": [], "note": None}
+        self.store.retry(lambda: self.collection.insert_one(event))
+        return event
+
+    def attach_runs(self, event_id: str, run_ids: list[str], note: str | None = None) -> None:
+        """Remember which runs the event started (``runs``) and why it started none (``note``)."""
+        fields: dict[str, Any] = {"runs": run_ids}
+        if note:
+            fields["note"] = note
+        self.store.retry(lambda: self.collection.update_one({"_id": event_id}, {"$set": fields}))
+
+    def list(self, *, name: str | None = None, limit: int = 50, before: str | None = None) -> list[dict]:
+        query: dict[str, Any] = {}
+        if name:
+            query["name"] = name
+        if before:
+            query["_id"] = {"$lt": before}
+        return self.store.retry(lambda: list(self.collection.find(query).sort("_id", -1).limit(limit)))
+
+    def get(self, event_id: str) -> dict | None:
+        return self.store.retry(lambda: self.collection.find_one({"_id": event_id}))

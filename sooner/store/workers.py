@@ -1,0 +1,71 @@
+"""The ``workers`` collection: one document per worker name, owned by one live process."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from sooner.errors import WorkerError
+from sooner.store import schema
+from sooner.store.jobs import utcnow
+
+if TYPE_CHECKING:
+    from sooner.store import Store
+
+
+class WorkerRepo:
+    """Domain operations on ``workers``. ``instance`` is a random id of the owning process."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.collection = store.collection(schema.WORKERS)
+
+    def register(self, name: str, *, instance: str, host: str, pid: int, capacity: int, tags: list[str],
+                 version: str, stale_after_s: float, now: datetime | None = None) -> dict:
+        """Take the name for this process, unless a live process (fresh heartbeat) holds it.
+
+        Sets every field; raises WorkerError naming the live holder.
+        """
+        now = now or utcnow()
+        fields = {"instance": instance, "host": host, "pid": pid, "capacity": capacity, "tags": tags,
+                  "version": version, "started_at": now, "heartbeat_at": now, "stopped_at": None,
+                  "running": [], "cpu_percent": None, "rss_bytes": None}
+        try:
+            self.store.retry(lambda: self.collection.insert_one({"_id": name, **fields}))
+            return {"_id": name, **fields}
+        except DuplicateKeyError:
+            pass
+        stale = now - timedelta(seconds=stale_after_s)
+        taken = self.store.retry(lambda: self.collection.find_one_and_update(
+            {"_id": name, "$or": [{"heartbeat_at": {"$lt": stale}}, {"stopped_at": {"$ne": None}},
+                                  {"instance": instance}]},
+            {"$set": fields}, return_document=ReturnDocument.AFTER))
+        if taken is None:
+            holder = self.get(name) or {}
+            age = (now - holder["heartbeat_at"]).total_seconds() if holder.get("heartbeat_at") else 0
+            raise WorkerError(f"a worker named {name!r} is already running on {holder.get('host')} "
+                              f"(pid {holder.get('pid')}, heartbeat {age:.0f}s ago); choose another name with -n, "
+                              f"or stop it (it counts as gone {stale_after_s:.0f}s after its last heartbeat)")
+        return taken
+
+    def heartbeat(self, name: str, instance: str, *, running: list[str], stats: dict[str, Any] | None = None,
+                  now: datetime | None = None) -> bool:
+        """Refresh ``heartbeat_at``, ``running`` and CPU/memory samples. False if another process took the name."""
+        fields = {"heartbeat_at": now or utcnow(), "running": running, **(stats or {})}
+        result = self.store.retry(lambda: self.collection.update_one(
+            {"_id": name, "instance": instance}, {"$set": fields}))
+        return result.matched_count == 1
+
+    def unregister(self, name: str, instance: str, now: datetime | None = None) -> None:
+        """Mark the worker stopped (kept for the UI); sets ``stopped_at`` and clears ``running``."""
+        self.store.retry(lambda: self.collection.update_one(
+            {"_id": name, "instance": instance}, {"$set": {"stopped_at": now or utcnow(), "running": []}}))
+
+    def get(self, name: str) -> dict | None:
+        return self.store.retry(lambda: self.collection.find_one({"_id": name}))
+
+    def list(self) -> list[dict]:
+        return self.store.retry(lambda: list(self.collection.find({}).sort("_id", 1)))
