@@ -1,13 +1,77 @@
-"""``sooner deploy`` (run by the post-update hook, or by hand in the working copy)."""
+"""``sooner deploy`` (run by the git hooks, or by hand in the site)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
-from sooner.cli import main
+from sooner.cli import AppContext, main, pass_app
+from sooner.errors import StoreError
+
+# A push must not hang on a dead database: the hook gives up after two attempts.
+HOOK_RETRY_ATTEMPTS = 2
+MANUAL_RETRY_ATTEMPTS = 4
 
 
 @main.command("deploy")
-def deploy_command() -> None:
-    """Deploy the site's branch (placeholder until sooner.deploy lands)."""
-    raise click.ClickException("not implemented yet")
+@click.option("--from-hook", "from_hook", is_flag=True,
+              help="Run by the post-update hook: REFS are the refs git updated; deploys only if the site's "
+                   "branch is among them, and gives up on an unreachable database quickly.")
+@click.option("--check-push", "check_push", is_flag=True,
+              help="Run by the pre-receive hook: read 'old new ref' lines on stdin and reject a push that "
+                   "could not be deployed.")
+@click.argument("refs", nargs=-1)
+@pass_app
+def deploy_command(app: AppContext, from_hook: bool, check_push: bool, refs: tuple[str, ...]) -> None:
+    """Deploy the tip of the site's branch.
+
+    Checks the whole commit first (paths, symlinks, file sizes) and refuses it
+    with the reason if anything is wrong; then stores the scripts for workers,
+    updates the working copy and creates, updates or removes jobs (new jobs
+    start disabled). Deploying the same commit again changes nothing.
+    """
+    from sooner import deploy as deployer
+
+    settings = app.settings
+    if check_push:
+        _check_push(app)
+        return
+    if refs and not from_hook:
+        raise click.UsageError("REFS are only given by the post-update hook (with --from-hook)")
+    if from_hook:
+        for line in deployer.refs_not_deployed(refs, settings.branch):
+            click.echo(line)
+        if f"refs/heads/{settings.branch}" not in refs:
+            return
+    opened = []
+
+    def connect():
+        from sooner.store import open_store
+
+        opened.append(open_store(settings, retry_attempts=HOOK_RETRY_ATTEMPTS if from_hook else MANUAL_RETRY_ATTEMPTS))
+        return opened[0]
+
+    try:
+        report = deployer.deploy(settings, connect)
+    except StoreError as exc:
+        raise StoreError(f"{exc}. The push is in scripts.git but is not deployed yet: once the database is "
+                         f"back, run `sooner deploy` in {settings.site_dir} (or push again)") from None
+    finally:
+        for store in opened:
+            store.close()
+    for line in report.lines():
+        click.echo(line)
+
+
+def _check_push(app: AppContext) -> None:
+    """pre-receive: print why the push is rejected (exit 1), or nothing."""
+    from sooner import deploy as deployer
+
+    updates = deployer.parse_push_lines(sys.stdin)
+    problems = deployer.check_push(app.settings, updates, os.environ.get("GIT_QUARANTINE_PATH"))
+    for problem in problems:
+        click.echo(f"sooner: {problem}", err=True)
+    if problems:
+        click.get_current_context().exit(1)

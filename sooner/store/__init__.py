@@ -42,6 +42,7 @@ class Store:
         from sooner.store.output import OutputRepo
         from sooner.store.queues import QueueRepo
         from sooner.store.runs import RunRepo
+        from sooner.store.users import TokenRepo, UserRepo
         from sooner.store.workers import WorkerRepo
 
         self.url = url
@@ -59,6 +60,7 @@ class Store:
         self.events = EventRepo(self)
         self.workers = WorkerRepo(self)
         self.queues = QueueRepo(self)
+        self.users, self.tokens = UserRepo(self), TokenRepo(self)
 
     @property
     def is_mongomock(self) -> bool:

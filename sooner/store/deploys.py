@@ -39,6 +39,10 @@ class DeployRepo:
         """The newest deploy, i.e. what runs use."""
         return self.store.retry(lambda: self.collection.find_one({}, sort=[("time", -1), ("_id", -1)]))
 
+    def by_commit(self, commit: str) -> dict | None:
+        """The newest deploy of ``commit`` (workers use its ``tree``), or None."""
+        return self.store.retry(lambda: self.collection.find_one({"commit": commit}, sort=[("time", -1), ("_id", -1)]))
+
     def list(self, limit: int = 50) -> list[dict]:
         return self.store.retry(lambda: list(self.collection.find({}).sort([("time", -1), ("_id", -1)]).limit(limit)))
 

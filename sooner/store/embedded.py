@@ -97,6 +97,9 @@ class EmbeddedServer:
 
     def _start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        late = self._retire_unresponsive(self._read_info())
+        if late:
+            return late
         # Reuse the last port when it is free, so clients of a server that died
         # reconnect to its replacement without being rebuilt.
         previous = self._read_info().get("port")
@@ -120,6 +123,27 @@ class EmbeddedServer:
                 process.kill()
             raise StoreError(f"the embedded database did not start (see {self.log_file}): {_tail(self.log_file)}")
         return f"mongodb://127.0.0.1:{port}"
+
+    def _retire_unresponsive(self, info: dict) -> str | None:
+        """Make way for a new server: kill one that is alive but does not answer, drop its pid file.
+
+        Returns the old server's URL instead if it answers after all (it was only slow).
+
+        nx-27017 refuses to start while its pid file names a live process, and
+        a killed server that its parent has not reaped yet still looks alive.
+        """
+        pid, port = info.get("pid"), info.get("port")
+        if pid and _pid_alive(pid):
+            if port and _wait_for(lambda: _answers(port), 5.0):
+                return f"mongodb://127.0.0.1:{port}"
+            logger.warning("embedded database pid %s does not answer; killing it", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_for(lambda: not _pid_alive(pid), STOP_TIMEOUT_S)
+        self.pid_file.unlink(missing_ok=True)
+        return None
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -133,7 +133,8 @@ class JobRepo:
 
     def deployed_state(self) -> dict[str, dict]:
         """Every job, deleted ones too, as ``{name: {"_id", "blob", "deleted"}}``: what a deploy compares with."""
-        docs = self.store.retry(lambda: list(self.collection.find({}, {"blob": 1, "deleted": 1})))
+        # An aggregate $project answers faster than find() with a projection on the embedded server.
+        docs = self.store.retry(lambda: list(self.collection.aggregate([{"$project": {"blob": 1, "deleted": 1}}])))
         return {doc["_id"]: doc for doc in docs}
 
     def record_deploy_changes(self, *, commit: str, created: Mapping[str, str] | None = None,
@@ -146,33 +147,37 @@ class JobRepo:
         ``removed`` changes what :meth:`mark_deleted` changes. A job in
         ``created`` that exists already is left alone, as ``$setOnInsert`` would.
         """
+        now = now or utcnow()
+        inserts = [{"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit, "blob": blob,
+                    "created_at": now, "updated_at": now, "new": True} for name, blob in (created or {}).items()]
+        updates = [(name, {"deleted": False, "enabled": False, "commit": commit, "blob": blob, "updated_at": now,
+                           "deleted_at": None, "new": True}) for name, blob in (restored or {}).items()]
+        updates += [(name, {"commit": commit, "blob": blob, "updated_at": now}) for name, blob in (updated or {}).items()]
+        updates += [(name, {"deleted": True, "enabled": False, "deleted_at": now, "commit": commit, "updated_at": now})
+                    for name in removed]
+        if inserts or updates:
+            self.store.retry(lambda: self._bulk_write(inserts, updates))
+
+    def _bulk_write(self, inserts: list[dict], updates: list[tuple[str, dict]]) -> None:
+        """Insert new jobs (an existing one is left alone) and ``$set`` fields on others, in one bulk write."""
         from pymongo import InsertOne, UpdateOne
         from pymongo.errors import BulkWriteError
 
-        now = now or utcnow()
-        ops: list[Any] = [
-            InsertOne({"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit, "blob": blob,
-                       "created_at": now, "updated_at": now, "new": True})
-            for name, blob in (created or {}).items()]
-        ops += [UpdateOne({"_id": name}, {"$set": {"deleted": False, "enabled": False, "commit": commit, "blob": blob,
-                                                   "updated_at": now, "deleted_at": None, "new": True}})
-                for name, blob in (restored or {}).items()]
-        ops += [UpdateOne({"_id": name}, {"$set": {"commit": commit, "blob": blob, "updated_at": now}})
-                for name, blob in (updated or {}).items()]
-        ops += [UpdateOne({"_id": name}, {"$set": {"deleted": True, "enabled": False, "deleted_at": now,
-                                                   "commit": commit, "updated_at": now}})
-                for name in removed]
-        if not ops:
+        if self.store.is_mongomock:  # mongomock's bulk_write rejects PyMongo 4.20's UpdateOne
+            for document in inserts:
+                if self.collection.find_one({"_id": document["_id"]}) is None:
+                    self.collection.insert_one(dict(document))
+            for name, fields in updates:
+                self.collection.update_one({"_id": name}, {"$set": fields})
             return
-
-        def write() -> None:
-            try:
-                self.collection.bulk_write(ops, ordered=False)
-            except BulkWriteError as exc:
-                # A duplicate insert is a job that exists already (or a retried batch).
-                if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
-                    raise
-        self.store.retry(write)
+        ops: list[Any] = [InsertOne(document) for document in inserts]
+        ops += [UpdateOne({"_id": name}, {"$set": fields}) for name, fields in updates]
+        try:
+            self.collection.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            # A duplicate insert is a job that exists already (or a retried batch).
+            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
+                raise
 
     def with_hook(self, event: str) -> list[dict]:
         """Enabled, not deleted jobs whose ``hooks`` contain the event name."""
@@ -183,6 +188,33 @@ class JobRepo:
         """Enabled, not deleted jobs that have a schedule."""
         return self.store.retry(lambda: list(self.collection.find(
             {"enabled": True, "deleted": {"$ne": True}, "schedule": {"$ne": None}})))
+
+    def save_scheduler_state(self, name: str, state: dict[str, Any], *, previous: dict[str, Any] | None) -> bool:
+        """Set ``scheduler_state`` if it still equals ``previous`` (None = absent); False if another scheduler won.
+
+        The state is {schedule, timezone, last_tick_at, …}; comparing field by
+        field keeps the compare-and-set independent of subdocument key order.
+        """
+        query: dict[str, Any] = {"_id": name}
+        if previous is None:
+            query["scheduler_state"] = None
+        else:
+            query.update({f"scheduler_state.{key}": previous.get(key)
+                          for key in ("schedule", "timezone", "last_tick_at")})
+        result = self.store.retry(lambda: self.collection.update_one(query, {"$set": {"scheduler_state": state}}))
+        return result.matched_count == 1
+
+    def clear_scheduler_state(self) -> int:
+        """Forget ``scheduler_state`` of jobs that are disabled, deleted or unscheduled.
+
+        So a job enabled again later starts from that moment instead of counting
+        the disabled time as missed ticks.
+        """
+        result = self.store.retry(lambda: self.collection.update_many(
+            {"scheduler_state": {"$ne": None},
+             "$or": [{"enabled": {"$ne": True}}, {"deleted": True}, {"schedule": None}]},
+            {"$set": {"scheduler_state": None}}))
+        return result.modified_count
 
     def _set(self, name: str, fields: dict[str, Any]) -> dict:
         job = self.store.retry(lambda: self.collection.find_one_and_update(

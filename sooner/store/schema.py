@@ -10,7 +10,7 @@ from __future__ import annotations
 from pymongo import ASCENDING, DESCENDING
 
 # Bump when INDEXES change, so existing databases get the new indexes.
-VERSION = 1
+VERSION = 2
 
 META = "sooner_meta"
 JOBS = "jobs"
@@ -36,6 +36,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
     RUNS: [
         ([("status", ASCENDING), ("queued_at", ASCENDING)], {}),
         ([("job", ASCENDING), ("queued_at", DESCENDING)], {}),
+        # The embedded server uses only single-field indexes for equality
+        # filters too: a job's run history took 12 ms without this, 1 ms with it.
+        ([("job", ASCENDING)], {}),
         ([("queued_at", DESCENDING)], {}),
         ([("worker", ASCENDING), ("status", ASCENDING)], {}),
         ([("lease_until", ASCENDING)], {}),
@@ -47,6 +50,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
     RUN_OUTPUT: [([("run", ASCENDING), ("seq", ASCENDING)], {"unique": True})],
     EVENTS: [([("t", DESCENDING)], {}), ([("name", ASCENDING)], {})],
     WORKERS: [([("heartbeat_at", DESCENDING)], {})],
+    TOKENS: [([("user", ASCENDING)], {})],
 }
 
 QUEUE_INDEXES: list[tuple[list[tuple[str, int]], dict]] = [

@@ -1,0 +1,306 @@
+"""Read a commit's tree with dulwich and check that it is safe to deploy.
+
+Everything is checked before anything is applied: :func:`read_tree` walks the
+whole tree, collects every problem and raises one :class:`DeployError` naming
+each path and what is wrong with it. Refused:
+
+- names that git itself would never write (``.``, ``..``, ``/`` inside a
+  name, ``.git`` in any case), empty names, duplicates, names that are not
+  UTF-8 or contain control characters, names or paths too long to create;
+- files bigger than ``max_file_bytes``;
+- symlinks that are absolute or whose target, resolved from the link's folder
+  (following the other symlinks of the tree), leaves the repository or
+  reaches into ``.git``; symlink loops;
+- submodules (gitlinks): their content is not in this repository, so a job
+  using them could not run the same way on a worker. Refusing says so at push
+  time instead of deploying something incomplete;
+- any other mode, or an entry whose object is missing or of the wrong kind.
+
+Executable regular files (mode 100755) are jobs. Other regular files and
+symlinks are supporting files: a symlink is never a job, even when it points
+to an executable script (that script is a job under its own name).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
+
+from dulwich.errors import ObjectFormatException
+from dulwich.objects import parse_tree
+
+from sooner.errors import DeployError
+
+TREE_MODE = 0o040000
+EXECUTABLE_MODE = 0o100755
+REGULAR_MODE = 0o100644
+SYMLINK_MODE = 0o120000
+GITLINK_MODE = 0o160000
+# Old git versions wrote group-writable files; git reads them as 100644.
+_LEGACY_REGULAR_MODES = (0o100664,)
+
+MAX_NAME_BYTES = 255  # NAME_MAX on Linux and macOS
+MAX_PATH_BYTES = 4000  # under PATH_MAX once the working copy's own path is added
+MAX_SYMLINK_HOPS = 40  # what Linux allows before ELOOP
+MAX_PROBLEMS_SHOWN = 10
+
+_BLOB, _TREE = 3, 2
+_SHA_BYTES = 20
+
+
+class ObjectSource(Protocol):
+    """What the reader needs from a dulwich object store."""
+
+    def get_raw(self, name: bytes) -> tuple[int, bytes]: ...
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    """One file of the tree: a regular file or a symlink (``path`` uses ``/``)."""
+
+    path: str
+    mode: int  # EXECUTABLE_MODE, REGULAR_MODE or SYMLINK_MODE
+    sha: str
+    size: int
+
+    @property
+    def is_job(self) -> bool:
+        return self.mode == EXECUTABLE_MODE
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.mode == SYMLINK_MODE
+
+
+@dataclass
+class DeployTree:
+    """A validated tree: its files, and its tree objects as stored for workers."""
+
+    sha: str
+    files: dict[str, TreeFile] = field(default_factory=dict)
+    # tree sha -> entries {name, mode, sha}, exactly as in git (modes not normalised)
+    trees: dict[str, list[dict]] = field(default_factory=dict)
+    symlinks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def jobs(self) -> dict[str, str]:
+        """Job name (the script's path) -> blob sha, for every executable file."""
+        return {path: f.sha for path, f in self.files.items() if f.is_job}
+
+
+def read_tree(objects: ObjectSource, tree_sha: str, *, max_file_bytes: int, label: str = "",
+              known_sizes: Mapping[str, int] | None = None) -> DeployTree:
+    """Walk and check the whole tree; raise one DeployError listing every problem.
+
+    ``label`` (e.g. the short commit sha) is put in the message.
+    ``known_sizes`` maps blob shas to sizes already known (the working copy's
+    index records them), so unchanged files are not read again.
+    """
+    reader = _TreeReader(objects, max_file_bytes)
+    reader.sizes.update((sha.encode(), size) for sha, size in (known_sizes or {}).items())
+    tree = reader.read(tree_sha)
+    reader.problems.extend(check_symlinks(tree.symlinks))
+    if reader.problems:
+        raise DeployError(describe_problems(reader.problems, label))
+    return tree
+
+
+def describe_problems(problems: list[str], label: str = "") -> str:
+    """One message for a refused tree."""
+    shown = problems[:MAX_PROBLEMS_SHOWN]
+    more = len(problems) - len(shown)
+    what = f"cannot deploy {label}" if label else "cannot deploy"
+    text = "; ".join(shown) + (f"; and {more} more problem(s)" if more > 0 else "")
+    return f"{what}, nothing was changed: {text}"
+
+
+def check_name(name: bytes, parent: str) -> tuple[str | None, str | None]:
+    """Check one tree entry name; returns (decoded name, None) or (None, problem)."""
+    shown = _show(parent, name)
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, f"path {shown} is not valid UTF-8"
+    if text in ("", ".", ".."):
+        return None, f"path {shown} has a {text or 'empty'!r} component, which could escape the repository"
+    if "/" in text:
+        return None, f"path {shown} contains '/' inside one tree entry name, which could escape its folder"
+    if text.lower() == ".git":
+        return None, f"path {shown} is a '.git' entry, which git reserves"
+    control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        return None, f"path {shown} contains a control character (U+{ord(control):04X})"
+    if len(name) > MAX_NAME_BYTES:
+        return None, f"path {shown} has a name longer than {MAX_NAME_BYTES} bytes"
+    return text, None
+
+
+def check_symlinks(symlinks: dict[str, str]) -> list[str]:
+    """Problems with symlinks whose target is absolute, leaves the repository or enters .git.
+
+    Targets are resolved from the link's folder, following the tree's other
+    symlinks, as the kernel would in the working copy.
+    """
+    problems = []
+    for path, target in symlinks.items():
+        if target.startswith("/"):
+            problems.append(f"symlink {path!r} points to an absolute path ({target!r})")
+            continue
+        problem = _resolve_symlink(path, target, symlinks)
+        if problem:
+            problems.append(f"symlink {path!r} -> {target!r} {problem}")
+    return problems
+
+
+def _resolve_symlink(path: str, target: str, symlinks: dict[str, str]) -> str | None:
+    parts = path.split("/")[:-1]
+    pending = target.split("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return "points outside the repository"
+            parts.pop()
+            continue
+        if part.lower() == ".git":
+            return "points into .git"
+        parts.append(part)
+        link = symlinks.get("/".join(parts))
+        if link is not None:
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS or link.startswith("/"):
+                return "is a symlink loop" if hops > MAX_SYMLINK_HOPS else "goes through an absolute symlink"
+            parts.pop()  # a link's target is relative to the link's folder
+            pending = link.split("/") + pending
+    return None
+
+
+class _TreeReader:
+    """Iterative walk (hostile trees can be deep) collecting files, trees and problems."""
+
+    def __init__(self, objects: ObjectSource, max_file_bytes: int) -> None:
+        self.objects = objects
+        self.max_file_bytes = max_file_bytes
+        self.problems: list[str] = []
+        self.sizes: dict[bytes, int] = {}
+        self._parsed: dict[bytes, list[tuple[bytes, int, bytes]] | None] = {}
+
+    def read(self, root_sha: str) -> DeployTree:
+        result = DeployTree(sha=root_sha)
+        stack: list[tuple[bytes, str]] = [(root_sha.encode(), "")]
+        while stack:
+            sha, prefix = stack.pop()
+            entries = self._parse(sha, prefix)
+            if entries is None:
+                continue
+            stored: list[dict] = []
+            seen: set[bytes] = set()
+            for name, mode, entry_sha in entries:
+                stored.append({"name": name.decode("utf-8", "replace"), "mode": mode, "sha": entry_sha.decode()})
+                if name in seen:
+                    self.problems.append(f"path {_show(prefix, name)} appears twice in its folder")
+                    continue
+                seen.add(name)
+                text, problem = check_name(name, prefix)
+                if problem:
+                    self.problems.append(problem)
+                    continue
+                path = prefix + text
+                if len(path.encode()) > MAX_PATH_BYTES:
+                    self.problems.append(f"path {path[:80]!r}… is longer than {MAX_PATH_BYTES} bytes")
+                elif mode == TREE_MODE:
+                    stack.append((entry_sha, path + "/"))
+                else:
+                    self._add_file(result, path, mode, entry_sha)
+            result.trees[sha.decode()] = stored
+        result.files = dict(sorted(result.files.items()))
+        return result
+
+    def _parse(self, sha: bytes, prefix: str) -> list[tuple[bytes, int, bytes]] | None:
+        if sha in self._parsed:
+            return self._parsed[sha]
+        entries = None
+        where = repr(prefix.rstrip("/")) if prefix else "the root folder"
+        kind, raw = self._get(sha, where)
+        if kind == _TREE:
+            try:
+                entries = list(parse_tree(raw, _SHA_BYTES))
+            except (ValueError, ObjectFormatException) as exc:
+                self.problems.append(f"tree of {where} is malformed ({exc})")
+        elif kind is not None:
+            self.problems.append(f"{where} is not a tree object")
+        self._parsed[sha] = entries
+        return entries
+
+    def _add_file(self, result: DeployTree, path: str, mode: int, sha: bytes) -> None:
+        if mode == GITLINK_MODE:
+            self.problems.append(f"path {path!r} is a submodule; submodules are not supported (copy the files in)")
+            return
+        if mode in _LEGACY_REGULAR_MODES:
+            mode = REGULAR_MODE
+        if mode not in (EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE):
+            self.problems.append(f"path {path!r} has an unsupported mode {mode:o}")
+            return
+        if mode == SYMLINK_MODE:
+            target = self._symlink_target(path, sha)
+            if target is None:
+                return
+            result.symlinks[path] = target
+            size = len(target.encode())
+        else:
+            size = self._blob_size(path, sha)
+            if size is None:
+                return
+            if size > self.max_file_bytes:
+                self.problems.append(f"file {path!r} is {size:,} bytes, over the limit of "
+                                     f"{self.max_file_bytes:,} (max_file_bytes)")
+                return
+        result.files[path] = TreeFile(path, mode, sha.decode(), size)
+
+    def _blob_size(self, path: str, sha: bytes) -> int | None:
+        if sha not in self.sizes:
+            kind, raw = self._get(sha, repr(path))
+            if kind is None:
+                return None
+            if kind != _BLOB:
+                self.problems.append(f"path {path!r} is not a file object")
+                return None
+            self.sizes[sha] = len(raw)
+        return self.sizes[sha]
+
+    def _symlink_target(self, path: str, sha: bytes) -> str | None:
+        kind, raw = self._get(sha, repr(path))
+        if kind is None:
+            return None
+        problem = None
+        try:
+            target = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            target, problem = "", "has a target that is not valid UTF-8"
+        if kind != _BLOB:
+            problem = "is not a file object"
+        elif not problem and (not target or any(unicodedata.category(c) == "Cc" for c in target)):
+            problem = "has an empty target or one with control characters"
+        elif not problem and len(raw) > MAX_PATH_BYTES:
+            problem = f"has a target longer than {MAX_PATH_BYTES} bytes"
+        if problem:
+            self.problems.append(f"symlink {path!r} {problem}")
+            return None
+        return target
+
+    def _get(self, sha: bytes, where: str) -> tuple[int | None, bytes]:
+        try:
+            return self.objects.get_raw(sha)
+        except KeyError:
+            self.problems.append(f"object {sha.decode()} of {where} is missing from the repository")
+            return None, b""
+
+
+def _show(parent: str, name: bytes) -> str:
+    """A path for messages: undecodable bytes and control characters escaped."""
+    text = parent + name.decode("utf-8", "backslashreplace")
+    return repr(text)
