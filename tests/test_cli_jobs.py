@@ -102,3 +102,23 @@ def test_version_and_help_work_everywhere(tmp_path):
     for args in (["--help"], ["job", "--help"], ["job", "set", "--help"], ["db", "--help"], ["init", "--help"]):
         result = run_sooner(*args, cwd=tmp_path)
         assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_init_with_examples_deploys_them_disabled_with_hooks(tmp_path):
+    result = run_sooner("init", "--examples", str(tmp_path / "s"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "created job examples/chain/report.py (disabled)" in result.stdout
+    site = tmp_path / "s"
+    store = open_store(load_settings(site / "config.json", environ={}))
+    try:
+        jobs = {job["_id"]: job for job in store.jobs.list()}
+        assert {"examples/backup.sh", "examples/chain/extract.sh", "examples/chain/report.py",
+                "examples/queues/feed.py", "examples/queues/drain.py"} <= set(jobs)
+        assert not any(job["enabled"] for job in jobs.values())
+        assert jobs["examples/chain/report.py"]["hooks"] == ["extract-done"]
+        assert (site / "scripts-working-copy" / "examples" / "backup.sh").stat().st_mode & stat.S_IXUSR
+    finally:
+        store.close()
+        from sooner.store.embedded import EmbeddedServer
+
+        EmbeddedServer(site / ".sooner").stop()
