@@ -82,5 +82,7 @@ def _maybe_retry(store: Store, job: dict, run: dict, now: datetime | None) -> No
                       attempt=run.get("attempt", 1) + 1,
                       not_before=(now or utcnow()) + timedelta(seconds=min(delay, 3600)))
     if retry:
-        store.runs.add_note(run["_id"], f"retrying as run {retry['_id']} (attempt {retry['attempt']} "
-                                        f"of {attempts + 1}) in {min(delay, 3600):.0f}s")
+        retrying = (f"retrying as run {retry['_id']} (attempt {retry['attempt']} of {attempts + 1}) "
+                    f"in {min(delay, 3600):.0f}s")
+        # Keep why the run ended (lost lease, timeout …) in front of the retry notice.
+        store.runs.add_note(run["_id"], f"{run['note']}; {retrying}" if run.get("note") else retrying)

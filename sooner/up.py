@@ -99,7 +99,8 @@ def run_up(settings: Settings, config_path: Path, host: str, port: int, worker_n
     store = open_store(settings)
     ensure_first_admin(store, echo)
     store.close()
-    supervisor = Supervisor(config_path, settings.shutdown_grace_s, echo)
+    # A worker may take shutdown_grace_s to let runs finish, then cancel_grace_s to stop the rest.
+    supervisor = Supervisor(config_path, settings.shutdown_grace_s + settings.cancel_grace_s, echo)
 
     def request_stop(signum: int, frame: object) -> None:
         supervisor.stop_event.set()

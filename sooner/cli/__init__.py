@@ -102,6 +102,8 @@ pass_app = click.make_pass_decorator(AppContext)
 from sooner.cli import site as _site  # noqa: E402,F401
 from sooner.cli import jobs as _jobs  # noqa: E402,F401
 from sooner.cli import deploy as _deploy  # noqa: E402,F401
+from sooner.cli import runtime as _runtime  # noqa: E402,F401
+from sooner.cli import worker as _worker  # noqa: E402,F401
 
 
 def run() -> None:

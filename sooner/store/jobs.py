@@ -181,8 +181,10 @@ class JobRepo:
 
     def with_hook(self, event: str) -> list[dict]:
         """Enabled, not deleted jobs whose ``hooks`` contain the event name."""
+        # ``$in`` rather than ``{"hooks": event}``: nx-27017 0.8.1 answers an equality match on an
+        # indexed array field with nothing (tests/test_store.py covers it on every store).
         return self.store.retry(lambda: list(self.collection.find(
-            {"hooks": event, "enabled": True, "deleted": {"$ne": True}})))
+            {"hooks": {"$in": [event]}, "enabled": True, "deleted": {"$ne": True}})))
 
     def scheduled(self) -> list[dict]:
         """Enabled, not deleted jobs that have a schedule."""

@@ -42,6 +42,8 @@ class RunStatus(str, Enum):
 
 ACTIVE = [RunStatus.WAITING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value]
 FINISHED = [s.value for s in RunStatus if s.finished]
+# How many of the oldest queued runs one claim considers (others may be not yet due).
+CLAIM_CANDIDATES = 20
 
 
 class RunRepo:
@@ -83,12 +85,36 @@ class RunRepo:
         Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``.
         """
         now = now or utcnow()
+        for run_id in self.claim_candidates(worker, tags, now=now):
+            run = self.take(run_id, worker, lease_s, now=now)
+            if run is not None:
+                return run
+        return None
+
+    def claim_candidates(self, worker: str, tags: Iterable[str], *, limit: int = CLAIM_CANDIDATES,
+                         now: datetime | None = None) -> list[str]:
+        """Ids of the oldest queued runs this worker may run and that are due; :meth:`take` claims one."""
+        now = now or utcnow()
         targets: list[Any] = [None, worker, *tags]
+        # The embedded server answers status + target from its index but scans the whole
+        # collection for a date range (measured: 100 ms with 5,000 finished runs, vs 1 ms),
+        # so not_before is checked here.
+        candidates = self.store.retry(lambda: list(self.collection.find(
+            {"status": RunStatus.QUEUED.value, "target": {"$in": targets}}, {"_id": 1, "not_before": 1},
+            sort=[("queued_at", 1)], limit=limit)))
+        return [c["_id"] for c in candidates if c.get("not_before") is None or c["not_before"] <= now]
+
+    def take(self, run_id: str, worker: str, lease_s: float, now: datetime | None = None) -> dict | None:
+        """Claim this run if it is still queued (None if another worker was faster).
+
+        Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``.
+        """
+        now = now or utcnow()
         return self.store.retry(lambda: self.collection.find_one_and_update(
-            {"status": RunStatus.QUEUED.value, "target": {"$in": targets}, "not_before": {"$lte": now}},
+            {"_id": run_id, "status": RunStatus.QUEUED.value},
             {"$set": {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
                       "lease_until": now + timedelta(seconds=lease_s)}},
-            sort=[("queued_at", 1)], return_document=ReturnDocument.AFTER))
+            return_document=ReturnDocument.AFTER))
 
     def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None) -> None:
         """The script's process exists. Changes ``pid``, ``started_at``, ``commit``."""
@@ -145,6 +171,18 @@ class RunRepo:
         return [d["_id"] for d in self.store.retry(lambda: list(self.collection.find(
             {"_id": {"$in": run_ids}, "cancel_requested": True}, {"_id": 1})))]
 
+    def still_running(self, worker: str, run_ids: list[str]) -> dict[str, dict]:
+        """Which of these runs are still running on ``worker`` (by id), with ``cancel_requested``/``cancelled_by``.
+
+        A run missing from the answer was ended elsewhere (cancelled before it started, marked lost …).
+        """
+        if not run_ids:
+            return {}
+        docs = self.store.retry(lambda: list(self.collection.find(
+            {"_id": {"$in": run_ids}, "worker": worker, "status": RunStatus.RUNNING.value},
+            {"_id": 1, "cancel_requested": 1, "cancelled_by": 1})))
+        return {doc["_id"]: doc for doc in docs}
+
     def renew_leases(self, worker: str, run_ids: list[str], lease_s: float, now: datetime | None = None) -> None:
         """Extend ``lease_until`` of this worker's running runs (called with each heartbeat)."""
         if not run_ids:
@@ -162,6 +200,10 @@ class RunRepo:
 
     def promote_waiting(self, job: str) -> dict | None:
         """If no run of ``job`` is queued or running, move its oldest waiting run to queued."""
+        # Most databases have no waiting run at all; this check uses the status index
+        # (a job + status filter scans the job's whole history on the embedded server).
+        if self.store.retry(lambda: self.collection.find_one({"status": RunStatus.WAITING.value}, {"_id": 1})) is None:
+            return None
         busy = self.store.retry(lambda: self.collection.find_one(
             {"job": job, "status": {"$in": [RunStatus.QUEUED.value, RunStatus.RUNNING.value]}}, {"_id": 1}))
         if busy:

@@ -91,7 +91,8 @@ class UserRepo:
         try:
             self.store.retry(lambda: self.collection.insert_one(user))
         except DuplicateKeyError:
-            raise SoonerError(f"a web user named {name!r} exists already (change it with `sooner user passwd`)") from None
+            raise SoonerError(f"a web user named {name!r} exists already "
+                              "(change it with `sooner user passwd`)") from None
         return user
 
     def get(self, name: str) -> dict | None:
@@ -142,7 +143,10 @@ class UserRepo:
 
 
 class TokenRepo:
-    """Domain operations on ``tokens``: ``_id`` (16 hex), ``user``, ``name``, ``hash``, ``created_at``, ``last_used_at``."""
+    """API tokens: ``_id`` (16 hex), ``user``, ``name``, ``hash``, ``created_at``, ``last_used_at``.
+
+    The token text is never stored; revoking deletes the document.
+    """
 
     # Writing last_used_at on every request would turn each API read into a write.
     LAST_USED_RESOLUTION_S = 60
@@ -181,11 +185,12 @@ class TokenRepo:
         match = _TOKEN.match(token or "")
         document = self.store.retry(lambda: self.collection.find_one({"_id": match.group(1)})) if match else None
         try:
-            _token_hasher.verify(document["hash"] if document else _dummy_hash(_token_hasher), match.group(2) if match else "")
+            _token_hasher.verify(document["hash"] if document else _dummy_hash(_token_hasher),
+                                 match.group(2) if match else "")
         except (VerificationError, InvalidHashError):
             raise AuthError("invalid API token") from None
         user = self.store.users.get(document["user"]) if document else None
-        if user is None:
+        if document is None or user is None:
             raise AuthError("invalid API token")
         now = now or utcnow()
         last = document.get("last_used_at")

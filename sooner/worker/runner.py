@@ -1,0 +1,383 @@
+"""Run one claimed run: start its script, follow it, record how it ended.
+
+:class:`Runner` prepares an :class:`ActiveRun` per claimed run; the run then
+lives on its own thread. That thread starts the script (argv[1] = the run's
+socket, cwd = the materialised tree, its own process group), then waits in
+one ``select`` on stdout, stderr, the process's pidfd and a wake-up pipe:
+output goes through :class:`~sooner.worker.streams.StreamDecoder` into the
+:class:`~sooner.worker.output.OutputWriter`; cancel requests and the run's
+timeout send SIGTERM to the process group and SIGKILL ``cancel_grace_s``
+later. The run always ends through :func:`sooner.runs.end_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import sooner
+from sooner.errors import RunError, SoonerError
+from sooner.runs import end_run
+from sooner.store.jobs import utcnow
+from sooner.store.runs import RunStatus
+from sooner.worker.calls import CallHandler
+from sooner.worker.output import OutputWriter
+from sooner.worker.rpc import RpcServer
+from sooner.worker.streams import StreamDecoder
+from sooner.worker.tree import TreeCache
+
+if TYPE_CHECKING:
+    from sooner.config import Settings
+    from sooner.store import Store
+
+logger = logging.getLogger(__name__)
+
+READ_BYTES = 64 * 1024
+# After the script exits, how long processes it left behind may keep its pipes open.
+LINGER_S = 1.0
+# Without a pidfd (old kernels), how often the process is polled.
+POLL_S = 0.05
+SOONER_PACKAGE_PARENT = str(Path(sooner.__file__).resolve().parent.parent)
+
+
+class Runner:
+    """Turns claimed runs into running scripts for one worker."""
+
+    def __init__(self, store: Store, settings: Settings, worker_name: str, trees: TreeCache, *,
+                 clock: Callable[[], datetime] = utcnow, socket_dir: str | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.worker_name = worker_name
+        self.trees = trees
+        self.clock = clock
+        self.socket_dir = socket_dir
+        self.base_env = script_environment(os.environ, store)
+
+    def prepare(self, run: dict, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
+        """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``."""
+        return ActiveRun(self, run, on_done)
+
+
+def script_environment(environ: dict | os._Environ, store: Store) -> dict[str, str]:
+    """The environment every script gets: the worker's, plus the store and ``sooner`` on PYTHONPATH."""
+    env = dict(environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if SOONER_PACKAGE_PARENT not in paths:
+        paths.insert(0, SOONER_PACKAGE_PARENT)
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    # `#!/usr/bin/env python3` in a job should find the worker's own Python
+    # (with sooner.api and its dependencies), not a bare system interpreter.
+    interpreter_dir = os.path.dirname(sys.executable)
+    if interpreter_dir and env.get("PATH", "").split(os.pathsep)[0] != interpreter_dir:
+        env["PATH"] = os.pathsep.join([interpreter_dir, env.get("PATH", os.defpath)])
+    env["SOONER_MONGO_URL"] = store.url
+    env["SOONER_DATABASE"] = store.db.name
+    return env
+
+
+class ActiveRun:
+    """One run on its own thread. ``cancel()`` may be called from any thread."""
+
+    def __init__(self, runner: Runner, run: dict, on_done: Callable[[ActiveRun], None] | None) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.settings = runner.settings
+        self.run = run
+        self.id: str = run["_id"]
+        self.on_done = on_done
+        self.done = threading.Event()
+        self.status: RunStatus | None = None
+        self.pid: int | None = None
+        self.thread = threading.Thread(target=self._main, name=f"sooner-run-{self.id[-6:]}", daemon=True)
+        self._stop_request: tuple[RunStatus, str] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()
+        self._wake_closed = False
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.output = OutputWriter(self.store, self.id, flush_s=self.settings.output_flush_ms / 1000,
+                                   clock=runner.clock)
+        self.calls = CallHandler(self.store, run, depth_limit=self.settings.chain_depth_limit, on_pending=self.wake)
+
+    # -- control from other threads ---------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def cancel(self, note: str, status: RunStatus = RunStatus.CANCELLED) -> None:
+        """Ask the run to stop: SIGTERM now, SIGKILL after cancel_grace_s; it ends with ``status``."""
+        if self._stop_request is None:
+            self._stop_request = (status, note)
+            self.wake()
+
+    def wake(self) -> None:
+        # Under the lock: once the run has ended its descriptor numbers may belong to another file.
+        with self._wake_lock:
+            if self._wake_closed:
+                return
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending anyway
+
+    # -- the run's thread --------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._execute()
+        except Exception as exc:
+            logger.exception("run %s: worker error", self.id)
+            self._fail_safely(f"worker error: {type(exc).__name__}: {exc}")
+        finally:
+            self.output.release()
+            with self._wake_lock:
+                self._wake_closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            self.done.set()
+            if self.on_done is not None:
+                self.on_done(self)
+
+    def _execute(self) -> None:
+        run = self.run
+        try:
+            tree = self.runner.trees.path_for(run.get("commit"), run["job"])
+            script = _script_path(tree, run["job"])
+        except SoonerError as exc:
+            self._end_without_process(str(exc))
+            return
+        with RpcServer(self.calls, self.runner.socket_dir) as rpc:
+            try:
+                process = self._spawn(script, tree, rpc.path or "")
+            except FileNotFoundError:
+                reason = ("the interpreter on its #! line was not found" if script.exists() else
+                          f"it is not in the deployed tree (commit {(run.get('commit') or '')[:8]})")
+                self._end_without_process(f"could not start {run['job']}: {reason}")
+                return
+            except OSError as exc:
+                self._end_without_process(f"could not start {run['job']}: {exc.strerror or exc}")
+                return
+            started = time.monotonic()
+            self.pid = process.pid
+            self.store.runs.mark_started(self.id, pid=process.pid, commit=run.get("commit"), now=self.runner.clock())
+            commit = (run.get("commit") or "")[:8]
+            self.output.system(f"sooner: run {self.id} of {run['job']} on worker {self.runner.worker_name} "
+                               f"(commit {commit})")
+            returncode, forced = _Supervisor(self, process, started).follow()
+        self._finish(returncode, forced, time.monotonic() - started)
+
+    def _spawn(self, script: Path, tree: Path, socket_path: str) -> subprocess.Popen:
+        run = self.run
+        env = dict(self.runner.base_env)
+        env.update({"SOONER_SOCKET": socket_path, "SOONER_RUN_ID": self.id, "SOONER_JOB": run["job"],
+                    "SOONER_DATA": json.dumps(run.get("data"), default=str),
+                    "SOONER_WORKER": self.runner.worker_name})
+        return subprocess.Popen([str(script), socket_path], cwd=str(tree), env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                bufsize=0)
+
+    def _finish(self, returncode: int, forced: tuple[RunStatus, str] | None, elapsed: float) -> None:
+        self.calls.flush_progress(force=True)
+        note = None
+        if returncode < 0:
+            name = _signal_name(-returncode)
+            self.output.system(f"sooner: killed by {name} after {elapsed:.1f}s")
+            note = f"killed by {name}"
+        else:
+            self.output.system(f"sooner: exited with code {returncode} after {elapsed:.1f}s")
+        if forced is not None:
+            status, note = forced
+        else:
+            status = RunStatus.SUCCEEDED if returncode == 0 else RunStatus.FAILED
+        self.output.flush()
+        self.status = status
+        end_run(self.store, self.id, status, exit_code=returncode, note=note,
+                depth_limit=self.settings.chain_depth_limit)
+
+    def _end_without_process(self, reason: str) -> None:
+        self.output.system(f"sooner: {reason}")
+        self.output.flush()
+        self.status = RunStatus.FAILED
+        end_run(self.store, self.id, RunStatus.FAILED, note=reason, depth_limit=self.settings.chain_depth_limit)
+
+    def _fail_safely(self, reason: str) -> None:
+        if self.pid is not None:
+            _kill_group(self.pid, signal.SIGKILL)
+        try:
+            self.output.system(f"sooner: {reason}")
+            self.output.flush()
+        except Exception:
+            logger.warning("run %s: could not write its last output", self.id, exc_info=True)
+        try:
+            self.status = RunStatus.FAILED
+            end_run(self.store, self.id, RunStatus.FAILED, note=reason, depth_limit=self.settings.chain_depth_limit)
+        except Exception:
+            logger.exception("run %s: could not record its end; its lease will expire", self.id)
+
+
+class _Supervisor:
+    """The select loop of one script process: output, calls, exit, cancel, timeout."""
+
+    def __init__(self, active: ActiveRun, process: subprocess.Popen, started: float) -> None:
+        self.active = active
+        self.process = process
+        self.decoder = StreamDecoder(active.output, active.calls)
+        timeout_s = active.run.get("timeout_s")
+        self.timeout_at = started + float(timeout_s) if timeout_s else None
+        self.timeout_s = timeout_s
+        self.forced: tuple[RunStatus, str] | None = None
+        self.kill_at: float | None = None
+        self.killed = False
+        self.returncode: int | None = None
+        self.linger_until: float | None = None
+        self.pidfd: int | None = None
+
+    def follow(self) -> tuple[int, tuple[RunStatus, str] | None]:
+        """Run until the process has exited and its pipes are drained; returns (returncode, forced status)."""
+        selector = selectors.DefaultSelector()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        streams = {self.process.stdout.fileno(): self.decoder.stdout, self.process.stderr.fileno(): self.decoder.stderr}
+        for fd, feed in streams.items():
+            selector.register(fd, selectors.EVENT_READ, feed)
+        selector.register(self.active._wake_r, selectors.EVENT_READ, None)
+        self.pidfd = _pidfd(self.process.pid)
+        if self.pidfd is not None:
+            selector.register(self.pidfd, selectors.EVENT_READ, "exit")
+        try:
+            self._loop(selector, streams)
+        finally:
+            selector.close()
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+            self.process.stdout.close()
+            self.process.stderr.close()
+        self.decoder.close()
+        assert self.returncode is not None
+        return self.returncode, self.forced
+
+    def _loop(self, selector: selectors.BaseSelector, streams: dict) -> None:
+        output, calls = self.active.output, self.active.calls
+        while streams or self.returncode is None:
+            for key, _ in selector.select(self._timeout()):
+                if key.data == "exit":
+                    selector.unregister(key.fd)
+                    self._reap()
+                elif key.data is None:
+                    _drain(key.fd)
+                else:
+                    data = os.read(key.fd, READ_BYTES)
+                    if data:
+                        key.data(data)
+                    else:
+                        selector.unregister(key.fd)
+                        del streams[key.fd]
+            now = time.monotonic()
+            if self.returncode is None and self.pidfd is None and self.process.poll() is not None:
+                self._reap()
+            self._control(now)
+            if streams and self.linger_until is not None and now >= self.linger_until:
+                if not self._abandon_leftovers(selector, streams):
+                    break
+            due = output.due()
+            if due is not None and now >= due:
+                output.flush()
+            due = calls.progress_due()
+            if due is not None and now >= due:
+                calls.flush_progress()
+
+    def _timeout(self) -> float | None:
+        deadlines = [d for d in (self.active.output.due(), self.active.calls.progress_due(),
+                                 self.timeout_at if self.forced is None and self.returncode is None else None,
+                                 self.kill_at if not self.killed and self.returncode is None else None,
+                                 self.linger_until) if d is not None]
+        if self.pidfd is None and self.returncode is None:
+            deadlines.append(time.monotonic() + POLL_S)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _reap(self) -> None:
+        self.returncode = self.process.wait()
+        self.linger_until = time.monotonic() + LINGER_S
+
+    def _control(self, now: float) -> None:
+        if self.returncode is not None:
+            return
+        request = self.active._stop_request
+        if self.forced is None and request is not None:
+            self._terminate(request)
+        elif self.forced is None and self.timeout_at is not None and now >= self.timeout_at:
+            self._terminate((RunStatus.TIMED_OUT, f"timed out after {self.timeout_s:g}s"))
+        elif self.kill_at is not None and not self.killed and now >= self.kill_at:
+            self.killed = True
+            grace = self.active.settings.cancel_grace_s
+            self.active.output.system(f"sooner: still running {grace:g}s after SIGTERM; sending SIGKILL")
+            _kill_group(self.process.pid, signal.SIGKILL)
+
+    def _terminate(self, request: tuple[RunStatus, str]) -> None:
+        self.forced = request
+        grace = self.active.settings.cancel_grace_s
+        self.active.output.system(f"sooner: {request[1]}; sending SIGTERM (SIGKILL in {grace:g}s)")
+        _kill_group(self.process.pid, signal.SIGTERM)
+        self.kill_at = time.monotonic() + grace
+
+    def _abandon_leftovers(self, selector: selectors.BaseSelector, streams: dict) -> bool:
+        """The script exited but its pipes are held open; kill its group once, then stop reading."""
+        if not self.killed:
+            self.killed = True
+            self.active.output.system("sooner: the script exited but processes it started still hold its "
+                                      "output open; killing its process group")
+            _kill_group(self.process.pid, signal.SIGKILL)
+            self.linger_until = time.monotonic() + LINGER_S
+            return True
+        self.active.output.system("sooner: stopped reading output held open by processes outside the group")
+        for fd in list(streams):
+            selector.unregister(fd)
+            del streams[fd]
+        return False
+
+
+def _script_path(tree: Path, job: str) -> Path:
+    # Checked by name, without touching the disk: symlinks inside the tree were
+    # vetted at deploy, and a missing file is reported when the start fails.
+    parts = job.split("/")
+    if job.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise RunError(f"job path {job!r} is not a plain path inside the deployed tree")
+    return tree.joinpath(*parts)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

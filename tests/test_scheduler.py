@@ -1,0 +1,349 @@
+"""The scheduler: cron ticks become runs exactly once, with the missed-tick and overlap policies.
+
+Tests drive ``Scheduler.tick`` with a FakeClock and never sleep; only the
+multi-process test runs real `sooner scheduler` processes on the wall clock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import FakeClock, wait_for
+from sooner.config import Settings, load_settings
+from sooner.runs import end_run, queue_run
+from sooner.scheduler import GRACE_S, Scheduler, due_ticks
+from sooner.store import open_store
+from sooner.store.runs import RunStatus
+
+UTC = timezone.utc
+
+
+def at(hour: int, minute: int = 0, second: int = 0, day: int = 5, month: int = 1) -> datetime:
+    return datetime(2026, month, day, hour, minute, second, tzinfo=UTC)
+
+
+def make_job(store, name: str = "tick.sh", schedule: str | None = "*/5 * * * *", *, enabled: bool = True,
+             **settings) -> dict:
+    store.jobs.record_deployed(name, commit="c1", blob=f"blob-{name}")
+    if enabled:
+        store.jobs.set_enabled(name, True)
+    return store.jobs.update_settings(name, {"schedule": schedule, **settings})
+
+
+def ticks(runs: list[dict]) -> list[datetime]:
+    return [run["trigger"]["scheduled_for"] for run in runs]
+
+
+def drive(scheduler: Scheduler, clock: FakeClock, until: datetime, step=timedelta(seconds=30)) -> list[dict]:
+    """Tick every ``step`` up to and including ``until``; return every run fired."""
+    fired = []
+    while clock.now() <= until:
+        fired += scheduler.tick()
+        clock.current += step
+    return fired
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(at(12))
+
+
+def test_scheduler_fires_each_tick_once_and_only_from_when_it_started(mock_store, clock):
+    make_job(mock_store, overlap="allow")
+    scheduler = Scheduler(mock_store, Settings(), clock)
+
+    fired = drive(scheduler, clock, at(12, 16))
+
+    # 12:00 itself is not fired: the schedule is tracked from the first tick on, strictly after it.
+    assert ticks(fired) == [at(12, 5), at(12, 10), at(12, 15)]
+    assert all(run["trigger"]["type"] == "cron" and run["status"] == "queued" for run in fired)
+    assert scheduler.tick(at(12, 16)) == []
+    assert [r["trigger"]["scheduled_for"] for r in mock_store.runs.list()] == [at(12, 15), at(12, 10), at(12, 5)]
+
+
+def test_scheduler_fires_in_the_jobs_timezone(mock_store):
+    make_job(mock_store, schedule="30 2 * * *", timezone="Europe/Berlin", overlap="allow")
+    clock = FakeClock(at(0))
+    scheduler = Scheduler(mock_store, Settings(), clock)
+    scheduler.tick()
+
+    assert scheduler.tick(at(1, 29, 59)) == []
+    assert ticks(scheduler.tick(at(1, 30))) == [at(1, 30)]  # 02:30 CET is 01:30 UTC
+    assert scheduler.next_due == at(1, 30, day=6)
+
+
+def test_a_time_skipped_by_spring_forward_fires_right_after_the_change(mock_store):
+    make_job(mock_store, schedule="30 2 * * *", timezone="Europe/Berlin")
+    scheduler = Scheduler(mock_store, Settings(), FakeClock(at(0, day=29, month=3)))
+    scheduler.tick()
+
+    assert scheduler.tick(at(0, 59, 59, day=29, month=3)) == []
+    # 02:30 does not exist on 2026-03-29 in Berlin; 03:00 CEST = 01:00 UTC fires instead.
+    assert ticks(scheduler.tick(at(1, 0, 1, day=29, month=3))) == [at(1, day=29, month=3)]
+
+
+def test_a_disabled_job_never_fires(mock_store, clock):
+    make_job(mock_store, enabled=False, overlap="allow")
+    scheduler = Scheduler(mock_store, Settings(), clock)
+
+    assert drive(scheduler, clock, at(12, 30)) == []
+    assert mock_store.runs.list() == []
+
+
+def test_enabling_a_job_takes_effect_on_the_next_tick_and_starts_from_then(mock_store, clock):
+    make_job(mock_store, enabled=False, missed="catch_up_once")
+    scheduler = Scheduler(mock_store, Settings(), clock)
+    drive(scheduler, clock, at(12, 7))
+
+    mock_store.jobs.set_enabled("tick.sh", True)
+    assert scheduler.tick(at(12, 7, 30)) == []  # nothing before the moment it was enabled, not even catch-up
+    assert ticks(scheduler.tick(at(12, 10))) == [at(12, 10)]
+
+
+def test_a_job_enabled_again_after_hours_does_not_count_the_disabled_time_as_missed(mock_store, clock):
+    make_job(mock_store, missed="catch_up_once", overlap="allow")
+    scheduler = Scheduler(mock_store, Settings(), clock)
+    assert ticks(drive(scheduler, clock, at(12, 5))) == [at(12, 5)]
+
+    mock_store.jobs.set_enabled("tick.sh", False)
+    scheduler.tick(at(12, 6))
+    mock_store.jobs.set_enabled("tick.sh", True)
+    assert scheduler.tick(at(15, 2)) == []
+    assert ticks(scheduler.tick(at(15, 5))) == [at(15, 5)]
+
+
+def test_changing_the_schedule_takes_effect_on_the_next_tick(mock_store, clock):
+    make_job(mock_store, schedule="0 * * * *", overlap="allow")
+    scheduler = Scheduler(mock_store, Settings(), clock)
+    scheduler.tick()
+    assert scheduler.tick(at(12, 5)) == []
+
+    mock_store.jobs.update_settings("tick.sh", {"schedule": "*/5 * * * *"})
+    assert scheduler.tick(at(12, 6)) == []
+    assert ticks(scheduler.tick(at(12, 10))) == [at(12, 10)]
+    mock_store.jobs.update_settings("tick.sh", {"schedule": None})
+    assert scheduler.tick(at(12, 15)) == []
+
+
+def downtime(mock_store, missed: str, restart_at: datetime) -> list[dict]:
+    """Fire 12:15, stop for three hours, start a new scheduler at ``restart_at``; return what it fires."""
+    make_job(mock_store, schedule="*/15 * * * *", missed=missed, overlap="allow")
+    clock = FakeClock(at(12))
+    before = Scheduler(mock_store, Settings(), clock)
+    assert ticks(drive(before, clock, at(12, 15))) == [at(12, 15)]
+    clock.current = restart_at
+    return Scheduler(mock_store, Settings(), clock).tick()
+
+
+def test_skip_fires_nothing_for_ticks_missed_during_a_downtime(mock_store):
+    assert downtime(mock_store, "skip", at(15, 20)) == []
+    assert len(mock_store.runs.list()) == 1
+    assert mock_store.jobs.get("tick.sh")["scheduler_state"]["last_tick_at"] == at(15, 15)
+
+
+def test_catch_up_once_fires_exactly_one_run_for_a_downtime(mock_store):
+    fired = downtime(mock_store, "catch_up_once", at(15, 20))
+
+    assert len(fired) == 1
+    trigger = fired[0]["trigger"]
+    assert trigger["scheduled_for"] == at(15, 15)  # the latest missed tick
+    assert trigger["catch_up"] is True
+    assert trigger["missed"] == 12  # 12:30, 12:45, … 15:15
+    assert trigger["missed_from"] == at(12, 30)
+    assert len(mock_store.runs.list()) == 2
+
+
+def test_a_tick_due_within_the_grace_still_fires_beside_the_catch_up(mock_store):
+    fired = downtime(mock_store, "catch_up_once", at(15, 30, 3))
+    assert [(r["trigger"]["scheduled_for"], r["trigger"].get("missed")) for r in fired] == [
+        (at(15, 15), 12), (at(15, 30), None)]
+
+
+def test_skip_still_fires_the_current_tick_after_a_downtime(mock_store):
+    fired = downtime(mock_store, "skip", at(15, 30, 3))
+    assert ticks(fired) == [at(15, 30)]
+
+
+def test_a_tick_later_than_the_grace_counts_as_missed():
+    assert due_ticks("*/5 * * * *", "UTC", at(12), at(12, 5) + timedelta(seconds=GRACE_S)).on_time == at(12, 5)
+    late = due_ticks("*/5 * * * *", "UTC", at(12), at(12, 5) + timedelta(seconds=GRACE_S + 0.001))
+    assert late.on_time is None and late.missed_count == 1 and late.missed_latest == at(12, 5)
+    assert due_ticks("*/5 * * * *", "UTC", at(12, 5), at(12, 9)) is None
+
+
+def test_missed_ticks_are_counted_up_to_a_limit_and_never_fired_one_by_one(mock_store):
+    make_job(mock_store, schedule="* * * * * *", missed="catch_up_once", overlap="allow")  # every second
+    clock = FakeClock(at(12))
+    Scheduler(mock_store, Settings(), clock).tick()
+    fired = Scheduler(mock_store, Settings(), clock).tick(at(15))
+    assert len(fired) == 2  # one catch-up + the on-time tick
+    assert fired[0]["trigger"]["missed_capped"] is True
+
+
+@pytest.mark.parametrize("overlap, statuses", [
+    ("allow", ["queued", "queued"]),
+    ("skip", ["queued"]),
+    ("queue", ["queued", "waiting"]),
+])
+def test_overlap_policy_applies_when_a_tick_fires_while_a_run_is_active(mock_store, clock, overlap, statuses):
+    make_job(mock_store, overlap=overlap)
+    scheduler = Scheduler(mock_store, Settings(), clock)
+    fired = drive(scheduler, clock, at(12, 10))
+
+    runs = sorted(mock_store.runs.list(), key=lambda r: r["queued_at"])
+    assert [r["status"] for r in runs] == statuses
+    assert len(fired) == len(statuses)
+    if overlap == "queue":
+        mock_store.runs.claim("w", [], 30, now=at(12, 11))
+        end_run(mock_store, runs[0]["_id"], RunStatus.SUCCEEDED, exit_code=0, now=at(12, 12))
+        assert mock_store.runs.get(runs[1]["_id"])["status"] == "queued"
+
+
+def test_a_run_whose_lease_expired_is_lost_and_retried_per_the_job_policy(mock_store, clock):
+    job = make_job(mock_store, schedule=None, retry={"attempts": 1, "delay_s": 10})
+    run = queue_run(mock_store, job, {"type": "manual"}, data={"n": 1}, now=clock.now())
+    mock_store.runs.claim("w1", [], lease_s=30, now=clock.now())
+    scheduler = Scheduler(mock_store, Settings(), clock)
+
+    assert scheduler.tick(at(12, 0, 29)) == []
+    assert mock_store.runs.get(run["_id"])["status"] == "running"
+    scheduler.tick(at(12, 0, 31))
+
+    lost = mock_store.runs.get(run["_id"])
+    assert lost["status"] == "lost"
+    assert "w1" in lost["note"] and "retrying as run" in lost["note"]
+    retry = mock_store.runs.list(status="queued")[0]
+    assert (retry["attempt"], retry["data"], retry["trigger"]["type"]) == (2, {"n": 1}, "retry")
+    assert retry["not_before"] == at(12, 0, 41)
+
+    # The retry is lost too: no attempts left, so nothing more is queued.
+    mock_store.runs.claim("w1", [], lease_s=30, now=at(12, 0, 41))
+    scheduler.tick(at(12, 2))
+    assert mock_store.runs.get(retry["_id"])["status"] == "lost"
+    assert mock_store.runs.list(status="queued") == []
+
+
+def test_a_bad_stored_schedule_is_skipped_without_stopping_other_jobs(mock_store, clock):
+    make_job(mock_store, "good.sh")
+    mock_store.jobs.record_deployed("bad.sh", commit="c1", blob="b")
+    mock_store.jobs.set_enabled("bad.sh", True)
+    mock_store.jobs.collection.update_one({"_id": "bad.sh"}, {"$set": {"schedule": "not cron"}})
+    scheduler = Scheduler(mock_store, Settings(), clock)
+
+    assert [r["job"] for r in drive(scheduler, clock, at(12, 5))] == ["good.sh"]
+
+
+def test_run_forever_ticks_until_stopped(mock_store):
+    make_job(mock_store, schedule="* * * * * *", overlap="allow")  # every second
+    stop = threading.Event()
+
+    class SteppingClock(FakeClock):
+        """Each tick sees a moment one second later; stops the loop after five ticks."""
+
+        def __init__(self) -> None:
+            super().__init__(at(12))
+            self.calls = 0
+
+        def now(self) -> datetime:
+            self.calls += 1
+            if self.calls % 2 == 1:  # tick() and wait_s() each ask once per loop
+                self.current += timedelta(seconds=1)
+            if self.calls >= 10:
+                stop.set()
+            return self.current
+
+    scheduler = Scheduler(mock_store, Settings(), SteppingClock(), interval_s=0.001)
+    scheduler.run_forever(stop)
+    assert ticks(mock_store.runs.list()) == [at(12, 0, 5), at(12, 0, 4), at(12, 0, 3), at(12, 0, 2)]
+
+
+def test_run_forever_survives_a_failing_database(mock_store):
+    stop = threading.Event()
+    calls = []
+
+    def failing_tick(now=None):
+        calls.append(now)
+        if len(calls) == 3:
+            stop.set()
+        raise RuntimeError("database exploded")
+
+    scheduler = Scheduler(mock_store, Settings(), FakeClock(), interval_s=0.001)
+    scheduler.tick = failing_tick
+    scheduler.run_forever(stop)
+    assert len(calls) == 3
+
+
+# -- several schedulers ------------------------------------------------------------------
+def test_two_schedulers_with_their_own_clients_never_fire_a_tick_twice(embedded_store, embedded_site):
+    make_job(embedded_store, "a.sh", schedule="* * * * *", overlap="allow", missed="catch_up_once")
+    make_job(embedded_store, "b.sh", schedule="*/2 * * * *", overlap="queue")
+    make_job(embedded_store, "c.sh", schedule="*/3 * * * *", overlap="skip")
+    settings = load_settings(embedded_site / "config.json", environ={},
+                             overrides={"database": embedded_store.db.name})
+    stores = [open_store(settings) for _ in range(2)]
+    times = [at(12) + timedelta(seconds=20 * i) for i in range(0, 31)]  # ten minutes
+    times.insert(20, at(12, 30))  # a jump forward (catch-up) both schedulers see
+    barrier = threading.Barrier(2)
+    fired: list[list[dict]] = [[], []]
+
+    def run(index: int) -> None:
+        scheduler = Scheduler(stores[index], settings, FakeClock(at(12)))
+        for moment in times:
+            barrier.wait(timeout=30)
+            fired[index] += scheduler.tick(moment)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for store in stores:
+            store.close()
+
+    runs = embedded_store.runs.list(limit=1000)
+    per_tick = Counter((run["job"], run["scheduled_for"]) for run in runs)
+    assert per_tick and max(per_tick.values()) == 1
+    assert len(fired[0]) + len(fired[1]) == len(runs)  # each run was reported by the scheduler that won it
+    assert sum(1 for job, _ in per_tick if job == "a.sh") >= 6
+
+
+def test_two_scheduler_processes_fire_each_tick_once_and_pick_up_changes_live(site):
+    store = open_store(load_settings(site / "config.json", environ={}))
+    make_job(store, "every-second.sh", schedule="* * * * * *", enabled=False, overlap="allow")
+    env = {**os.environ, "SOONER_CONFIG": str(site / "config.json")}
+    processes = [subprocess.Popen([sys.executable, "-m", "sooner", "scheduler"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for process in processes:
+            assert "ready" in process.stdout.readline()
+        store.jobs.set_enabled("every-second.sh", True)
+        enabled_at = datetime.now(UTC)
+        # The schedule is in force within a tick (0.5 s) and fires from then on, not before.
+        state = wait_for(lambda: store.jobs.get("every-second.sh").get("scheduler_state"), timeout=5)
+        assert state["since"] - enabled_at < timedelta(seconds=1)
+        first = wait_for(lambda: store.runs.list(limit=1), timeout=5, message="a run after enabling")[0]
+        assert first["scheduled_for"] > enabled_at
+        assert first["queued_at"] - first["scheduled_for"] < timedelta(seconds=0.5)
+        wait_for(lambda: len(store.runs.list(limit=10)) >= 4, timeout=10, message="four ticks")
+        store.jobs.set_enabled("every-second.sh", False)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        outputs = [process.communicate(timeout=15) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert all("stopped" in out for out, _ in outputs)
+    runs = store.runs.list(limit=100)
+    per_tick = Counter(run["scheduled_for"] for run in runs)
+    assert max(per_tick.values()) == 1
+    assert {run["trigger"]["source"] for run in runs} <= {f"{os.uname().nodename}:{p.pid}" for p in processes}
+    store.close()
