@@ -44,6 +44,7 @@ class Settings:
     cache_dir: str = field(default=".sooner/cache", metadata={"doc": "where workers materialise commit trees, relative to the site"})
     web_host: str = field(default="127.0.0.1", metadata={"doc": "address `sooner web`/`sooner up` listen on"})
     web_port: int = field(default=8080, metadata={"doc": "port `sooner web`/`sooner up` listen on"})
+    web_trusted_proxies: int = field(default=0, metadata={"doc": "reverse proxies in front whose X-Forwarded-* headers are trusted"})
     secret_key: str | None = field(default=None, metadata={"doc": "signs web sessions; `sooner init` generates one"})
     worker_capacity: int = field(default=4, metadata={"doc": "runs a worker executes at once"})
     heartbeat_s: float = field(default=2.0, metadata={"doc": "worker heartbeat interval"})
@@ -185,7 +186,7 @@ def _check_values(settings: Settings, source: str) -> None:
     for key in positive:
         if getattr(settings, key) <= 0:
             raise ConfigError(f"must be greater than 0, got {getattr(settings, key)}", source=source, key=key)
-    for key in ("cancel_grace_s", "shutdown_grace_s"):
+    for key in ("cancel_grace_s", "shutdown_grace_s", "web_trusted_proxies"):
         if getattr(settings, key) < 0:
             raise ConfigError("must not be negative", source=source, key=key)
     if not 0 < settings.web_port < 65536:

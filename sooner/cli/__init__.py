@@ -104,6 +104,7 @@ from sooner.cli import jobs as _jobs  # noqa: E402,F401
 from sooner.cli import deploy as _deploy  # noqa: E402,F401
 from sooner.cli import runtime as _runtime  # noqa: E402,F401
 from sooner.cli import worker as _worker  # noqa: E402,F401
+from sooner.cli import web as _web  # noqa: E402,F401
 
 
 def run() -> None:
