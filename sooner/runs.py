@@ -51,14 +51,16 @@ def queue_run(store: Store, job: dict | str, trigger: dict[str, Any], *, data: A
 
 
 def end_run(store: Store, run_id: str, status: RunStatus, *, exit_code: int | None = None,
-            note: str | None = None, depth_limit: int = 10, now: datetime | None = None) -> dict | None:
+            note: str | None = None, depth_limit: int = 10, now: datetime | None = None,
+            started_at: datetime | None = None) -> dict | None:
     """Record how a run ended and apply what follows from it. Returns the run, or None if it had ended."""
-    run = store.runs.finish(run_id, status, exit_code=exit_code, note=note, now=now)
+    run = store.runs.finish(run_id, status, exit_code=exit_code, note=note, now=now, started_at=started_at)
     if run is None:
         return None
-    job = store.jobs.find(run["job"])
-    if status in (RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMED_OUT) and job:
-        _maybe_retry(store, job, run, now)
+    if status in (RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMED_OUT):
+        job = store.jobs.find(run["job"])
+        if job:
+            _maybe_retry(store, job, run, now)
     store.runs.promote_waiting(run["job"])
     if status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMED_OUT):
         from sooner.events import emit

@@ -129,14 +129,14 @@ class RunRepo:
         self._update(run_id, {"note": note})
 
     def finish(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, note: str | None = None,
-               now: datetime | None = None) -> dict | None:
+               now: datetime | None = None, started_at: datetime | None = None) -> dict | None:
         """Record the end of a running (or queued) run; returns None if it had finished already.
 
+        ``started_at`` (when the caller knows it) saves reading the run first.
         Changes ``status``, ``exit_code``, ``finished_at``, ``duration_s``, ``lease_until`` (cleared), ``note``.
         """
         now = now or utcnow()
-        run = self.get(run_id)
-        started = run.get("started_at") or now
+        started = started_at or self.get(run_id).get("started_at") or now
         fields: dict[str, Any] = {"status": status.value, "exit_code": exit_code, "finished_at": now,
                                   "lease_until": None, "duration_s": max(0.0, (now - started).total_seconds())}
         if note:

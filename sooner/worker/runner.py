@@ -98,6 +98,7 @@ class ActiveRun:
         self.done = threading.Event()
         self.status: RunStatus | None = None
         self.pid: int | None = None
+        self.started_at: datetime | None = None
         self.thread = threading.Thread(target=self._main, name=f"sooner-run-{self.id[-6:]}", daemon=True)
         self._stop_request: tuple[RunStatus, str] | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -167,7 +168,8 @@ class ActiveRun:
                 return
             started = time.monotonic()
             self.pid = process.pid
-            self.store.runs.mark_started(self.id, pid=process.pid, commit=run.get("commit"), now=self.runner.clock())
+            self.started_at = self.runner.clock()
+            self.store.runs.mark_started(self.id, pid=process.pid, commit=run.get("commit"), now=self.started_at)
             commit = (run.get("commit") or "")[:8]
             self.output.system(f"sooner: run {self.id} of {run['job']} on worker {self.runner.worker_name} "
                                f"(commit {commit})")
@@ -200,7 +202,7 @@ class ActiveRun:
         self.output.flush()
         self.status = status
         end_run(self.store, self.id, status, exit_code=returncode, note=note,
-                depth_limit=self.settings.chain_depth_limit)
+                depth_limit=self.settings.chain_depth_limit, started_at=self.started_at)
 
     def _end_without_process(self, reason: str) -> None:
         self.output.system(f"sooner: {reason}")
