@@ -57,6 +57,7 @@ def test_enable_set_and_show_a_job(site_with_job):
     result = run_sooner("job", "set", "hello.sh", "--schedule", "*/5 * * * *", "--timezone", "Europe/Berlin",
                         "--worker", "vip", "--hook", "data-ready", cwd=site_with_job)
     assert result.returncode == 0, result.stderr
+    assert "no worker named or tagged 'vip' is online" in result.stderr
     shown = run_sooner("job", "show", "hello.sh", cwd=site_with_job).stdout
     assert "(enabled)" in shown
     assert "*/5 * * * *" in shown and "Europe/Berlin" in shown and "vip" in shown and "data-ready" in shown

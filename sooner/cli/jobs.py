@@ -117,6 +117,10 @@ def job_set(app: AppContext, name: str, **options: Any) -> None:
     job = store.jobs.update_settings(name, changes, add_hooks=options["hooks"], remove_hooks=options["no_hooks"])
     click.echo(f"updated {name}: " + ", ".join(_describe_change(k, job) for k in sorted(
         set(changes) | ({"hooks"} if options["hooks"] or options["no_hooks"] else set()))))
+    if changes.get("worker"):
+        from sooner.cli.runtime import warn_if_no_worker
+
+        warn_if_no_worker(app, changes["worker"])
 
 
 def _describe_change(key: str, job: dict) -> str:

@@ -105,7 +105,7 @@ def run_command(app: AppContext, name: str, data_text: str | None, follow: bool,
     job = store.jobs.get(name)
     run = queue_run(store, job, {"type": "manual", "author": current_user()}, data=data, target=worker)
     assert run is not None  # manual runs have no tick and no overlap check
-    _warn_if_no_worker(app, worker or job.get("worker"))
+    warn_if_no_worker(app, worker or job.get("worker"))
     if not follow:
         click.echo(run["_id"])
         return
@@ -125,7 +125,8 @@ def exit_code_for(run: dict) -> int:
     return STATUS_EXIT_CODES.get(status, 1)
 
 
-def _warn_if_no_worker(app: AppContext, target: str | None) -> None:
+def warn_if_no_worker(app: AppContext, target: str | None) -> None:
+    """Warn on stderr when no online worker matches ``target`` (a name or tag; None = any worker)."""
     workers = [w for w in app.store.workers.list() if _online(w, app.settings.heartbeat_s)]
     if target:
         workers = [w for w in workers if w["_id"] == target or target in (w.get("tags") or [])]
