@@ -43,7 +43,12 @@ def patch_date_updates() -> None:
 
 
 def main() -> None:
+    import logging
+
     patch_date_updates()
+    # nx-27017 logs every ping at INFO into <site>/.sooner/db.log; keep the log
+    # to what someone would want to read (warnings and errors).
+    logging.getLogger("nx_27017").setLevel(logging.WARNING)
     from nx_27017.nx_27017 import main as nx_main
 
     nx_main()
