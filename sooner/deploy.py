@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, cast
 
 from dulwich.errors import ObjectFormatException
 from dulwich.objects import Commit, parse_tree
@@ -38,6 +38,9 @@ from sooner.deploy_tree import TREE_MODE, DeployTree, ObjectSource, read_tree
 from sooner.errors import DeployError
 
 if TYPE_CHECKING:
+    from dulwich.objects import ObjectID
+    from dulwich.refs import Ref
+
     from sooner.config import Settings
     from sooner.store import Store
 
@@ -210,7 +213,7 @@ class ObjectCache:
     def get_raw(self, sha: bytes) -> tuple[int, bytes]:
         found = self._kept.get(sha)
         if found is None:
-            found = self.objects.get_raw(sha)
+            found = self.objects.get_raw(cast("ObjectID", sha))
             if len(found[1]) <= self.budget_bytes:
                 self._kept[sha] = found
                 self.budget_bytes -= len(found[1])
@@ -220,7 +223,7 @@ class ObjectCache:
 def read_branch(repo: Repo, branch: str) -> tuple[str, Commit]:
     """The commit at the tip of the branch, or DeployError."""
     try:
-        sha = repo.refs[b"refs/heads/" + branch.encode()]
+        sha = repo.refs[cast("Ref", b"refs/heads/" + branch.encode())]
     except KeyError:
         raise DeployError(f"branch {branch!r} does not exist in {repo.path} yet: push to it first "
                           f"(git push origin HEAD:{branch})") from None
@@ -240,7 +243,8 @@ def store_objects(store: Store, objects: ObjectSource, tree: DeployTree, known_t
     missing_blobs = store.objects.missing("blobs", blobs) if blobs else set()
     missing_trees = store.objects.missing("trees", trees) if trees else set()
     # Blobs first: a stored tree then always has its blobs.
-    sent_blobs = store.objects.put_blobs((sha, objects.get_raw(sha.encode())[1]) for sha in sorted(missing_blobs))
+    sent_blobs = store.objects.put_blobs((sha, objects.get_raw(cast("ObjectID", sha.encode()))[1])
+                                         for sha in sorted(missing_blobs))
     sent_trees = store.objects.put_trees((sha, tree.trees[sha]) for sha in sorted(missing_trees))
     return sent_blobs, sent_trees
 
@@ -269,7 +273,7 @@ def _tree_entries(objects: ObjectSource, sha: str | None) -> dict[str, tuple[int
     if sha is None:
         return {}
     try:
-        kind, raw = objects.get_raw(sha.encode())
+        kind, raw = objects.get_raw(cast("ObjectID", sha.encode()))
         entries = parse_tree(raw, 20) if kind == 2 else []
         return {name.decode("utf-8", "replace"): (mode, entry.decode()) for name, mode, entry in entries}
     except (KeyError, ValueError, ObjectFormatException):
@@ -287,7 +291,7 @@ def check_push(settings: Settings, updates: Iterable[tuple[str, str, str]], quar
     alternates = [os.path.abspath(quarantine)] if quarantine else None
     repo = Repo(str(settings.repo_path), alternates=alternates)
     try:
-        exists = deployed.encode() in repo.refs
+        exists = cast("Ref", deployed.encode()) in repo.refs
         problems = []
         for _old, new, ref in updates:
             if ref != deployed:
@@ -309,7 +313,7 @@ def check_push(settings: Settings, updates: Iterable[tuple[str, str, str]], quar
 
 def _check_commit(repo: Repo, sha: str, settings: Settings) -> list[str]:
     try:
-        commit = repo.object_store[sha.encode()]
+        commit = repo.object_store[cast("ObjectID", sha.encode())]
     except KeyError:
         return [f"commit {sha[:7]} is missing from the push"]
     if not isinstance(commit, Commit):

@@ -21,12 +21,16 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, cast
 
 from dulwich.index import ConflictedIndexEntry, Index, IndexEntry, index_entry_from_stat
 from dulwich.repo import Repo
 
 from sooner.deploy_tree import EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE, TreeFile
+
+if TYPE_CHECKING:
+    from dulwich.objects import ObjectID
+    from dulwich.refs import Ref
 
 
 WRITER_THREADS = 4
@@ -82,9 +86,9 @@ def update_working_copy(path: Path, repo_path: Path, files: Mapping[str, TreeFil
             entries[name.encode()] = entry
         if written or removed or len(entries) != len(old):
             _write_index(index_path, entries)
-        ref = b"refs/heads/" + branch.encode()
-        repo.refs.set_symbolic_ref(b"HEAD", ref)
-        repo.refs[ref] = commit.encode()
+        ref = cast("Ref", b"refs/heads/" + branch.encode())
+        repo.refs.set_symbolic_ref(cast("Ref", b"HEAD"), ref)
+        repo.refs[ref] = cast("ObjectID", commit.encode())
     finally:
         repo.close()
     return CheckoutResult(written, removed)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol, cast
 
 from dulwich.errors import ObjectFormatException
 from dulwich.objects import parse_tree
 
 from sooner.errors import DeployError
+
+if TYPE_CHECKING:
+    from dulwich.objects import ObjectID
 
 TREE_MODE = 0o040000
 EXECUTABLE_MODE = 0o100755
@@ -52,7 +55,7 @@ _SHA_BYTES = 20
 class ObjectSource(Protocol):
     """What the reader needs from a dulwich object store."""
 
-    def get_raw(self, name: bytes) -> tuple[int, bytes]: ...
+    def get_raw(self, name: ObjectID) -> tuple[int, bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ class _TreeReader:
                 if problem:
                     self.problems.append(problem)
                     continue
+                assert text is not None, "check_name returns the decoded name when it reports no problem"
                 path = prefix + text
                 if len(path.encode()) > MAX_PATH_BYTES:
                     self.problems.append(f"path {path[:80]!r}… is longer than {MAX_PATH_BYTES} bytes")
@@ -245,6 +249,7 @@ class _TreeReader:
         if mode not in (EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE):
             self.problems.append(f"path {path!r} has an unsupported mode {mode:o}")
             return
+        size: int | None
         if mode == SYMLINK_MODE:
             target = self._symlink_target(path, sha)
             if target is None:
@@ -294,7 +299,7 @@ class _TreeReader:
 
     def _get(self, sha: bytes, where: str) -> tuple[int | None, bytes]:
         try:
-            return self.objects.get_raw(sha)
+            return self.objects.get_raw(cast("ObjectID", sha))
         except KeyError:
             self.problems.append(f"object {sha.decode()} of {where} is missing from the repository")
             return None, b""

@@ -10,12 +10,16 @@ from __future__ import annotations
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
 from sooner.config import Settings
 from sooner.resources import resource_dir
+
+if TYPE_CHECKING:
+    from dulwich.refs import Ref
 
 # job -> events it is hooked to
 EXAMPLE_HOOKS = {
@@ -53,7 +57,7 @@ def _commit_tree(settings: Settings, source: Path) -> str:
     repo = Repo(str(settings.repo_path))
     try:
         root = _add_folder(repo, source)
-        ref = b"refs/heads/" + settings.branch.encode()
+        ref = cast("Ref", b"refs/heads/" + settings.branch.encode())
         parent = repo.refs[ref] if ref in repo.refs else None
         top = Tree()
         top.add(b"examples", stat.S_IFDIR, root.id)

@@ -14,12 +14,16 @@ import secrets
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from dulwich.repo import Repo
 
 from sooner.config import CONFIG_FILE, Settings, default_config, load_settings
 from sooner.errors import ConfigError
 from sooner.resources import resource_dir
+
+if TYPE_CHECKING:
+    from dulwich.refs import Ref
 
 HOOKS = ("post-update", "pre-receive")
 
@@ -45,7 +49,7 @@ def create_bare_repo(settings: Settings) -> None:
     path = settings.repo_path
     path.mkdir(parents=True)
     repo = Repo.init_bare(str(path))
-    repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + settings.branch.encode())
+    repo.refs.set_symbolic_ref(cast("Ref", b"HEAD"), cast("Ref", b"refs/heads/" + settings.branch.encode()))
     template = resource_dir("template")
     for source in template.rglob("*"):
         if source.is_file():
@@ -79,7 +83,7 @@ def create_working_copy(settings: Settings) -> None:
     config.set((b"remote", b"origin"), b"url", str(settings.repo_path).encode())
     config.set((b"remote", b"origin"), b"fetch", b"+refs/heads/*:refs/remotes/origin/*")
     config.write_to_path()
-    repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + settings.branch.encode())
+    repo.refs.set_symbolic_ref(cast("Ref", b"HEAD"), cast("Ref", b"refs/heads/" + settings.branch.encode()))
     repo.close()
 
 

@@ -61,22 +61,23 @@ class Supervisor:
             failed = next((p for p in to_start if p.process and p.process.poll() is not None), None)
             self.stop_event.wait(0.2)
         if failed is not None:
+            assert failed.process is not None, "only a started part can have exited"
             self.echo(f"sooner up: {failed.name} exited with code {failed.process.returncode}; stopping the rest")
         self._stop(to_start)
         return 0 if failed is None else 1
 
     def _stop(self, running: list[Part]) -> None:
-        alive = [p for p in running if p.process and p.process.poll() is None]
-        for part in alive:
-            part.process.send_signal(signal.SIGTERM)
+        alive = [(p, p.process) for p in running if p.process and p.process.poll() is None]
+        for _part, process in alive:
+            process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s + 5
-        for part in alive:
+        for part, process in alive:
             try:
-                part.process.wait(max(0.1, deadline - time.monotonic()))
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.echo(f"sooner up: {part.name} did not stop in time; killing it")
-                part.process.kill()
-                part.process.wait()
+                process.kill()
+                process.wait()
 
 
 def ensure_first_admin(store, echo: Callable[[str], None]) -> None:

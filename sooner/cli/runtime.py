@@ -122,7 +122,7 @@ def exit_code_for(run: dict) -> int:
         if isinstance(code, int) and code < 0:
             return 128 - code
         return code if isinstance(code, int) and 0 < code < 256 else 1
-    return STATUS_EXIT_CODES.get(status, 1)
+    return STATUS_EXIT_CODES.get(status, 1) if isinstance(status, str) else 1
 
 
 def warn_if_no_worker(app: AppContext, target: str | None) -> None:

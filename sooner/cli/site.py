@@ -28,7 +28,7 @@ def init_command(directory: Path, examples: bool) -> None:
     click.echo(
         "Next:\n"
         f"  git clone {settings.repo_path} {clone_target}    # then add executable scripts and git push\n"
-        f"  export SOONER_CONFIG={settings.site_dir / 'config.json'}    # or work inside {settings.site_dir}"
+        f"  export SOONER_CONFIG={settings.site_path('config.json')}    # or work inside {settings.site_dir}"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, ConfigurationError, ConnectionFailure, InvalidURI
@@ -35,8 +35,9 @@ def make_client(url: str) -> MongoClient:
     # Timeouts written in the URL win over our defaults (PyMongo lets keyword
     # arguments override the URL), so a site can shorten or lengthen them.
     query = url.split("?", 1)[1].lower() if "?" in url else ""
-    timeouts = {name: SERVER_SELECTION_TIMEOUT_MS for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
-                if name.lower() + "=" not in query}
+    timeouts: dict[str, Any] = {name: SERVER_SELECTION_TIMEOUT_MS
+                                for name in ("serverSelectionTimeoutMS", "connectTimeoutMS")
+                                if name.lower() + "=" not in query}
     try:
         return MongoClient(url, tz_aware=True, appname="sooner", **timeouts)
     except (ConfigurationError, InvalidURI, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from typing import TYPE_CHECKING, Iterable
 
@@ -26,7 +27,8 @@ class DeployRepo:
         self.collection = store.collection(schema.DEPLOYS)
 
     def record(self, *, commit: str, tree: str, branch: str, author: str, message: str,
-               created: list[str], updated: list[str], removed: list[str], restored: list[str],
+               created: builtins.list[str], updated: builtins.list[str], removed: builtins.list[str],
+               restored: builtins.list[str],
                now: datetime | None = None) -> dict:
         """Insert one deploy entry (the newest is the deployed state)."""
         document = {"commit": commit, "tree": tree, "branch": branch, "author": author, "message": message,
@@ -43,7 +45,7 @@ class DeployRepo:
         """The newest deploy of ``commit`` (workers use its ``tree``), or None."""
         return self.store.retry(lambda: self.collection.find_one({"commit": commit}, sort=[("time", -1), ("_id", -1)]))
 
-    def list(self, limit: int = 50) -> list[dict]:
+    def list(self, limit: int = 50) -> builtins.list[dict]:
         return self.store.retry(lambda: list(self.collection.find({}).sort([("time", -1), ("_id", -1)]).limit(limit)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,14 +30,14 @@ class EventRepo:
         self.store.retry(lambda: self.collection.insert_one(event))
         return event
 
-    def attach_runs(self, event_id: str, run_ids: list[str], note: str | None = None) -> None:
+    def attach_runs(self, event_id: str, run_ids: builtins.list[str], note: str | None = None) -> None:
         """Remember which runs the event started (``runs``) and why it started none (``note``)."""
         fields: dict[str, Any] = {"runs": run_ids}
         if note:
             fields["note"] = note
         self.store.retry(lambda: self.collection.update_one({"_id": event_id}, {"$set": fields}))
 
-    def list(self, *, name: str | None = None, limit: int = 50, before: str | None = None) -> list[dict]:
+    def list(self, *, name: str | None = None, limit: int = 50, before: str | None = None) -> builtins.list[dict]:
         query: dict[str, Any] = {}
         if name:
             query["name"] = name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime, timezone
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -67,7 +68,7 @@ class JobRepo:
             raise JobNotFound(name)
         return job
 
-    def list(self, *, include_deleted: bool = False) -> list[dict]:
+    def list(self, *, include_deleted: bool = False) -> builtins.list[dict]:
         query = {} if include_deleted else {"deleted": {"$ne": True}}
         return self.store.retry(lambda: list(self.collection.find(query).sort("_id", 1)))
 
@@ -158,7 +159,7 @@ class JobRepo:
         if inserts or updates:
             self.store.retry(lambda: self._bulk_write(inserts, updates))
 
-    def _bulk_write(self, inserts: list[dict], updates: list[tuple[str, dict]]) -> None:
+    def _bulk_write(self, inserts: builtins.list[dict], updates: builtins.list[tuple[str, dict]]) -> None:
         """Insert new jobs (an existing one is left alone) and ``$set`` fields on others, in one bulk write."""
         from pymongo import InsertOne, UpdateOne
         from pymongo.errors import BulkWriteError
@@ -179,14 +180,14 @@ class JobRepo:
             if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
                 raise
 
-    def with_hook(self, event: str) -> list[dict]:
+    def with_hook(self, event: str) -> builtins.list[dict]:
         """Enabled, not deleted jobs whose ``hooks`` contain the event name."""
         # ``$in`` rather than ``{"hooks": event}``: nx-27017 0.8.1 answers an equality match on an
         # indexed array field with nothing (tests/test_store.py covers it on every store).
         return self.store.retry(lambda: list(self.collection.find(
             {"hooks": {"$in": [event]}, "enabled": True, "deleted": {"$ne": True}})))
 
-    def scheduled(self) -> list[dict]:
+    def scheduled(self) -> builtins.list[dict]:
         """Enabled, not deleted jobs that have a schedule."""
         return self.store.retry(lambda: list(self.collection.find(
             {"enabled": True, "deleted": {"$ne": True}, "schedule": {"$ne": None}})))

@@ -6,6 +6,7 @@ readable in a terminal (the CLI accepts any unique prefix of 6+ characters).
 
 from __future__ import annotations
 
+import builtins
 import re
 from datetime import datetime, timedelta
 from enum import Enum
@@ -92,7 +93,7 @@ class RunRepo:
         return None
 
     def claim_candidates(self, worker: str, tags: Iterable[str], *, limit: int = CLAIM_CANDIDATES,
-                         now: datetime | None = None) -> list[str]:
+                         now: datetime | None = None) -> builtins.list[str]:
         """Ids of the oldest queued runs this worker may run and that are due; :meth:`take` claims one."""
         now = now or utcnow()
         targets: list[Any] = [None, worker, *tags]
@@ -164,14 +165,14 @@ class RunRepo:
         self._update(run["_id"], {"cancel_requested": True, "cancelled_by": by})
         return self.get(run["_id"])
 
-    def cancel_requested(self, run_ids: list[str]) -> list[str]:
+    def cancel_requested(self, run_ids: builtins.list[str]) -> builtins.list[str]:
         """Which of these runs someone asked to cancel."""
         if not run_ids:
             return []
         return [d["_id"] for d in self.store.retry(lambda: list(self.collection.find(
             {"_id": {"$in": run_ids}, "cancel_requested": True}, {"_id": 1})))]
 
-    def still_running(self, worker: str, run_ids: list[str]) -> dict[str, dict]:
+    def still_running(self, worker: str, run_ids: builtins.list[str]) -> dict[str, dict]:
         """Which of these runs are still running on ``worker`` (by id), with ``cancel_requested``/``cancelled_by``.
 
         A run missing from the answer was ended elsewhere (cancelled before it started, marked lost …).
@@ -183,7 +184,8 @@ class RunRepo:
             {"_id": 1, "cancel_requested": 1, "cancelled_by": 1})))
         return {doc["_id"]: doc for doc in docs}
 
-    def renew_leases(self, worker: str, run_ids: list[str], lease_s: float, now: datetime | None = None) -> None:
+    def renew_leases(self, worker: str, run_ids: builtins.list[str], lease_s: float,
+                     now: datetime | None = None) -> None:
         """Extend ``lease_until`` of this worker's running runs (called with each heartbeat)."""
         if not run_ids:
             return
@@ -192,7 +194,7 @@ class RunRepo:
             {"_id": {"$in": run_ids}, "worker": worker, "status": RunStatus.RUNNING.value},
             {"$set": {"lease_until": now + timedelta(seconds=lease_s)}}))
 
-    def expired_leases(self, now: datetime | None = None) -> list[dict]:
+    def expired_leases(self, now: datetime | None = None) -> builtins.list[dict]:
         """Running runs whose worker stopped renewing their lease."""
         now = now or utcnow()
         return self.store.retry(lambda: list(self.collection.find(
@@ -233,7 +235,7 @@ class RunRepo:
             {"job": job, "status": {"$in": ACTIVE}}, {"_id": 1}).limit(1000))))
 
     def list(self, *, job: str | None = None, status: str | None = None, limit: int = 50,
-             before: str | None = None) -> list[dict]:
+             before: str | None = None) -> builtins.list[dict]:
         """Newest first; ``before`` (a run id) pages backwards."""
         query: dict[str, Any] = {}
         if job:
@@ -244,10 +246,10 @@ class RunRepo:
             query["_id"] = {"$lt": before}
         return self.store.retry(lambda: list(self.collection.find(query).sort("_id", -1).limit(limit)))
 
-    def running(self) -> list[dict]:
+    def running(self) -> builtins.list[dict]:
         return self.store.retry(lambda: list(self.collection.find({"status": RunStatus.RUNNING.value})))
 
-    def last_per_job(self, jobs: list[str]) -> dict[str, dict]:
+    def last_per_job(self, jobs: builtins.list[str]) -> dict[str, dict]:
         """The newest run of each named job."""
         result: dict[str, dict] = {}
         for job in jobs:

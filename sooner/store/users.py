@@ -9,6 +9,7 @@ A token reads ``sooner_<id>_<secret>``; ``<id>`` finds the document.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import re
 import secrets
@@ -98,7 +99,7 @@ class UserRepo:
     def get(self, name: str) -> dict | None:
         return self.store.retry(lambda: self.collection.find_one({"_id": name}))
 
-    def list(self) -> list[dict]:
+    def list(self) -> builtins.list[dict]:
         return self.store.retry(lambda: list(self.collection.find({}, {"hash": 0}).sort("_id", 1)))
 
     def count(self) -> int:
@@ -165,7 +166,7 @@ class TokenRepo:
         self.store.retry(lambda: self.collection.insert_one(document))
         return f"sooner_{token_id}_{secret}", document
 
-    def list(self, user: str | None = None) -> list[dict]:
+    def list(self, user: str | None = None) -> builtins.list[dict]:
         query = {"user": user} if user else {}
         return self.store.retry(lambda: list(self.collection.find(query, {"hash": 0}).sort("created_at", 1)))
 

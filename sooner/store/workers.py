@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ class WorkerRepo:
         self.store = store
         self.collection = store.collection(schema.WORKERS)
 
-    def register(self, name: str, *, instance: str, host: str, pid: int, capacity: int, tags: list[str],
+    def register(self, name: str, *, instance: str, host: str, pid: int, capacity: int, tags: builtins.list[str],
                  version: str, stale_after_s: float, now: datetime | None = None) -> dict:
         """Take the name for this process, unless a live process (fresh heartbeat) holds it.
 
@@ -51,7 +52,7 @@ class WorkerRepo:
                               f"or stop it (it counts as gone {stale_after_s:.0f}s after its last heartbeat)")
         return taken
 
-    def heartbeat(self, name: str, instance: str, *, running: list[str], stats: dict[str, Any] | None = None,
+    def heartbeat(self, name: str, instance: str, *, running: builtins.list[str], stats: dict[str, Any] | None = None,
                   now: datetime | None = None) -> bool:
         """Refresh ``heartbeat_at``, ``running`` and CPU/memory samples. False if another process took the name."""
         fields = {"heartbeat_at": now or utcnow(), "running": running, **(stats or {})}
@@ -67,5 +68,5 @@ class WorkerRepo:
     def get(self, name: str) -> dict | None:
         return self.store.retry(lambda: self.collection.find_one({"_id": name}))
 
-    def list(self) -> list[dict]:
+    def list(self) -> builtins.list[dict]:
         return self.store.retry(lambda: list(self.collection.find({}).sort("_id", 1)))

@@ -76,7 +76,7 @@ def parse_stderr_line(line: str) -> Call | None:
     if method not in METHODS:
         raise UnknownMethod(method)
     args = [_literal(arg, f"argument {i + 1}") for i, arg in enumerate(node.args)]
-    kwargs = {kw.arg: _literal(kw.value, f"argument {kw.arg!r}") for kw in _keywords(node)}
+    kwargs = {name: _literal(value, f"argument {name!r}") for name, value in _keywords(node)}
     return _build_call(method, args, kwargs)
 
 
@@ -125,11 +125,13 @@ def _method_name(node: ast.Call) -> str:
     return func.attr
 
 
-def _keywords(node: ast.Call) -> list[ast.keyword]:
+def _keywords(node: ast.Call) -> list[tuple[str, ast.expr]]:
+    pairs = []
     for kw in node.keywords:
         if kw.arg is None:
             raise ProtocolError("**kwargs are not allowed; pass arguments as literals")
-    return node.keywords
+        pairs.append((kw.arg, kw.value))
+    return pairs
 
 
 def _literal(node: ast.expr, what: str) -> Any:
