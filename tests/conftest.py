@@ -143,3 +143,20 @@ def clone(site: Path, tmp_path: Path) -> Path:
     git("clone", "-q", str(site / "scripts.git"), str(path), cwd=tmp_path)
     git("checkout", "-q", "-B", "main", cwd=path)
     return path
+
+
+def csrf_of(page_text: str) -> str:
+    """The CSRF token a Sooner page carries in its <meta name="csrf-token">."""
+    import re
+
+    return re.search(r'name="csrf-token" content="([^"]+)"', page_text).group(1)
+
+
+def signed_in(app, name: str, password: str, landing: str = "/"):
+    """A Flask test client signed in through the real login form; ``client.csrf`` is ready for POSTs."""
+    client = app.test_client()
+    page = client.get("/login")
+    response = client.post("/login", data={"username": name, "password": password, "csrf_token": csrf_of(page.text)})
+    assert response.status_code == 302, response.text
+    client.csrf = csrf_of(client.get(landing).text)
+    return client

@@ -18,6 +18,8 @@ from sooner.config import load_settings
 from sooner.store.jobs import utcnow
 from sooner.webapp import create_app
 
+from conftest import csrf_of, signed_in
+
 ADMIN_PASSWORD = "admin-password"
 VIEWER_PASSWORD = "viewer-password"
 HOSTILE = "<script>alert(1)</script>"
@@ -38,17 +40,8 @@ def web(mock_store, monkeypatch):
     return SimpleNamespace(app=app, socketio=socketio, store=mock_store, hub=hub, settings=settings)
 
 
-def csrf_of(page_text: str) -> str:
-    return re.search(r'name="csrf-token" content="([^"]+)"', page_text).group(1)
-
-
 def login(web, name: str = "admin", password: str = ADMIN_PASSWORD):
-    client = web.app.test_client()
-    page = client.get("/login")
-    response = client.post("/login", data={"username": name, "password": password, "csrf_token": csrf_of(page.text)})
-    assert response.status_code == 302, response.text
-    client.csrf = csrf_of(client.get("/").text)
-    return client
+    return signed_in(web.app, name, password, "/")
 
 
 def make_run(store, job="reports/daily.sh", status="running", chunks=0, **fields):

@@ -18,6 +18,8 @@ from bson import ObjectId
 from sooner.config import load_settings
 from sooner.webapp import create_app
 
+from conftest import signed_in
+
 ADMIN_PASSWORD = "admin-password"
 VIEWER_PASSWORD = "viewer-password"
 HOSTILE = '<script>alert("q")</script>'
@@ -55,17 +57,8 @@ def fill(store, name="pages", n=30):
     return queue, entries
 
 
-def csrf_of(text: str) -> str:
-    return re.search(r'name="csrf-token" content="([^"]+)"', text).group(1)
-
-
 def login(web, name="admin", password=ADMIN_PASSWORD):
-    client = web.app.test_client()
-    page = client.get("/login")
-    response = client.post("/login", data={"username": name, "password": password, "csrf_token": csrf_of(page.text)})
-    assert response.status_code == 302, response.text
-    client.csrf = csrf_of(client.get("/queues/").text)
-    return client
+    return signed_in(web.app, name, password, "/queues/")
 
 
 def urls(text: str) -> list[str]:

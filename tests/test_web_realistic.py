@@ -11,6 +11,8 @@ from sooner.config import load_settings
 from sooner.webapp import create_app
 from sooner.webapp.testing import seed_realistic_data
 
+from conftest import signed_in
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,10 +29,7 @@ def signed_in_client(store, monkeypatch):
     app, _ = create_app(settings, store, live=False)
     app.extensions["sooner"].stats.warm(job["_id"] for job in store.jobs.list())  # what serve() does at start
     store.users.add("admin", "page-password", admin=True)
-    client = app.test_client()
-    token = client.get("/login").text.split('name="csrf-token" content="')[1].split('"')[0]
-    client.post("/login", data={"username": "admin", "password": "page-password", "csrf_token": token})
-    return client
+    return signed_in(app, "admin", "page-password")
 
 
 def test_every_page_renders_with_realistic_data(embedded_store, monkeypatch):
