@@ -40,7 +40,7 @@ from werkzeug.datastructures import MultiDict
 
 import sooner.store.users
 from sooner.config import load_settings
-from sooner.queue_filters import infer_columns, parse_view
+from sooner.store.queue_filters import infer_columns, parse_view
 from sooner.site import init_site
 from sooner.store import Store, open_store
 from sooner.webapp import create_app

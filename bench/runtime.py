@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sooner.config import load_settings  # noqa: E402
-from sooner.runs import queue_run  # noqa: E402
+from sooner.model import ManualTrigger, Run, RunStatus  # noqa: E402
+from sooner.runs.service import RunService  # noqa: E402
 from sooner.site import init_site  # noqa: E402
 from sooner.store import open_store  # noqa: E402
 from sooner.store.embedded import EmbeddedServer  # noqa: E402
@@ -98,16 +99,22 @@ def main() -> None:
             EmbeddedServer(settings.state_dir).stop()
 
 
-def run_and_wait(store, job: str, timeout: float = 300) -> dict:
-    run = queue_run(store, job, {"type": "manual"})
-    return wait_finished(store, run["_id"], timeout)
+def queue(store, job) -> Run:
+    """A manual run of ``job`` (a name or a Job), queued through the run service."""
+    run = RunService(store).queue(job, ManualTrigger())
+    assert run is not None
+    return run
 
 
-def wait_finished(store, run_id: str, timeout: float = 300, poll_s: float = 0.05) -> dict:
+def run_and_wait(store, job: str, timeout: float = 300) -> Run:
+    return wait_finished(store, queue(store, job).id, timeout)
+
+
+def wait_finished(store, run_id: str, timeout: float = 300, poll_s: float = 0.05) -> Run:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = store.runs.get(run_id)
-        if run["status"] not in ("queued", "running", "waiting"):
+        if run.finished:
             return run
         time.sleep(poll_s)
     raise TimeoutError(f"run {run_id} did not finish")
@@ -120,7 +127,7 @@ def throughput(store, settings, tree: Path, cache: Path, count: int) -> None:
     baseline = count / (time.perf_counter() - started)
     job = store.jobs.get("noop.sh")
     # Queue everything first, then let a fresh worker drain the queue.
-    runs = [queue_run(store, job, {"type": "manual"})["_id"] for _ in range(count)]
+    runs = [queue(store, job).id for _ in range(count)]
     worker = Worker(store, settings, "bench-throughput", capacity=8, cache=cache)
     worker.register()
     stop = threading.Event()
@@ -129,13 +136,13 @@ def throughput(store, settings, tree: Path, cache: Path, count: int) -> None:
     started = time.perf_counter()
     thread.start()
     wait_finished(store, runs[-1], poll_s=0.05)
-    while store.runs.list(status="queued", limit=1) or store.runs.list(status="running", limit=1):
+    while store.runs.list(status=RunStatus.QUEUED, limit=1) or store.runs.list(status=RunStatus.RUNNING, limit=1):
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
     usage = cpu()
     stop.set()
     thread.join(30)
-    failed = [r for r in runs if store.runs.get(r)["status"] != "succeeded"]
+    failed = [r for r in runs if store.runs.get(r).status is not RunStatus.SUCCEEDED]
     assert not failed, failed[:3]
     rate = count / elapsed
     print(f"1. no-op throughput: {rate:.0f} runs/s through one worker (capacity {worker.capacity}) "
@@ -168,9 +175,10 @@ def latency(store, worker: Worker, count: int) -> None:
     job = store.jobs.get("noop.sh")
     delays = []
     for i in range(count):
-        run = queue_run(store, job, {"type": "manual"})
-        done = wait_finished(store, run["_id"])
-        delays.append((done["started_at"] - run["queued_at"]).total_seconds() * 1000)
+        run = queue(store, job)
+        done = wait_finished(store, run.id)
+        assert done.started_at is not None and run.queued_at is not None, done
+        delays.append((done.started_at - run.queued_at).total_seconds() * 1000)
         time.sleep(0.005 + (i % 7) * 0.004)  # queue at varying points of the worker's poll cycle
     spawn = []
     for _ in range(50):
@@ -184,11 +192,12 @@ def latency(store, worker: Worker, count: int) -> None:
           f"vs bare Popen {base:.1f} ms -> ratio p50 {p50 / base:.1f} (target p50 < 50 ms)")
 
 
-def phase_seconds(store, run: dict) -> float:
+def phase_seconds(store, run: Run) -> float:
     """From the script's "start=" stamp (after its imports) to the run's recorded end."""
-    first = store.output.read(run["_id"], limit=3)
+    first = store.output.read(run.id, limit=3)
     start = next(float(line[6:]) for chunk in first for line in chunk["text"].splitlines() if line.startswith("start="))
-    return max(run["finished_at"].timestamp() - start, 1e-3)
+    assert run.finished_at is not None, run
+    return max(run.finished_at.timestamp() - start, 1e-3)
 
 
 def rpc(store, worker: Worker, tree: Path) -> None:
@@ -203,7 +212,7 @@ def rpc(store, worker: Worker, tree: Path) -> None:
     for job, label in (("stderr_calls.py", "stderr lines"), ("api_calls.py", "socket via sooner.api (notifications)"),
                        ("socket_calls.py", "socket, request/response each")):
         run = run_and_wait(store, job)
-        assert run["status"] == "succeeded" and run["progress"]["current"] == CALLS - 1, run
+        assert run.status is RunStatus.SUCCEEDED and run.progress and run.progress.current == CALLS - 1, run
         rate = CALLS / phase_seconds(store, run)
         print(f"   {label}: {rate:,.0f} calls/s -> ratio {rate / sooner_plain:.2f} to plain lines through the worker "
               f"(target >= 20,000 calls/s)")
@@ -231,8 +240,8 @@ def ingest(store, worker: Worker, tree: Path, tmp: Path) -> None:
     usage = cpu()
     done.set()
     sampler.join()
-    assert run["status"] == "succeeded", run
-    stdout = [c["text"] for c in store.output.read(run["_id"]) if c["stream"] == "stdout"]
+    assert run.status is RunStatus.SUCCEEDED, run
+    stdout = [c["text"] for c in store.output.read(run.id) if c["stream"] == "stdout"]
     stamp = len(stdout[0].split("\n", 1)[0])
     with open(sample, "rb") as handle:
         sample_stamp = len(handle.readline()) - 1

@@ -1,4 +1,4 @@
-"""Shared fixtures: a store on mongomock or the embedded server, a site made by `sooner init`, a clock."""
+"""Shared fixtures: a store on mongomock or the embedded server, a run service, a site made by `sooner init`, a clock."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from sooner.config import load_settings
+from sooner.clock import SYSTEM_CLOCK, Clock, FakeClock
+from sooner.config import Settings, load_settings
+from sooner.runs.listeners import ListenerRegistry
+from sooner.runs.service import RunService
 from sooner.site import init_site
 from sooner.store import Store, open_store
 
@@ -34,34 +37,55 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
-class FakeClock:
-    """A settable clock (aware UTC) for schedulers and workers under test."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.current = start or datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, **delta: float) -> datetime:
-        self.current += timedelta(**delta)
-        return self.current
-
-
 @pytest.fixture
 def fake_clock() -> FakeClock:
-    return FakeClock()
+    """One clock for a whole scenario: give it to the store, the run service, the scheduler and the worker."""
+    return FakeClock(datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc))
 
 
 _counter = itertools.count()
 
 
 @pytest.fixture
-def mock_store() -> Store:
-    """A fresh in-memory store (mongomock): fast, single process, not thread-safe."""
-    store = Store(f"mongomock://test-{os.getpid()}-{next(_counter)}", "sooner")
-    store.ensure_indexes()
-    return store
+def make_mock_store() -> Callable[..., Store]:
+    """A factory of fresh in-memory stores (mongomock): ``make_mock_store(clock=fake_clock)``."""
+
+    def make(clock: Clock = SYSTEM_CLOCK) -> Store:
+        store = Store(f"mongomock://test-{os.getpid()}-{next(_counter)}", "sooner", clock=clock)
+        store.ensure_indexes()
+        return store
+    return make
+
+
+@pytest.fixture
+def mock_store(make_mock_store) -> Store:
+    """A fresh in-memory store (mongomock) on the system clock: fast, single process, not thread-safe."""
+    return make_mock_store()
+
+
+@pytest.fixture
+def clocked_store(make_mock_store, fake_clock: FakeClock) -> Store:
+    """A fresh in-memory store whose clock is the test's ``fake_clock``: what it records defaults to that time."""
+    return make_mock_store(clock=fake_clock)
+
+
+@pytest.fixture
+def make_service() -> Callable[..., RunService]:
+    """``make_service(store, chain_depth_limit=3, …)``: a RunService on the store's clock with these settings.
+
+    ``clock=`` and ``listeners=`` pass through to RunService; other keywords are Settings fields.
+    """
+
+    def make(store: Store, *, clock: Clock | None = None, listeners: ListenerRegistry | None = None,
+             **settings: object) -> RunService:
+        return RunService(store, Settings(**settings), clock or store.clock, listeners=listeners)  # type: ignore[arg-type]
+    return make
+
+
+@pytest.fixture
+def service(clocked_store: Store, make_service) -> RunService:
+    """The run service of ``clocked_store``, on the test's ``fake_clock``."""
+    return make_service(clocked_store)
 
 
 @pytest.fixture(scope="session")

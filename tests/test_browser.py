@@ -16,6 +16,7 @@ import pytest
 
 from conftest import SCRIPTS, git, wait_for
 from sooner.config import load_settings
+from sooner.model import RunStatus
 from sooner.site import init_site
 from sooner.store import open_store
 from sooner.webapp.testing import Process, WebServer, chromium_problem, launch_chromium, sign_in
@@ -116,10 +117,10 @@ def test_toggle_a_job_from_the_list_without_leaving_the_page(live):
     page.wait_for_selector('tr[data-name="web_hostile.sh"] button.switch[aria-checked=true]')
     assert page.url == live.base + "/jobs"
     assert "is-new" not in (page.locator('tr[data-name="web_hostile.sh"]').get_attribute("class") or "")
-    assert live.store.jobs.get("web_hostile.sh")["enabled"] is True
+    assert live.store.jobs.get("web_hostile.sh").enabled is True
     switch.click()
     page.wait_for_selector('tr[data-name="web_hostile.sh"] button.switch[aria-checked=false]')
-    assert live.store.jobs.get("web_hostile.sh")["enabled"] is False
+    assert live.store.jobs.get("web_hostile.sh").enabled is False
 
 
 def test_enable_and_schedule_a_job_in_the_form_with_a_live_preview(live):
@@ -137,8 +138,7 @@ def test_enable_and_schedule_a_job_in_the_form_with_a_live_preview(live):
     page.click("#save")
     page.wait_for_selector(".flash")
     job = live.store.jobs.get("web_progress.sh")
-    assert (job["enabled"], job["schedule"], job["timezone"], job.get("new")) == (True, "*/10 * * * *",
-                                                                                 "Europe/Berlin", False)
+    assert (job.enabled, job.schedule, job.timezone, job.new) == (True, "*/10 * * * *", "Europe/Berlin", False)
     shot(page, "job")
 
 
@@ -176,7 +176,7 @@ def test_cancel_a_running_run(live):
     page.click("#cancel")
     page.wait_for_selector("#run-status[data-status=cancelled]", timeout=30_000)
     assert page.locator("#cancel-form").is_hidden()
-    assert live.store.runs.get(run_id)["status"] == "cancelled"
+    assert live.store.runs.get(run_id).status is RunStatus.CANCELLED
 
 
 def test_hostile_output_is_shown_as_text_and_never_runs(live):

@@ -94,7 +94,7 @@ def test_no_hook_removes_a_hook(site_with_job):
     run_sooner("job", "set", "hello.sh", "--hook", "a", "--hook", "b", cwd=site_with_job)
     run_sooner("job", "set", "hello.sh", "--no-hook", "a", cwd=site_with_job)
     store = open_store(load_settings(site_with_job / "config.json", environ={}))
-    assert store.jobs.get("hello.sh")["hooks"] == ["b"]
+    assert store.jobs.get("hello.sh").hooks == ("b",)
     store.close()
 
 
@@ -112,11 +112,11 @@ def test_init_with_examples_deploys_them_disabled_with_hooks(tmp_path):
     site = tmp_path / "s"
     store = open_store(load_settings(site / "config.json", environ={}))
     try:
-        jobs = {job["_id"]: job for job in store.jobs.list()}
+        jobs = {job.name: job for job in store.jobs.list()}
         assert {"examples/backup.sh", "examples/chain/extract.sh", "examples/chain/report.py",
                 "examples/queues/feed.py", "examples/queues/drain.py"} <= set(jobs)
-        assert not any(job["enabled"] for job in jobs.values())
-        assert jobs["examples/chain/report.py"]["hooks"] == ["extract-done"]
+        assert not any(job.enabled for job in jobs.values())
+        assert jobs["examples/chain/report.py"].hooks == ("extract-done",)
         assert (site / "scripts-working-copy" / "examples" / "backup.sh").stat().st_mode & stat.S_IXUSR
     finally:
         store.close()

@@ -16,11 +16,11 @@ import pytest
 
 from conftest import git, run_sooner, wait_for
 from sooner.cli.runtime import ProgressDisplay, exit_code_for
+from sooner.clock import utcnow
 from sooner.config import load_settings
-from sooner.runs import end_run
+from sooner.model import Progress, Run, RunStatus
+from sooner.runs.service import RunService
 from sooner.store import open_store
-from sooner.store.jobs import utcnow
-from sooner.store.runs import RunStatus
 
 HELLO = """#!/bin/sh
 echo "hello $SOONER_DATA"
@@ -51,15 +51,15 @@ def test_run_prints_the_id_and_runs_lists_it(site, store):
     assert result.returncode == 0, result.stderr
     run_id = result.stdout.strip()
     run = store.runs.get(run_id)
-    assert (run["job"], run["status"], run["data"]) == ("hello.sh", "queued", {"n": 1})
-    assert run["trigger"] == {"type": "manual", "author": "alice"}
+    assert (run.job, run.status, run.data) == ("hello.sh", "queued", {"n": 1})
+    assert run.trigger.to_doc() == {"type": "manual", "author": "alice"}
     assert "no worker is online; the run waits" in result.stderr
 
     listed = sooner(site, "runs")
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()[:2]
     assert header.split() == ["ID", "JOB", "STATUS", "WORKER", "TRIGGER", "STARTED", "DURATION", "PROGRESS"]
-    assert row.split()[:6] == [run_id, "hello.sh", "queued", "-", "manual", "alice"]
+    assert row.split()[:7] == [run_id, "hello.sh", "queued", "-", "manual", "by", "alice"]
     assert sooner(site, "runs", "--status", "running").stdout.strip() == "no runs match"
     assert run_id in sooner(site, "runs", "--job", "hello.sh", "--limit", "1").stdout
 
@@ -69,7 +69,7 @@ def test_run_on_a_named_worker_warns_when_that_worker_is_not_online(site, store)
                            stale_after_s=30)
     result = sooner(site, "run", "hello.sh", "--worker", "gpu")
     assert result.returncode == 0, result.stderr
-    assert store.runs.get(result.stdout.strip())["target"] == "gpu"
+    assert store.runs.get(result.stdout.strip()).target == "gpu"
     assert "no worker named or tagged 'gpu' is online" in result.stderr
     assert "warning" not in sooner(site, "run", "hello.sh").stderr  # "other" is online and takes anything
 
@@ -101,14 +101,16 @@ def test_logs_prints_the_whole_output_stdout_and_stderr_apart(site, store):
     assert result.stdout == "line 1\nline 2\n"
     assert result.stderr == "oops\nsooner: started\n"
 
-    store.runs.claim("w", [], 30)
-    end_run(store, run_id, RunStatus.FAILED, exit_code=2)
+    service = RunService(store)
+    assert service.claim("w", [], 30).id == run_id
+    service.finish(run_id, RunStatus.FAILED, exit_code=2)
     assert f"run {run_id} failed (exit code 2)" in sooner(site, "logs", run_id).stderr
 
 
 def simulated_worker(store, run_id: str, final: RunStatus, exit_code: int | None, started: threading.Event) -> None:
     """What a worker does, step by step: claim, progress, output chunks, end."""
-    wait_for(lambda: store.runs.claim("sim", [], 30), timeout=20, message="the run to claim")
+    service = RunService(store)
+    wait_for(lambda: service.claim("sim", [], 30), timeout=20, message="the run to claim")
     store.runs.mark_started(run_id, pid=1, commit=None)
     started.wait(20)
     for seq in range(3):
@@ -116,7 +118,7 @@ def simulated_worker(store, run_id: str, final: RunStatus, exit_code: int | None
         store.output.append(run_id, [(2 * seq, "stdout", f"out {seq}\n", None),
                                      (2 * seq + 1, "stderr", f"err {seq}\n", None)])
         time.sleep(0.1)
-    end_run(store, run_id, final, exit_code=exit_code, note="worker vanished" if final is RunStatus.LOST else None)
+    service.finish(run_id, final, exit_code=exit_code, note="worker vanished" if final is RunStatus.LOST else None)
 
 
 @pytest.mark.parametrize("final, exit_code, expected", [
@@ -151,30 +153,34 @@ def test_run_follow_exits_with_the_status_code_of_a_simulated_worker_run(site, s
     run = wait_for(lambda: store.runs.list(limit=1), timeout=20, message="the run")[0]
     started = threading.Event()
     started.set()
-    simulated_worker(store, run["_id"], RunStatus.LOST, None, started)
+    simulated_worker(store, run.id, RunStatus.LOST, None, started)
     out, err = follower.communicate(timeout=30)
     assert follower.returncode == 75, err
     assert out == "out 0\nout 1\nout 2\n"
     assert "worker vanished" in err
 
 
+def ended(status: str, exit_code: int | None = None) -> Run:
+    return Run(id="r1", job="j", status=RunStatus(status), exit_code=exit_code)
+
+
 def test_exit_codes_of_run_follow():
-    assert exit_code_for({"status": "succeeded", "exit_code": 0}) == 0
-    assert exit_code_for({"status": "failed", "exit_code": 3}) == 3
-    assert exit_code_for({"status": "failed", "exit_code": -9}) == 137
-    assert exit_code_for({"status": "failed", "exit_code": None}) == 1
-    assert exit_code_for({"status": "timed_out", "exit_code": -15}) == 124
-    assert exit_code_for({"status": "cancelled"}) == 130
-    assert exit_code_for({"status": "lost"}) == 75
+    assert exit_code_for(ended("succeeded", 0)) == 0
+    assert exit_code_for(ended("failed", 3)) == 3
+    assert exit_code_for(ended("failed", -9)) == 137
+    assert exit_code_for(ended("failed", None)) == 1
+    assert exit_code_for(ended("timed_out", -15)) == 124
+    assert exit_code_for(ended("cancelled")) == 130
+    assert exit_code_for(ended("lost")) == 75
 
 
 def test_progress_without_a_tty_prints_a_line_at_most_every_second(capsys):
     now = [0.0]
     display = ProgressDisplay(tty=False, clock=lambda: now[0])
     for current in range(1, 11):
-        display.show({"current": current, "max": 10})
+        display.show(Progress(current, 10))
         now[0] += 0.25
-    display.finish({"current": 10, "max": 10})
+    display.finish(Progress(10, 10))
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["sooner: progress 1/10 (10%)", "sooner: progress 5/10 (50%)", "sooner: progress 9/10 (90%)",
                      "sooner: progress 10/10 (100%)"]
@@ -182,8 +188,8 @@ def test_progress_without_a_tty_prints_a_line_at_most_every_second(capsys):
 
 def test_progress_on_a_tty_is_one_redrawn_line(capsys):
     display = ProgressDisplay(tty=True, width=10)
-    display.show({"current": 50, "max": 100})
-    display.show({"current": 50, "max": 100})
+    display.show(Progress(50, 100))
+    display.show(Progress(50, 100))
     display.clear()
     err = capsys.readouterr().err
     assert err == "\r\x1b[2K[#####.....] 50%\r\x1b[2K"

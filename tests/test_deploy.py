@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,9 +21,9 @@ from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
 from sooner.config import load_settings
-from sooner.deploy import (JobChanges, check_push, deploy, parse_push_lines, plan_job_changes, refs_not_deployed,
-                           store_objects)
-from sooner.deploy_tree import (EXECUTABLE_MODE, GITLINK_MODE, REGULAR_MODE, SYMLINK_MODE, TREE_MODE, check_name,
+from sooner.deploy.push import (JobChanges, check_push, deploy, parse_push_lines, plan_job_changes, refs_not_deployed,
+                                store_objects)
+from sooner.deploy.tree import (EXECUTABLE_MODE, GITLINK_MODE, REGULAR_MODE, SYMLINK_MODE, TREE_MODE, check_name,
                                 check_symlinks, read_tree)
 from sooner.errors import DeployError
 from sooner.site import init_site
@@ -250,16 +251,21 @@ def test_bulk_job_changes_set_the_same_fields_as_one_by_one(any_store):
     jobs.record_deploy_changes(commit="c1", created={"new.sh": "b1"}, updated={"updated.sh": "b1"},
                                restored={"restored.sh": "b1"}, removed=["removed.sh"])
     jobs.record_deployed("one-by-one.sh", commit="c1", blob="b1")
+    # the stored documents have the same fields, and the jobs the same values (times aside)
+    times = {"created_at", "updated_at"}
+    stored = {name: jobs.collection.find_one({"_id": name}) for name in ("new.sh", "one-by-one.sh")}
+    assert set(stored["new.sh"]) - times == set(stored["one-by-one.sh"]) - times
     new, single = jobs.get("new.sh"), jobs.get("one-by-one.sh")
-    assert {k for k in new if k not in ("created_at", "updated_at")} == {k for k in single if k not in ("created_at", "updated_at")}
-    assert new["enabled"] is False and new["deleted"] is False and new["blob"] == "b1" and new["commit"] == "c1"
-    assert jobs.get("updated.sh")["blob"] == "b1"
-    assert jobs.get("restored.sh")["deleted"] is False and jobs.get("restored.sh")["enabled"] is False
-    assert jobs.get("removed.sh")["deleted"] is True and jobs.get("removed.sh")["commit"] == "c1"
+    assert replace(new, name="-", created_at=None, updated_at=None) == replace(single, name="-", created_at=None,
+                                                                               updated_at=None)
+    assert new.enabled is False and new.deleted is False and new.blob == "b1" and new.commit == "c1"
+    assert jobs.get("updated.sh").blob == "b1"
+    assert jobs.get("restored.sh").deleted is False and jobs.get("restored.sh").enabled is False
+    assert jobs.get("removed.sh").deleted is True and jobs.get("removed.sh").commit == "c1"
     # creating a job that exists already leaves it alone
     jobs.set_enabled("new.sh", True)
     jobs.record_deploy_changes(commit="c2", created={"new.sh": "b2"})
-    assert jobs.get("new.sh")["enabled"] is True and jobs.get("new.sh")["blob"] == "b1"
+    assert jobs.get("new.sh").enabled is True and jobs.get("new.sh").blob == "b1"
 
 
 def test_refs_not_deployed_names_other_branches_and_tags():
@@ -281,9 +287,9 @@ def test_deploy_creates_disabled_jobs_and_checks_out_the_tree(deployer):
     assert report.lines()[:2] == ["sooner: created job hello.sh (disabled)",
                                   "sooner: created job reports/daily.sh (disabled)"]
     assert report.lines()[-1].startswith(f"sooner: deployed {commit[:7]} (2 created, 0 updated, 0 removed;")
-    jobs = {job["_id"]: job for job in deployer.store.jobs.list()}
+    jobs = {job.name: job for job in deployer.store.jobs.list()}
     assert set(jobs) == {"hello.sh", "reports/daily.sh"}
-    assert not jobs["hello.sh"]["enabled"] and jobs["hello.sh"]["commit"] == commit
+    assert not jobs["hello.sh"].enabled and jobs["hello.sh"].commit == commit
     wc = deployer.working_copy
     assert (wc / "hello.sh").read_bytes() == SCRIPT and os.access(wc / "hello.sh", os.X_OK)
     assert not os.access(wc / "lib.sh", os.X_OK)
@@ -304,8 +310,8 @@ def test_deploy_updates_removes_and_restores(deployer):
     commit = commit_files(deployer.site, {"a.sh": (SCRIPT + b"# v2\n", EXEC), "b.sh": (SCRIPT, EXEC)})
     report = deployer()
     assert report.lines()[0] == "sooner: restored job b.sh (disabled)"
-    assert [job["_id"] for job in deployer.store.jobs.list()] == ["a.sh", "b.sh"]
-    assert deployer.store.jobs.get("c.sh")["deleted"] is True
+    assert [job.name for job in deployer.store.jobs.list()] == ["a.sh", "b.sh"]
+    assert deployer.store.jobs.get("c.sh").deleted is True
     assert deployer.store.deploys.latest()["restored"] == ["b.sh"] and deployer.store.deploys.latest()["commit"] == commit
 
 
@@ -465,11 +471,11 @@ def test_a_restored_job_keeps_its_settings_but_comes_back_disabled(deployer):
     deployer.store.jobs.set_enabled("a.sh", True)
     commit_files(deployer.site, {"a.sh": (SCRIPT, FILE)})
     deployer()
-    assert deployer.store.jobs.get("a.sh")["enabled"] is False
+    assert deployer.store.jobs.get("a.sh").enabled is False
     commit_files(deployer.site, {"a.sh": (SCRIPT, EXEC)})
     deployer()
     job = deployer.store.jobs.get("a.sh")
-    assert job["schedule"] == "*/5 * * * *" and job["enabled"] is False and job["deleted"] is False
+    assert job.schedule == "*/5 * * * *" and job.enabled is False and job.deleted is False
 
 
 def test_a_big_deploy_shows_the_first_lines_and_counts_the_rest(deployer):

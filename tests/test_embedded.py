@@ -64,7 +64,7 @@ def test_existing_client_reconnects_after_the_server_is_restarted(site):
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: _pid_gone(pid), message="server to die")
     # The store's retry policy restarts the server (on the same port) and goes on.
-    assert [job["_id"] for job in store.jobs.list()] == ["a.sh"]
+    assert [job.name for job in store.jobs.list()] == ["a.sh"]
     store.close()
 
 

@@ -13,6 +13,7 @@ from dulwich.repo import Repo
 
 from conftest import git, run_sooner
 from sooner.config import load_settings
+from sooner.model import Job
 from sooner.store import open_store
 
 SCRIPT = "#!/bin/sh\necho hello\n"
@@ -27,9 +28,9 @@ def site_store(site: Path):
         store.close()
 
 
-def jobs_of(site: Path, include_deleted: bool = True) -> dict[str, dict]:
+def jobs_of(site: Path, include_deleted: bool = True) -> dict[str, Job]:
     with site_store(site) as store:
-        return {job["_id"]: job for job in store.jobs.list(include_deleted=include_deleted)}
+        return {job.name: job for job in store.jobs.list(include_deleted=include_deleted)}
 
 
 def add_script(clone: Path, path: str, text: str = SCRIPT, executable: bool = True) -> None:
@@ -64,7 +65,7 @@ def test_a_pushed_script_becomes_a_disabled_job(site, clone):
     assert "remote: sooner: created job hello.sh (disabled)" in output
     assert f"remote: sooner: deployed {head(clone)[:7]} (1 created, 0 updated, 0 removed" in output
     job = jobs_of(site)["hello.sh"]
-    assert job["enabled"] is False and job["commit"] == head(clone)
+    assert job.enabled is False and job.commit == head(clone)
     assert (site / "scripts-working-copy" / "hello.sh").read_text() == SCRIPT
 
 
@@ -77,7 +78,7 @@ def test_update_delete_chmod_and_restore(site, clone):
     add_script(clone, "a.sh", SCRIPT + "echo v2\n")
     output = commit_and_push(clone)
     assert "remote: sooner: updated job a.sh" in output
-    assert jobs_of(site)["a.sh"]["commit"] == head(clone)
+    assert jobs_of(site)["a.sh"].commit == head(clone)
 
     git("rm", "-q", "b.sh", cwd=clone)
     (clone / "c.sh").chmod(0o644)
@@ -85,7 +86,7 @@ def test_update_delete_chmod_and_restore(site, clone):
     assert "remote: sooner: removed job b.sh (history kept)" in output
     assert "remote: sooner: removed job c.sh (history kept)" in output
     jobs = jobs_of(site)
-    assert jobs["b.sh"]["deleted"] and jobs["c.sh"]["deleted"] and not jobs["a.sh"]["deleted"]
+    assert jobs["b.sh"].deleted and jobs["c.sh"].deleted and not jobs["a.sh"].deleted
     assert (site / "scripts-working-copy" / "c.sh").is_file()  # still a supporting file
 
     (clone / "c.sh").chmod(0o755)
@@ -93,7 +94,7 @@ def test_update_delete_chmod_and_restore(site, clone):
     assert "remote: sooner: restored job c.sh (disabled)" in output
     assert "(0 created, 0 updated, 0 removed, 1 restored;" in output
     job = jobs_of(site)["c.sh"]
-    assert not job["deleted"] and not job["enabled"]
+    assert not job.deleted and not job.enabled
 
 
 def test_nested_paths_supporting_files_spaces_and_unicode(site, clone):
@@ -177,7 +178,7 @@ def test_a_push_while_the_database_is_down_is_reconciled_by_the_next_deploy(site
     assert "sooner: created job new.sh (disabled)" in result.stdout
     assert "sooner: removed job gone.sh (history kept)" in result.stdout
     jobs = jobs_of(site)
-    assert not jobs["new.sh"]["deleted"] and jobs["gone.sh"]["deleted"]
+    assert not jobs["new.sh"].deleted and jobs["gone.sh"].deleted
     assert (site / "scripts-working-copy" / "new.sh").is_file()
     assert not (site / "scripts-working-copy" / "gone.sh").exists()
 

@@ -1,4 +1,4 @@
-"""sooner.queue_filters: the Queues page's query string becomes a whitelisted MongoDB query.
+"""sooner.store.queue_filters: the Queues page's query string becomes a whitelisted MongoDB query.
 
 User text only ever becomes a value; fields and operators come from fixed
 lists, and anything else is refused with a message meant for the user.
@@ -13,8 +13,8 @@ import pytest
 from bson import ObjectId
 from werkzeug.datastructures import MultiDict
 
-from sooner.queue_filters import (MAX_ROWS, Column, QueueFilterError, QueueView, contains_pattern, infer_columns,
-                                  is_field, parse_date, parse_view)
+from sooner.store.queue_filters import (MAX_ROWS, Column, QueueFilterError, QueueView, contains_pattern, infer_columns,
+                                        is_field, parse_date, parse_view)
 
 COLUMNS = [Column("data.url", "string", 10), Column("data.size", "number", 10), Column("data.seen", "date", 10),
            Column("data.meta", "object", 3)]

@@ -1,4 +1,4 @@
-"""Tests for sooner.schedule: cron validation, fire times and DST behaviour.
+"""Tests for sooner.scheduling.cron: cron validation, fire times and DST behaviour.
 
 Expected fire times are written out by hand as ISO strings with their UTC
 offset, so each row checks both the instant and the job-local wall clock.
@@ -15,7 +15,7 @@ import pytest
 from croniter import croniter
 
 from sooner.errors import ScheduleError, SoonerError
-from sooner.schedule import (
+from sooner.scheduling.cron import (
     describe,
     fires_between,
     hour_is_wildcard,

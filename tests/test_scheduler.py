@@ -16,12 +16,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import FakeClock, wait_for
+from conftest import wait_for
+from sooner.clock import FakeClock
 from sooner.config import Settings, load_settings
-from sooner.runs import end_run, queue_run
-from sooner.scheduler import GRACE_S, Scheduler, due_ticks
+from sooner.model import Job, ManualTrigger, Run, RunStatus
+from sooner.scheduling.scheduler import Scheduler
+from sooner.scheduling.triggers import GRACE_S, due_ticks
 from sooner.store import open_store
-from sooner.store.runs import RunStatus
 
 UTC = timezone.utc
 
@@ -31,48 +32,56 @@ def at(hour: int, minute: int = 0, second: int = 0, day: int = 5, month: int = 1
 
 
 def make_job(store, name: str = "tick.sh", schedule: str | None = "*/5 * * * *", *, enabled: bool = True,
-             **settings) -> dict:
+             **settings) -> Job:
     store.jobs.record_deployed(name, commit="c1", blob=f"blob-{name}")
     if enabled:
         store.jobs.set_enabled(name, True)
     return store.jobs.update_settings(name, {"schedule": schedule, **settings})
 
 
-def ticks(runs: list[dict]) -> list[datetime]:
-    return [run["trigger"]["scheduled_for"] for run in runs]
+def ticks(runs: list[Run]) -> list[datetime]:
+    return [run.trigger.scheduled_for for run in runs]
 
 
-def drive(scheduler: Scheduler, clock: FakeClock, until: datetime, step=timedelta(seconds=30)) -> list[dict]:
+def drive(scheduler: Scheduler, clock: FakeClock, until: datetime, step=timedelta(seconds=30)) -> list[Run]:
     """Tick every ``step`` up to and including ``until``; return every run fired."""
     fired = []
     while clock.now() <= until:
         fired += scheduler.tick()
-        clock.current += step
+        clock.advance(step.total_seconds())
     return fired
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(at(12))
+def clock(fake_clock: FakeClock) -> FakeClock:
+    """The test's one clock, at 2026-01-05 12:00 UTC; ``store`` records its time too."""
+    assert fake_clock.now() == at(12)
+    return fake_clock
 
 
-def test_scheduler_fires_each_tick_once_and_only_from_when_it_started(mock_store, clock):
-    make_job(mock_store, overlap="allow")
-    scheduler = Scheduler(mock_store, Settings(), clock)
+@pytest.fixture
+def store(clocked_store):
+    """A mongomock store on ``clock``."""
+    return clocked_store
+
+
+def test_scheduler_fires_each_tick_once_and_only_from_when_it_started(store, clock):
+    make_job(store, overlap="allow")
+    scheduler = Scheduler(store, Settings(), clock)
 
     fired = drive(scheduler, clock, at(12, 16))
 
     # 12:00 itself is not fired: the schedule is tracked from the first tick on, strictly after it.
     assert ticks(fired) == [at(12, 5), at(12, 10), at(12, 15)]
-    assert all(run["trigger"]["type"] == "cron" and run["status"] == "queued" for run in fired)
+    assert all(run.trigger.kind == "cron" and run.status == "queued" for run in fired)
     assert scheduler.tick(at(12, 16)) == []
-    assert [r["trigger"]["scheduled_for"] for r in mock_store.runs.list()] == [at(12, 15), at(12, 10), at(12, 5)]
+    assert ticks(store.runs.list()) == [at(12, 15), at(12, 10), at(12, 5)]
 
 
-def test_scheduler_fires_in_the_jobs_timezone(mock_store):
-    make_job(mock_store, schedule="30 2 * * *", timezone="Europe/Berlin", overlap="allow")
-    clock = FakeClock(at(0))
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_scheduler_fires_in_the_jobs_timezone(store, clock):
+    make_job(store, schedule="30 2 * * *", timezone="Europe/Berlin", overlap="allow")
+    clock.set(at(0))
+    scheduler = Scheduler(store, Settings(), clock)
     scheduler.tick()
 
     assert scheduler.tick(at(1, 29, 59)) == []
@@ -80,9 +89,10 @@ def test_scheduler_fires_in_the_jobs_timezone(mock_store):
     assert scheduler.next_due == at(1, 30, day=6)
 
 
-def test_a_time_skipped_by_spring_forward_fires_right_after_the_change(mock_store):
-    make_job(mock_store, schedule="30 2 * * *", timezone="Europe/Berlin")
-    scheduler = Scheduler(mock_store, Settings(), FakeClock(at(0, day=29, month=3)))
+def test_a_time_skipped_by_spring_forward_fires_right_after_the_change(store, clock):
+    make_job(store, schedule="30 2 * * *", timezone="Europe/Berlin")
+    clock.set(at(0, day=29, month=3))
+    scheduler = Scheduler(store, Settings(), clock)
     scheduler.tick()
 
     assert scheduler.tick(at(0, 59, 59, day=29, month=3)) == []
@@ -90,85 +100,86 @@ def test_a_time_skipped_by_spring_forward_fires_right_after_the_change(mock_stor
     assert ticks(scheduler.tick(at(1, 0, 1, day=29, month=3))) == [at(1, day=29, month=3)]
 
 
-def test_a_disabled_job_never_fires(mock_store, clock):
-    make_job(mock_store, enabled=False, overlap="allow")
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_a_disabled_job_never_fires(store, clock):
+    make_job(store, enabled=False, overlap="allow")
+    scheduler = Scheduler(store, Settings(), clock)
 
     assert drive(scheduler, clock, at(12, 30)) == []
-    assert mock_store.runs.list() == []
+    assert store.runs.list() == []
 
 
-def test_enabling_a_job_takes_effect_on_the_next_tick_and_starts_from_then(mock_store, clock):
-    make_job(mock_store, enabled=False, missed="catch_up_once")
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_enabling_a_job_takes_effect_on_the_next_tick_and_starts_from_then(store, clock):
+    make_job(store, enabled=False, missed="catch_up_once")
+    scheduler = Scheduler(store, Settings(), clock)
     drive(scheduler, clock, at(12, 7))
 
-    mock_store.jobs.set_enabled("tick.sh", True)
+    store.jobs.set_enabled("tick.sh", True)
     assert scheduler.tick(at(12, 7, 30)) == []  # nothing before the moment it was enabled, not even catch-up
     assert ticks(scheduler.tick(at(12, 10))) == [at(12, 10)]
 
 
-def test_a_job_enabled_again_after_hours_does_not_count_the_disabled_time_as_missed(mock_store, clock):
-    make_job(mock_store, missed="catch_up_once", overlap="allow")
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_a_job_enabled_again_after_hours_does_not_count_the_disabled_time_as_missed(store, clock):
+    make_job(store, missed="catch_up_once", overlap="allow")
+    scheduler = Scheduler(store, Settings(), clock)
     assert ticks(drive(scheduler, clock, at(12, 5))) == [at(12, 5)]
 
-    mock_store.jobs.set_enabled("tick.sh", False)
+    store.jobs.set_enabled("tick.sh", False)
     scheduler.tick(at(12, 6))
-    mock_store.jobs.set_enabled("tick.sh", True)
+    store.jobs.set_enabled("tick.sh", True)
     assert scheduler.tick(at(15, 2)) == []
     assert ticks(scheduler.tick(at(15, 5))) == [at(15, 5)]
 
 
-def test_changing_the_schedule_takes_effect_on_the_next_tick(mock_store, clock):
-    make_job(mock_store, schedule="0 * * * *", overlap="allow")
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_changing_the_schedule_takes_effect_on_the_next_tick(store, clock):
+    make_job(store, schedule="0 * * * *", overlap="allow")
+    scheduler = Scheduler(store, Settings(), clock)
     scheduler.tick()
     assert scheduler.tick(at(12, 5)) == []
 
-    mock_store.jobs.update_settings("tick.sh", {"schedule": "*/5 * * * *"})
+    store.jobs.update_settings("tick.sh", {"schedule": "*/5 * * * *"})
     assert scheduler.tick(at(12, 6)) == []
     assert ticks(scheduler.tick(at(12, 10))) == [at(12, 10)]
-    mock_store.jobs.update_settings("tick.sh", {"schedule": None})
+    store.jobs.update_settings("tick.sh", {"schedule": None})
     assert scheduler.tick(at(12, 15)) == []
 
 
-def downtime(mock_store, missed: str, restart_at: datetime) -> list[dict]:
+def downtime(store, missed: str, restart_at: datetime) -> list[Run]:
     """Fire 12:15, stop for three hours, start a new scheduler at ``restart_at``; return what it fires."""
-    make_job(mock_store, schedule="*/15 * * * *", missed=missed, overlap="allow")
-    clock = FakeClock(at(12))
-    before = Scheduler(mock_store, Settings(), clock)
+    make_job(store, schedule="*/15 * * * *", missed=missed, overlap="allow")
+    clock = store.clock
+    assert clock.now() == at(12)
+    before = Scheduler(store, Settings(), clock)
     assert ticks(drive(before, clock, at(12, 15))) == [at(12, 15)]
-    clock.current = restart_at
-    return Scheduler(mock_store, Settings(), clock).tick()
+    clock.set(restart_at)
+    return Scheduler(store, Settings(), clock).tick()
 
 
-def test_skip_fires_nothing_for_ticks_missed_during_a_downtime(mock_store):
-    assert downtime(mock_store, "skip", at(15, 20)) == []
-    assert len(mock_store.runs.list()) == 1
-    assert mock_store.jobs.get("tick.sh")["scheduler_state"]["last_tick_at"] == at(15, 15)
+def test_skip_fires_nothing_for_ticks_missed_during_a_downtime(store):
+    assert downtime(store, "skip", at(15, 20)) == []
+    assert len(store.runs.list()) == 1
+    assert store.jobs.get("tick.sh").scheduler_state["last_tick_at"] == at(15, 15)
 
 
-def test_catch_up_once_fires_exactly_one_run_for_a_downtime(mock_store):
-    fired = downtime(mock_store, "catch_up_once", at(15, 20))
+def test_catch_up_once_fires_exactly_one_run_for_a_downtime(store):
+    fired = downtime(store, "catch_up_once", at(15, 20))
 
     assert len(fired) == 1
-    trigger = fired[0]["trigger"]
-    assert trigger["scheduled_for"] == at(15, 15)  # the latest missed tick
-    assert trigger["catch_up"] is True
-    assert trigger["missed"] == 12  # 12:30, 12:45, … 15:15
-    assert trigger["missed_from"] == at(12, 30)
-    assert len(mock_store.runs.list()) == 2
+    trigger = fired[0].trigger
+    assert trigger.scheduled_for == at(15, 15)  # the latest missed tick
+    assert trigger.catch_up is True
+    assert trigger.missed == 12  # 12:30, 12:45, … 15:15
+    assert trigger.missed_from == at(12, 30)
+    assert len(store.runs.list()) == 2
 
 
-def test_a_tick_due_within_the_grace_still_fires_beside_the_catch_up(mock_store):
-    fired = downtime(mock_store, "catch_up_once", at(15, 30, 3))
-    assert [(r["trigger"]["scheduled_for"], r["trigger"].get("missed")) for r in fired] == [
+def test_a_tick_due_within_the_grace_still_fires_beside_the_catch_up(store):
+    fired = downtime(store, "catch_up_once", at(15, 30, 3))
+    assert [(r.trigger.scheduled_for, r.trigger.missed) for r in fired] == [
         (at(15, 15), 12), (at(15, 30), None)]
 
 
-def test_skip_still_fires_the_current_tick_after_a_downtime(mock_store):
-    fired = downtime(mock_store, "skip", at(15, 30, 3))
+def test_skip_still_fires_the_current_tick_after_a_downtime(store):
+    fired = downtime(store, "skip", at(15, 30, 3))
     assert ticks(fired) == [at(15, 30)]
 
 
@@ -179,13 +190,12 @@ def test_a_tick_later_than_the_grace_counts_as_missed():
     assert due_ticks("*/5 * * * *", "UTC", at(12, 5), at(12, 9)) is None
 
 
-def test_missed_ticks_are_counted_up_to_a_limit_and_never_fired_one_by_one(mock_store):
-    make_job(mock_store, schedule="* * * * * *", missed="catch_up_once", overlap="allow")  # every second
-    clock = FakeClock(at(12))
-    Scheduler(mock_store, Settings(), clock).tick()
-    fired = Scheduler(mock_store, Settings(), clock).tick(at(15))
+def test_missed_ticks_are_counted_up_to_a_limit_and_never_fired_one_by_one(store, clock):
+    make_job(store, schedule="* * * * * *", missed="catch_up_once", overlap="allow")  # every second
+    Scheduler(store, Settings(), clock).tick()
+    fired = Scheduler(store, Settings(), clock).tick(at(15))
     assert len(fired) == 2  # one catch-up + the on-time tick
-    assert fired[0]["trigger"]["missed_capped"] is True
+    assert fired[0].trigger.missed_capped is True
 
 
 @pytest.mark.parametrize("overlap, statuses", [
@@ -193,56 +203,58 @@ def test_missed_ticks_are_counted_up_to_a_limit_and_never_fired_one_by_one(mock_
     ("skip", ["queued"]),
     ("queue", ["queued", "waiting"]),
 ])
-def test_overlap_policy_applies_when_a_tick_fires_while_a_run_is_active(mock_store, clock, overlap, statuses):
-    make_job(mock_store, overlap=overlap)
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_overlap_policy_applies_when_a_tick_fires_while_a_run_is_active(store, clock, overlap, statuses):
+    make_job(store, overlap=overlap)
+    scheduler = Scheduler(store, Settings(), clock)
     fired = drive(scheduler, clock, at(12, 10))
 
-    runs = sorted(mock_store.runs.list(), key=lambda r: r["queued_at"])
-    assert [r["status"] for r in runs] == statuses
+    runs = sorted(store.runs.list(), key=lambda r: r.queued_at)
+    assert [r.status for r in runs] == statuses
     assert len(fired) == len(statuses)
     if overlap == "queue":
-        mock_store.runs.claim("w", [], 30, now=at(12, 11))
-        end_run(mock_store, runs[0]["_id"], RunStatus.SUCCEEDED, exit_code=0, now=at(12, 12))
-        assert mock_store.runs.get(runs[1]["_id"])["status"] == "queued"
+        clock.set(at(12, 11))
+        assert scheduler.service.claim("w", [], 30).id == runs[0].id
+        scheduler.service.finish(runs[0].id, RunStatus.SUCCEEDED, exit_code=0, now=at(12, 12))
+        assert store.runs.get(runs[1].id).status == "queued"
 
 
-def test_a_run_whose_lease_expired_is_lost_and_retried_per_the_job_policy(mock_store, clock):
-    job = make_job(mock_store, schedule=None, retry={"attempts": 1, "delay_s": 10})
-    run = queue_run(mock_store, job, {"type": "manual"}, data={"n": 1}, now=clock.now())
-    mock_store.runs.claim("w1", [], lease_s=30, now=clock.now())
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_a_run_whose_lease_expired_is_lost_and_retried_per_the_job_policy(store, clock):
+    job = make_job(store, schedule=None, retry={"attempts": 1, "delay_s": 10})
+    scheduler = Scheduler(store, Settings(), clock)
+    run = scheduler.service.queue(job, ManualTrigger(), data={"n": 1})
+    assert scheduler.service.claim("w1", [], lease_s=30).id == run.id
 
     assert scheduler.tick(at(12, 0, 29)) == []
-    assert mock_store.runs.get(run["_id"])["status"] == "running"
+    assert store.runs.get(run.id).status == "running"
     scheduler.tick(at(12, 0, 31))
 
-    lost = mock_store.runs.get(run["_id"])
-    assert lost["status"] == "lost"
-    assert "w1" in lost["note"] and "retrying as run" in lost["note"]
-    retry = mock_store.runs.list(status="queued")[0]
-    assert (retry["attempt"], retry["data"], retry["trigger"]["type"]) == (2, {"n": 1}, "retry")
-    assert retry["not_before"] == at(12, 0, 41)
+    lost = store.runs.get(run.id)
+    assert lost.status == "lost"
+    assert "w1" in lost.note and "retrying as run" in lost.note
+    retry = store.runs.list(status="queued")[0]
+    assert (retry.attempt, retry.data, retry.trigger.kind) == (2, {"n": 1}, "retry")
+    assert retry.not_before == at(12, 0, 41)
 
     # The retry is lost too: no attempts left, so nothing more is queued.
-    mock_store.runs.claim("w1", [], lease_s=30, now=at(12, 0, 41))
+    clock.set(at(12, 0, 41))
+    assert scheduler.service.claim("w1", [], lease_s=30).id == retry.id
     scheduler.tick(at(12, 2))
-    assert mock_store.runs.get(retry["_id"])["status"] == "lost"
-    assert mock_store.runs.list(status="queued") == []
+    assert store.runs.get(retry.id).status == "lost"
+    assert store.runs.list(status="queued") == []
 
 
-def test_a_bad_stored_schedule_is_skipped_without_stopping_other_jobs(mock_store, clock):
-    make_job(mock_store, "good.sh")
-    mock_store.jobs.record_deployed("bad.sh", commit="c1", blob="b")
-    mock_store.jobs.set_enabled("bad.sh", True)
-    mock_store.jobs.collection.update_one({"_id": "bad.sh"}, {"$set": {"schedule": "not cron"}})
-    scheduler = Scheduler(mock_store, Settings(), clock)
+def test_a_bad_stored_schedule_is_skipped_without_stopping_other_jobs(store, clock):
+    make_job(store, "good.sh")
+    store.jobs.record_deployed("bad.sh", commit="c1", blob="b")
+    store.jobs.set_enabled("bad.sh", True)
+    store.collection("jobs").update_one({"_id": "bad.sh"}, {"$set": {"schedule": "not cron"}})
+    scheduler = Scheduler(store, Settings(), clock)
 
-    assert [r["job"] for r in drive(scheduler, clock, at(12, 5))] == ["good.sh"]
+    assert [r.job for r in drive(scheduler, clock, at(12, 5))] == ["good.sh"]
 
 
-def test_run_forever_ticks_until_stopped(mock_store):
-    make_job(mock_store, schedule="* * * * * *", overlap="allow")  # every second
+def test_run_forever_ticks_until_stopped(store):
+    make_job(store, schedule="* * * * * *", overlap="allow")  # every second
     stop = threading.Event()
 
     class SteppingClock(FakeClock):
@@ -255,17 +267,17 @@ def test_run_forever_ticks_until_stopped(mock_store):
         def now(self) -> datetime:
             self.calls += 1
             if self.calls % 2 == 1:  # tick() and wait_s() each ask once per loop
-                self.current += timedelta(seconds=1)
+                self.advance(1)
             if self.calls >= 10:
                 stop.set()
-            return self.current
+            return super().now()
 
-    scheduler = Scheduler(mock_store, Settings(), SteppingClock(), interval_s=0.001)
+    scheduler = Scheduler(store, Settings(), SteppingClock(), interval_s=0.001)
     scheduler.run_forever(stop)
-    assert ticks(mock_store.runs.list()) == [at(12, 0, 5), at(12, 0, 4), at(12, 0, 3), at(12, 0, 2)]
+    assert ticks(store.runs.list()) == [at(12, 0, 5), at(12, 0, 4), at(12, 0, 3), at(12, 0, 2)]
 
 
-def test_run_forever_survives_a_failing_database(mock_store):
+def test_run_forever_survives_a_failing_database(store, clock):
     stop = threading.Event()
     calls = []
 
@@ -275,7 +287,7 @@ def test_run_forever_survives_a_failing_database(mock_store):
             stop.set()
         raise RuntimeError("database exploded")
 
-    scheduler = Scheduler(mock_store, Settings(), FakeClock(), interval_s=0.001)
+    scheduler = Scheduler(store, Settings(), clock, interval_s=0.001)
     scheduler.tick = failing_tick
     scheduler.run_forever(stop)
     assert len(calls) == 3
@@ -287,12 +299,12 @@ def test_two_schedulers_with_their_own_clients_never_fire_a_tick_twice(embedded_
     make_job(embedded_store, "b.sh", schedule="*/2 * * * *", overlap="queue")
     make_job(embedded_store, "c.sh", schedule="*/3 * * * *", overlap="skip")
     settings = load_settings(embedded_site / "config.json", environ={},
-                             overrides={"database": embedded_store.db.name})
+                             overrides={"database": embedded_store.database_name})
     stores = [open_store(settings) for _ in range(2)]
     times = [at(12) + timedelta(seconds=20 * i) for i in range(0, 31)]  # ten minutes
     times.insert(20, at(12, 30))  # a jump forward (catch-up) both schedulers see
     barrier = threading.Barrier(2)
-    fired: list[list[dict]] = [[], []]
+    fired: list[list[Run]] = [[], []]
 
     def run(index: int) -> None:
         scheduler = Scheduler(stores[index], settings, FakeClock(at(12)))
@@ -311,7 +323,7 @@ def test_two_schedulers_with_their_own_clients_never_fire_a_tick_twice(embedded_
             store.close()
 
     runs = embedded_store.runs.list(limit=1000)
-    per_tick = Counter((run["job"], run["scheduled_for"]) for run in runs)
+    per_tick = Counter((run.job, run.trigger.scheduled_for) for run in runs)
     assert per_tick and max(per_tick.values()) == 1
     assert len(fired[0]) + len(fired[1]) == len(runs)  # each run was reported by the scheduler that won it
     assert sum(1 for job, _ in per_tick if job == "a.sh") >= 6
@@ -329,10 +341,10 @@ def test_two_scheduler_processes_fire_each_tick_once_and_pick_up_changes_live(si
         store.jobs.set_enabled("every-second.sh", True)
         enabled_at = datetime.now(UTC)
         # The running schedulers pick the change up (no restart) and fire from then on, not before.
-        wait_for(lambda: store.jobs.get("every-second.sh").get("scheduler_state"), timeout=5)
+        wait_for(lambda: store.jobs.get("every-second.sh").scheduler_state, timeout=5)
         first = wait_for(lambda: store.runs.list(limit=1), timeout=5, message="a run after enabling")[0]
-        assert first["scheduled_for"] > enabled_at
-        assert first["queued_at"] >= first["scheduled_for"]
+        assert first.trigger.scheduled_for > enabled_at
+        assert first.queued_at >= first.trigger.scheduled_for
         wait_for(lambda: len(store.runs.list(limit=10)) >= 4, timeout=10, message="four ticks")
         store.jobs.set_enabled("every-second.sh", False)
     finally:
@@ -342,7 +354,7 @@ def test_two_scheduler_processes_fire_each_tick_once_and_pick_up_changes_live(si
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert all("stopped" in out for out, _ in outputs)
     runs = store.runs.list(limit=100)
-    per_tick = Counter(run["scheduled_for"] for run in runs)
+    per_tick = Counter(run.trigger.scheduled_for for run in runs)
     assert max(per_tick.values()) == 1
-    assert {run["trigger"]["source"] for run in runs} <= {f"{os.uname().nodename}:{p.pid}" for p in processes}
+    assert {run.trigger.source for run in runs} <= {f"{os.uname().nodename}:{p.pid}" for p in processes}
     store.close()

@@ -8,7 +8,7 @@ from pymongo import ReturnDocument
 
 
 def test_dates_set_on_existing_documents_stay_dates(any_store):
-    collection = any_store.db["dates"]
+    collection = any_store.collection("dates")
     now = datetime(2026, 3, 29, 1, 30, 15, 123000, tzinfo=timezone.utc)
     collection.insert_one({"_id": 1, "a": now})
     collection.update_one({"_id": 1}, {"$set": {"b": now}})
@@ -26,5 +26,5 @@ def test_dates_set_on_existing_documents_stay_dates(any_store):
 def test_job_timestamps_are_dates_after_changes(any_store):
     any_store.jobs.record_deployed("a.sh", commit="c1", blob="b1")
     job = any_store.jobs.set_enabled("a.sh", True)
-    assert isinstance(job["updated_at"], datetime)
-    assert isinstance(any_store.jobs.get("a.sh")["created_at"], datetime)
+    assert isinstance(job.updated_at, datetime)
+    assert isinstance(any_store.jobs.get("a.sh").created_at, datetime)

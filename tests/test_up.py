@@ -68,7 +68,7 @@ def test_up_creates_a_site_runs_a_pushed_job_and_stops_cleanly_on_ctrl_c(tmp_pat
     assert not EmbeddedServer(site / ".sooner").status().running
     store = open_store(settings)  # starts the database again, to look
     worker = store.workers.get("local")
-    assert worker["stopped_at"] is not None
+    assert worker.stopped_at is not None
     assert store.runs.list(status="running") == []
     store.close()
     EmbeddedServer(site / ".sooner").stop()

@@ -14,8 +14,10 @@ from types import SimpleNamespace
 import pytest
 from argon2 import PasswordHasher
 
+from sooner.clock import utcnow
 from sooner.config import load_settings
-from sooner.store.jobs import utcnow
+from sooner.model import ManualTrigger, Missed, Overlap, RunStatus
+from sooner.runs.service import RunService
 from sooner.webapp import create_app
 
 from conftest import csrf_of, signed_in
@@ -44,15 +46,17 @@ def login(web, name: str = "admin", password: str = ADMIN_PASSWORD):
     return signed_in(web.app, name, password, "/")
 
 
-def make_run(store, job="reports/daily.sh", status="running", chunks=0, **fields):
-    run = store.runs.enqueue(store.jobs.get(job), {"type": "manual", "author": "admin"})
-    updates = {"status": status, **fields}
-    if status == "running":
-        updates.setdefault("started_at", utcnow())
-        updates.setdefault("worker", "w1")
-    store.db.runs.update_one({"_id": run["_id"]}, {"$set": updates})
-    store.output.append(run["_id"], [(seq, "stdout", f"line {seq}\n", None) for seq in range(chunks)])
-    return run["_id"]
+def make_run(store, job="reports/daily.sh", status=RunStatus.RUNNING, chunks=0) -> str:
+    """A run of ``job`` brought to ``status`` the way Sooner does it: queued, claimed by w1, started, ended."""
+    service = RunService(store)
+    run = service.queue(job, ManualTrigger(author="admin"))
+    if status is not RunStatus.QUEUED:
+        service.take(run.id, "w1", lease_s=60)
+        store.runs.mark_started(run.id, pid=1, commit=None)
+        if status is not RunStatus.RUNNING:
+            service.finish(run.id, status, exit_code=0 if status is RunStatus.SUCCEEDED else 1)
+    store.output.append(run.id, [(seq, "stdout", f"line {seq}\n", None) for seq in range(chunks)])
+    return run.id
 
 
 # -- access ---------------------------------------------------------------
@@ -124,10 +128,10 @@ def test_state_changes_without_the_csrf_token_are_rejected(web, mock_store):
     assert "CSRF" in response.text
     forged = client.post("/jobs/reports/daily.sh", data={"action": "enable", "csrf_token": "forged"})
     assert forged.status_code == 400
-    assert mock_store.jobs.get("reports/daily.sh")["enabled"] is False
+    assert mock_store.jobs.get("reports/daily.sh").enabled is False
     accepted = client.post("/jobs/reports/daily.sh", data={"action": "enable"}, headers={"X-CSRF-Token": client.csrf})
     assert accepted.status_code == 302
-    assert mock_store.jobs.get("reports/daily.sh")["enabled"] is True
+    assert mock_store.jobs.get("reports/daily.sh").enabled is True
 
 
 def test_viewers_read_everything_but_change_nothing(web, mock_store):
@@ -142,8 +146,8 @@ def test_viewers_read_everything_but_change_nothing(web, mock_store):
     assert saved.status_code == 403
     assert client.post(f"/runs/{run_id}", data={**token, "action": "cancel"}).status_code == 403
     job = mock_store.jobs.get("reports/daily.sh")
-    assert job["enabled"] is False and job["schedule"] is None
-    assert mock_store.runs.get(run_id)["cancel_requested"] is False
+    assert job.enabled is False and job.schedule is None
+    assert mock_store.runs.get(run_id).cancel_requested is False
     assert 'id="run-now"' not in client.get("/jobs/reports/daily.sh").text
 
 
@@ -172,9 +176,7 @@ def test_hostile_job_names_output_and_event_data_are_escaped(web, mock_store):
     mock_store.jobs.set_enabled(name, True)
     run_id = make_run(mock_store, job=name)
     mock_store.output.append(run_id, [(0, "stdout", f"{HOSTILE}\n</script><script>alert(3)</script>\n", None)])
-    from sooner.events import emit
-
-    emit(mock_store, "evt", {"html": HOSTILE, "k": "</script>"}, source={"type": "api", "author": HOSTILE})
+    RunService(mock_store).emit("evt", {"html": HOSTILE, "k": "</script>"}, source={"type": "api", "author": HOSTILE})
     client = login(web)
     pages = ["/", "/jobs", f"/jobs/{name}", f"/runs/{run_id}", "/events", "/runs", "/deploys"]
     for url in pages:
@@ -210,14 +212,14 @@ def test_admin_enables_and_schedules_a_job_with_the_form(web, mock_store):
                          missed="catch_up_once", retry_attempts="2")
     assert response.status_code == 302
     job = mock_store.jobs.get("reports/daily.sh")
-    assert (job["enabled"], job["schedule"], job["timezone"]) == (True, "30 2 * * *", "Europe/Berlin")
-    assert job["worker"] == "gpu"
-    assert sorted(job["hooks"]) == ["data-ready", "job:x.sh:succeeded"]
-    assert (job["timeout_s"], job["overlap"], job["missed"]) == (90, "queue", "catch_up_once")
-    assert job["retry"]["attempts"] == 2
-    assert job["new"] is False
+    assert (job.enabled, job.schedule, job.timezone) == (True, "30 2 * * *", "Europe/Berlin")
+    assert job.worker == "gpu"
+    assert sorted(job.hooks) == ["data-ready", "job:x.sh:succeeded"]
+    assert (job.timeout_s, job.overlap, job.missed) == (90, Overlap.QUEUE, Missed.CATCH_UP_ONCE)
+    assert job.retry.attempts == 2
+    assert job.new is False
     save_form(client, enabled="on", hooks="data-ready")
-    assert mock_store.jobs.get("reports/daily.sh")["hooks"] == ["data-ready"]
+    assert mock_store.jobs.get("reports/daily.sh").hooks == ("data-ready",)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -234,7 +236,7 @@ def test_invalid_settings_are_refused_with_a_message_and_change_nothing(web, moc
     assert response.status_code == 400
     assert message in html.unescape(response.text)
     job = mock_store.jobs.get("reports/daily.sh")
-    assert job["enabled"] is False and job["schedule"] is None
+    assert job.enabled is False and job.schedule is None
 
 
 def test_schedule_preview_shows_the_next_five_fires_or_the_error(web):
@@ -253,8 +255,8 @@ def test_run_now_queues_a_manual_run_with_json_data(web, mock_store):
     assert response.status_code == 302
     run_id = response.headers["Location"].rsplit("/", 1)[1]
     run = mock_store.runs.get(run_id)
-    assert run["data"] == {"date": "2026-01-01"}
-    assert run["trigger"]["type"] == "manual" and run["trigger"]["author"] == "admin"
+    assert run.data == {"date": "2026-01-01"}
+    assert isinstance(run.trigger, ManualTrigger) and run.trigger.author == "admin"
     bad = client.post("/jobs/reports/daily.sh", data={"csrf_token": client.csrf, "action": "run", "data": "{nope"})
     assert bad.status_code == 400 and "not valid JSON" in bad.text
 
@@ -262,7 +264,7 @@ def test_run_now_queues_a_manual_run_with_json_data(web, mock_store):
 def test_jobs_list_filters_searches_and_highlights_new_jobs(web, mock_store):
     mock_store.jobs.record_deployed("etl/load.py", commit="c" * 40, blob="f" * 40)
     mock_store.jobs.set_enabled("etl/load.py", True)
-    run_id = make_run(mock_store, job="etl/load.py", status="failed")
+    run_id = make_run(mock_store, job="etl/load.py", status=RunStatus.FAILED)
     client = login(web)
     page = client.get("/jobs").text
     assert re.search(r'<tr class="is-new"[^>]*data-name="reports/daily.sh"', page)
@@ -281,7 +283,7 @@ def test_toggling_from_the_list_answers_json_to_fetch(web, mock_store):
 
 def test_job_page_shows_the_deployed_script_escaped_and_a_history_chart(web, mock_store):
     mock_store.objects.put_blobs([("b" * 40, b"#!/bin/sh\necho '<b>hi</b>'\n")])
-    make_run(mock_store, status="succeeded", duration_s=3.5)
+    make_run(mock_store, status=RunStatus.SUCCEEDED)
     page = login(web).get("/jobs/reports/daily.sh").text
     assert "echo &#39;&lt;b&gt;hi&lt;/b&gt;&#39;" in page
     assert '<rect class="bar st-succeeded"' in page
@@ -305,19 +307,53 @@ def test_run_page_embeds_the_output_tail_and_pages_older_chunks(web, mock_store)
 
 
 def test_cancel_and_rerun(web, mock_store):
-    queued = make_run(mock_store, status="queued")
-    running = make_run(mock_store, data=None)
+    queued = make_run(mock_store, status=RunStatus.QUEUED)
+    running = make_run(mock_store)
     client = login(web)
     ask = {"csrf_token": client.csrf}
     assert client.post(f"/runs/{queued}", data={**ask, "action": "cancel"}).status_code == 302
-    assert mock_store.runs.get(queued)["status"] == "cancelled"
+    assert mock_store.runs.get(queued).status is RunStatus.CANCELLED
     assert client.post(f"/runs/{running}", data={**ask, "action": "cancel"}).status_code == 302
-    assert mock_store.runs.get(running)["cancel_requested"] is True
+    assert mock_store.runs.get(running).cancel_requested is True
     again = client.post(f"/runs/{queued}", data={**ask, "action": "cancel"}, headers={"X-Requested-With": "fetch"})
     assert again.status_code == 409 and "already finished" in again.json["error"]
     rerun = client.post(f"/runs/{queued}", data={**ask, "action": "rerun"})
     new_id = rerun.headers["Location"].rsplit("/", 1)[1]
-    assert mock_store.runs.get(new_id)["trigger"]["rerun_of"] == queued
+    assert mock_store.runs.get(new_id).trigger.rerun_of == queued
+
+
+def queued_with_one_waiting_behind(store) -> tuple[str, str]:
+    """A job with overlap=queue: run A queued, run B waiting behind it (as the scheduler or an event leaves them)."""
+    store.jobs.update_settings("reports/daily.sh", {"overlap": Overlap.QUEUE.value})
+    service = RunService(store)
+    first = service.queue("reports/daily.sh", ManualTrigger(author="admin"))
+    second = service.queue("reports/daily.sh", ManualTrigger(author="admin"), overlap_check=True)
+    assert store.runs.get(second.id).status is RunStatus.WAITING
+    return first.id, second.id
+
+
+def test_cancelling_a_queued_run_in_the_form_releases_the_run_waiting_behind_it(web, mock_store):
+    # given run A queued and run B waiting behind it
+    first, second = queued_with_one_waiting_behind(mock_store)
+    client = login(web)
+    # when an admin cancels A with the run page's form
+    response = client.post(f"/runs/{first}", data={"csrf_token": client.csrf, "action": "cancel"})
+    # then A is cancelled and B may go at once
+    assert response.status_code == 302
+    assert mock_store.runs.get(first).status is RunStatus.CANCELLED
+    assert mock_store.runs.get(second).status is RunStatus.QUEUED
+
+
+def test_cancelling_a_queued_run_through_the_api_releases_the_run_waiting_behind_it(web, mock_store):
+    # given run A queued and run B waiting behind it, and an admin's API token
+    first, second = queued_with_one_waiting_behind(mock_store)
+    token, _ = mock_store.tokens.create("admin")
+    # when A is cancelled through the REST API
+    answer = web.app.test_client().post(f"/api/runs/{first}/cancel", headers=bearer(token))
+    # then A is cancelled and B may go at once
+    assert answer.status_code == 200 and answer.json["status"] == "cancelled"
+    assert mock_store.runs.get(first).status is RunStatus.CANCELLED
+    assert mock_store.runs.get(second).status is RunStatus.QUEUED
 
 
 def test_workers_page_marks_stale_heartbeats(web, mock_store):
@@ -380,7 +416,7 @@ def test_api_events_start_hooked_jobs(web, mock_store):
     client = web.app.test_client()
     answer = client.post("/api/events/data-ready", json={"data": {"rows": 3}}, headers=bearer(token))
     assert answer.status_code == 201 and len(answer.json["runs"]) == 1
-    assert mock_store.runs.get(answer.json["runs"][0])["data"] == {"rows": 3}
+    assert mock_store.runs.get(answer.json["runs"][0]).data == {"rows": 3}
     assert client.post("/api/events/bad%20name!", headers=bearer(token)).status_code == 400
 
 

@@ -10,8 +10,9 @@ from argon2 import PasswordHasher
 from click.testing import CliRunner
 
 from sooner.cli import main
+from sooner.model import ManualTrigger, RunStatus
+from sooner.runs.service import RunService
 from sooner.store import Store
-from sooner.store.runs import RunStatus
 from sooner.webapp.stats import RunStats
 
 _counter = itertools.count()
@@ -77,14 +78,17 @@ def test_tokens_are_shown_once_and_can_be_revoked(cli):
 
 
 def test_run_stats_follow_new_runs_and_status_changes(mock_store):
+    # given a job whose first run failed
     mock_store.jobs.record_deployed("a.sh", commit="c" * 40, blob="b" * 40)
-    job = mock_store.jobs.get("a.sh")
-    first = mock_store.runs.enqueue(job, {"type": "manual"})
-    mock_store.runs.finish(first["_id"], RunStatus.FAILED)
+    service = RunService(mock_store)
+    first = service.queue("a.sh", ManualTrigger())
+    service.finish(first.id, RunStatus.FAILED)
     stats = RunStats(mock_store, refresh_s=0)
     assert stats.get(["a.sh"])["a.sh"].failing
-    second = mock_store.runs.enqueue(job, {"type": "manual"})
-    assert stats.get(["a.sh"])["a.sh"].last["_id"] == second["_id"]
-    mock_store.runs.finish(second["_id"], RunStatus.SUCCEEDED)
+    # when a second run is queued, then succeeds
+    second = service.queue("a.sh", ManualTrigger())
+    assert stats.get(["a.sh"])["a.sh"].last.id == second.id
+    service.finish(second.id, RunStatus.SUCCEEDED)
+    # then the stats follow both changes
     got = stats.get(["a.sh"])["a.sh"]
-    assert got.last["status"] == "succeeded" and got.success_rate == 0.5 and not got.failing
+    assert got.last.status is RunStatus.SUCCEEDED and got.success_rate == 0.5 and not got.failing

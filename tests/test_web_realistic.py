@@ -25,9 +25,9 @@ def page_urls(ids: dict) -> list[str]:
 def signed_in_client(store, monkeypatch):
     monkeypatch.setattr("sooner.store.users._passwords", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
     settings = load_settings(None, environ={}, overrides={"secret_key": "k" * 40, "mongo_url": store.url,
-                                                          "database": store.db.name})
+                                                          "database": store.database_name})
     app, _ = create_app(settings, store, live=False)
-    app.extensions["sooner"].stats.warm(job["_id"] for job in store.jobs.list())  # what serve() does at start
+    app.extensions["sooner"].stats.warm(job.name for job in store.jobs.list())  # what serve() does at start
     store.users.add("admin", "page-password", admin=True)
     return signed_in(app, "admin", "page-password")
 

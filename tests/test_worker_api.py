@@ -9,8 +9,8 @@ import threading
 
 from conftest import wait_for
 from sooner.config import Settings
-from sooner.runs import queue_run
-from sooner.store.runs import FINISHED
+from sooner.model import FINISHED, ManualTrigger
+from sooner.runs.service import RunService
 from sooner.worker.loop import Worker
 from sooner.worker.protocol import Call, parse_stderr_line
 from sooner.worker.testing import deploy_files
@@ -38,7 +38,7 @@ def test_a_run_uses_a_queue_through_sooner_api(embedded_store, tmp_path):
     deploy_files(store, {"feed.py": PY + "from sooner import api\nq = api.queue('pages')\n"
                                          "for n in range(3):\n    q.put({'n': n})\n"
                                          "print(q.claim('pending', 'working')['data'])\n"})
-    settings = Settings(mongo_url=store.url, database=store.db.name, heartbeat_s=0.2, lease_s=2.0,
+    settings = Settings(mongo_url=store.url, database=store.database_name, heartbeat_s=0.2, lease_s=2.0,
                         output_flush_ms=50)
     worker = Worker(store, settings, "q", 1, cache=tmp_path / "cache")
     worker.register()
@@ -46,11 +46,11 @@ def test_a_run_uses_a_queue_through_sooner_api(embedded_store, tmp_path):
     thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
     thread.start()
     try:
-        run_id = queue_run(store, "feed.py", {"type": "manual"})["_id"]
-        run = wait_for(lambda: (r := store.runs.get(run_id))["status"] in FINISHED and r, 20)
+        run_id = RunService(store, settings).queue("feed.py", ManualTrigger()).id
+        run = wait_for(lambda: (r := store.runs.get(run_id)).status in FINISHED and r, 20)
     finally:
         stop.set()
         thread.join(20)
-    assert run["status"] == "succeeded", store.output.text(run_id)
+    assert run.status == "succeeded", store.output.text(run_id)
     assert "{'n': 0}" in store.output.text(run_id)
     assert store.queues("pages").counts() == {"pending": 2, "working": 1}

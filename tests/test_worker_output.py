@@ -17,10 +17,11 @@ import psutil
 import pytest
 
 from conftest import wait_for
+from sooner.clock import FakeClock
 from sooner.config import Settings
-from sooner.runs import queue_run
+from sooner.model import FINISHED, ManualTrigger, Run
+from sooner.runs.service import RunService
 from sooner.store.output import MAX_CHUNK_CHARS
-from sooner.store.runs import FINISHED
 from sooner.worker.calls import CallHandler
 from sooner.worker.loop import Worker
 from sooner.worker.output import OutputWriter
@@ -39,7 +40,7 @@ def store(embedded_store):
 
 @pytest.fixture
 def worker(store, tmp_path):
-    settings = Settings(mongo_url=store.url, database=store.db.name, heartbeat_s=0.2, lease_s=2.0,
+    settings = Settings(mongo_url=store.url, database=store.database_name, heartbeat_s=0.2, lease_s=2.0,
                         cancel_grace_s=1.0, shutdown_grace_s=2.0, output_flush_ms=50)
     worker = Worker(store, settings, "out", 2, cache=tmp_path / "cache")
     worker.register()
@@ -51,9 +52,9 @@ def worker(store, tmp_path):
     thread.join(20)
 
 
-def run_job(store, job: str, data=None, timeout: float = 60) -> dict:
-    run_id = queue_run(store, job, {"type": "manual"}, data=data)["_id"]
-    return wait_for(lambda: (r := store.runs.get(run_id))["status"] in FINISHED and r, timeout,
+def run_job(store, job: str, data=None, timeout: float = 60) -> Run:
+    run_id = RunService(store).queue(job, ManualTrigger(), data=data).id
+    return wait_for(lambda: (r := store.runs.get(run_id)).status in FINISHED and r, timeout,
                     message=f"run {run_id} to finish")
 
 
@@ -79,8 +80,8 @@ def test_fifty_megabytes_arrive_whole_and_in_order_in_bounded_memory(store, work
     elapsed = time.monotonic() - started
     done.set()
     sampler.join()
-    assert run["status"] == "succeeded"
-    stdout = [c for c in chunks_of(store, run["_id"]) if c["stream"] == "stdout"]
+    assert run.status == "succeeded"
+    stdout = [c for c in chunks_of(store, run.id) if c["stream"] == "stdout"]
     digest, size, line = hashlib.sha256(), 0, 0
     for chunk in stdout:
         assert len(chunk["text"]) <= MAX_CHUNK_CHARS
@@ -100,13 +101,13 @@ def test_a_single_ten_megabyte_line_is_split_into_chunks(store, worker):
     deploy_files(store, {"line.py": PY + "import sys\nsys.stdout.write('y' * 10_000_000)\n"
                                          "sys.stderr.write('>>> sooner.' + 'z' * 3_000_000)\n"})
     run = run_job(store, "line.py")
-    chunks = chunks_of(store, run["_id"])
+    chunks = chunks_of(store, run.id)
     stdout = "".join(c["text"] for c in chunks if c["stream"] == "stdout")
     assert stdout == "y" * 10_000_000 and all(len(c["text"]) <= MAX_CHUNK_CHARS for c in chunks)
     # an endless "call" on stderr is passed on as text with a note, never held whole
     stderr = "".join(c["text"] for c in chunks if c["stream"] == "stderr")
     assert stderr == ">>> sooner." + "z" * 3_000_000
-    assert "sooner: ignored malformed call: call too long" in store.output.text(run["_id"])
+    assert "sooner: ignored malformed call: call too long" in store.output.text(run.id)
 
 
 def test_binary_output_is_stored_with_replacement_characters(store, worker):
@@ -115,8 +116,8 @@ def test_binary_output_is_stored_with_replacement_characters(store, worker):
                                           "for i in range(0, len(data), 7):\n    out.write(data[i:i + 7]); out.flush()\n"
                                           "sys.stderr.buffer.write(b'\\xff\\xfe>>> not a call\\n')\n"})
     run = run_job(store, "binary.py")
-    assert run["status"] == "succeeded"
-    text = "".join(c["text"] for c in chunks_of(store, run["_id"]) if c["stream"] == "stdout")
+    assert run.status == "succeeded"
+    text = "".join(c["text"] for c in chunks_of(store, run.id) if c["stream"] == "stdout")
     assert text == payload.decode("utf-8", "replace")
     assert text.endswith("ünïcødé ✓\n")  # characters split across reads stay whole
 
@@ -125,8 +126,8 @@ def test_no_output_is_lost_when_a_script_dies_abruptly(store, worker):
     deploy_files(store, {"abrupt.sh": "#!/bin/bash\nfor i in $(seq 1 2000); do echo \"out $i\"; echo \"err $i\" >&2; done\n"
                                       "printf 'no newline at the end'\nkill -9 $$\n"})
     run = run_job(store, "abrupt.sh")
-    assert run["status"] == "failed" and run["note"] == "killed by SIGKILL"
-    chunks = chunks_of(store, run["_id"])
+    assert run.status == "failed" and run.note == "killed by SIGKILL"
+    chunks = chunks_of(store, run.id)
     stdout = "".join(c["text"] for c in chunks if c["stream"] == "stdout")
     stderr = "".join(c["text"] for c in chunks if c["stream"] == "stderr")
     assert stdout == "".join(f"out {i}\n" for i in range(1, 2001)) + "no newline at the end"
@@ -136,8 +137,8 @@ def test_no_output_is_lost_when_a_script_dies_abruptly(store, worker):
 def test_a_background_process_holding_the_pipes_does_not_keep_the_run_open(store, worker):
     deploy_files(store, {"leaves.sh": "#!/bin/sh\necho parent done\nsleep 60 &\nexit 0\n"})
     run = run_job(store, "leaves.sh", timeout=15)
-    assert run["status"] == "succeeded" and run["duration_s"] < 5
-    assert "still hold its output open; killing its process group" in store.output.text(run["_id"])
+    assert run.status == "succeeded" and run.duration_s < 5
+    assert "still hold its output open; killing its process group" in store.output.text(run.id)
 
 
 # -- units -------------------------------------------------------------------------
@@ -241,7 +242,8 @@ def test_decoder_passes_on_an_overlong_call_line():
 
 def test_progress_writes_are_throttled_and_the_last_value_is_kept():
     store = FakeStore()
-    handler = CallHandler(store, {"_id": "r1", "job": "j"}, depth_limit=3, throttle_s=60)
+    service = RunService(store, Settings(chain_depth_limit=3), FakeClock())
+    handler = CallHandler(service, Run(id="r1", job="j"), throttle_s=60)
     for i in range(1000):
         handler(Call("progress", {"current": i, "max": None}))
     assert store.progress == [(0, 100)]  # the first is written, the rest wait for the throttle

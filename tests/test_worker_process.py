@@ -12,9 +12,9 @@ import pytest
 
 from conftest import git, run_sooner, wait_for
 from sooner.config import load_settings
-from sooner.runs import queue_run
+from sooner.model import FINISHED, ManualTrigger, Progress, Run
+from sooner.runs.service import RunService
 from sooner.store import open_store
-from sooner.store.runs import FINISHED
 from sooner.worker.testing import deploy_files
 
 SETTINGS_ENV = {"SOONER_HEARTBEAT_S": "0.2", "SOONER_LEASE_S": "2", "SOONER_CANCEL_GRACE_S": "1",
@@ -33,7 +33,7 @@ def spawn_worker(store, tmp_path):
 
     def spawn(name: str, *args: str, ready: bool = True, extra_env: dict | None = None) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if k != "SOONER_CONFIG"}
-        env.update(SETTINGS_ENV, SOONER_MONGO_URL=store.url, SOONER_DATABASE=store.db.name, **(extra_env or {}))
+        env.update(SETTINGS_ENV, SOONER_MONGO_URL=store.url, SOONER_DATABASE=store.database_name, **(extra_env or {}))
         process = subprocess.Popen([sys.executable, "-m", "sooner", "worker", "-n", name,
                                     "--cache-dir", str(tmp_path / f"cache-{name}"), *args],
                                    cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -50,46 +50,52 @@ def spawn_worker(store, tmp_path):
         process.wait(10)
 
 
-def finished(store, run_id: str, timeout: float = 30) -> dict:
-    return wait_for(lambda: (r := store.runs.get(run_id))["status"] in FINISHED and r, timeout,
+def finished(store, run_id: str, timeout: float = 30) -> Run:
+    return wait_for(lambda: (r := store.runs.get(run_id)).status in FINISHED and r, timeout,
                     message=f"run {run_id} to finish")
+
+
+def start(store, job: str, **options) -> str:
+    run = RunService(store).queue(job, ManualTrigger(), **options)
+    assert run is not None
+    return run.id
 
 
 def test_sigterm_lets_short_runs_finish_cancels_long_ones_and_unregisters(store, spawn_worker):
     deploy_files(store, {"long.sh": "#!/bin/sh\necho started\nsleep 30\n",
                          "short.sh": "#!/bin/sh\necho started\nsleep 0.5\necho finished\n"})
     worker = spawn_worker("w1", "--capacity", "2")
-    long_run = queue_run(store, "long.sh", {"type": "manual"})["_id"]
-    short_run = queue_run(store, "short.sh", {"type": "manual"})["_id"]
+    long_run = start(store, "long.sh")
+    short_run = start(store, "short.sh")
     wait_for(lambda: all("started" in store.output.text(r) for r in (long_run, short_run)),
              message="both scripts to start")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert "worker w1 stopped" in worker.stdout.read()
-    assert store.runs.get(short_run)["status"] == "succeeded"
+    assert store.runs.get(short_run).status == "succeeded"
     long_doc = store.runs.get(long_run)
-    assert (long_doc["status"], long_doc["note"]) == ("cancelled", "worker shut down")
+    assert (long_doc.status, long_doc.note) == ("cancelled", "worker shut down")
     assert not store.runs.running()
     doc = store.workers.get("w1")
-    assert doc["stopped_at"] is not None and doc["running"] == []
+    assert doc.stopped_at is not None and doc.running == ()
 
 
 def test_two_worker_processes_run_each_of_200_runs_exactly_once(store, spawn_worker, tmp_path):
     ledger = tmp_path / "ledger.txt"
     deploy_files(store, {"once.sh": f"#!/bin/sh\necho \"$SOONER_RUN_ID $SOONER_WORKER\" >> {ledger}\n"
                                     "echo \"run $SOONER_RUN_ID\"\n"})
-    run_ids = [queue_run(store, "once.sh", {"type": "manual"})["_id"] for _ in range(200)]
+    run_ids = [start(store, "once.sh") for _ in range(200)]
     workers = [spawn_worker(name, "--capacity", "4") for name in ("a", "b")]
     wait_for(lambda: not store.runs.list(status="queued", limit=1) and not store.runs.running(), 60,
              message="all 200 runs to finish")
     lines = ledger.read_text().split("\n")[:-1]
     counts = Counter(line.split()[0] for line in lines)
     assert set(counts) == set(run_ids) and set(counts.values()) == {1}
-    by_worker = Counter(store.runs.get(r)["worker"] for r in run_ids)
+    by_worker = Counter(store.runs.get(r).worker for r in run_ids)
     assert set(by_worker) <= {"a", "b"} and sum(by_worker.values()) == 200
     for run_id in run_ids:
         run = store.runs.get(run_id)
-        assert run["status"] == "succeeded"
+        assert run.status == "succeeded"
         stdout = [c["text"] for c in store.output.read(run_id) if c["stream"] == "stdout"]
         assert stdout == [f"run {run_id}\n"]
     print(f"\nruns per worker: {dict(by_worker)}")
@@ -107,17 +113,17 @@ def test_a_second_worker_with_a_live_name_is_refused(store, spawn_worker):
 
 def test_cancel_command_cancels_queued_and_running_runs(store, spawn_worker, tmp_path):
     deploy_files(store, {"wait.sh": "#!/bin/sh\necho started\nsleep 30\n"})
-    queued = queue_run(store, "wait.sh", {"type": "manual"}, target="nobody")["_id"]
-    env = {**SETTINGS_ENV, "SOONER_MONGO_URL": store.url, "SOONER_DATABASE": store.db.name}
+    queued = start(store, "wait.sh", target="nobody")
+    env = {**SETTINGS_ENV, "SOONER_MONGO_URL": store.url, "SOONER_DATABASE": store.database_name}
     result = run_sooner("cancel", queued[:8], cwd=tmp_path, env=env)
     assert result.returncode == 0 and f"cancelled run {queued} of wait.sh (it had not started)" in result.stdout
     spawn_worker("w1")
-    running = queue_run(store, "wait.sh", {"type": "manual"})["_id"]
+    running = start(store, "wait.sh")
     wait_for(lambda: "started" in store.output.text(running), message="the script to start")
     result = run_sooner("cancel", running, cwd=tmp_path, env=env)
     assert result.returncode == 0 and f"asked worker w1 to cancel run {running}" in result.stdout
     run = finished(store, running, 10)
-    assert (run["status"], run["note"]) == ("cancelled", "cancelled by cli")
+    assert (run.status, run.note) == ("cancelled", "cancelled by cli")
     again = run_sooner("cancel", running, cwd=tmp_path, env=env)
     assert again.returncode == 1 and "has already finished (cancelled)" in again.stderr
 
@@ -137,7 +143,7 @@ def test_a_pushed_script_runs_on_a_worker_of_the_site(site, clone, tmp_path):
     store = open_store(settings)
     try:
         store.jobs.set_enabled("hello.sh", True)
-        run_id = queue_run(store, "hello.sh", {"type": "manual"})["_id"]
+        run_id = start(store, "hello.sh")
         # when the site's worker runs
         env = {**{k: v for k, v in os.environ.items() if k != "SOONER_CONFIG"}, **SETTINGS_ENV}
         worker = subprocess.Popen([sys.executable, "-m", "sooner", "worker", "-n", "site-worker"], cwd=site, env=env,
@@ -148,8 +154,8 @@ def test_a_pushed_script_runs_on_a_worker_of_the_site(site, clone, tmp_path):
             worker.send_signal(signal.SIGTERM)
             worker.wait(15)
         # then it ran the pushed commit's tree from the site's cache
-        assert run["status"] == "succeeded" and run["progress"] == {"current": 1, "max": 1}
-        assert run["commit"] == git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+        assert run.status == "succeeded" and run.progress == Progress(1, 1)
+        assert run.commit == git("rev-parse", "HEAD", cwd=clone).stdout.strip()
         assert "hello from the tree\n" in store.output.text(run_id)
         assert list((site / ".sooner" / "cache" / "trees").iterdir())
     finally:

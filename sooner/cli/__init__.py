@@ -11,13 +11,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sooner import __version__
 from sooner.config import Settings, find_config, load_settings
 from sooner.errors import SiteNotFound, SoonerError
+
+if TYPE_CHECKING:
+    from sooner.runs.service import RunService
 
 
 class AppContext:
@@ -27,6 +30,7 @@ class AppContext:
         self.config_path = config_path
         self._settings: Settings | None = None
         self._store: Any = None
+        self._runs: Any = None
 
     @property
     def settings(self) -> Settings:
@@ -47,6 +51,15 @@ class AppContext:
                                    "pass --config DIR/config.json, or set SOONER_MONGO_URL")
             self._store = open_store(settings)
         return self._store
+
+    @property
+    def runs(self) -> RunService:
+        """The run service on this command's store: how commands start, cancel and emit."""
+        if self._runs is None:
+            from sooner.runs.service import RunService
+
+            self._runs = RunService(self.store, self.settings)
+        return self._runs
 
     def close(self) -> None:
         if self._store is not None:

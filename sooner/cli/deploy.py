@@ -32,7 +32,7 @@ def deploy_command(app: AppContext, from_hook: bool, check_push: bool, refs: tup
     updates the working copy and creates, updates or removes jobs (new jobs
     start disabled). Deploying the same commit again changes nothing.
     """
-    from sooner import deploy as deployer
+    from sooner.deploy import push as deployer
 
     settings = app.settings
     if check_push:
@@ -67,7 +67,7 @@ def deploy_command(app: AppContext, from_hook: bool, check_push: bool, refs: tup
 
 def _check_push(app: AppContext) -> None:
     """pre-receive: print why the push is rejected (exit 1), or nothing."""
-    from sooner import deploy as deployer
+    from sooner.deploy import push as deployer
 
     updates = deployer.parse_push_lines(sys.stdin)
     problems = deployer.check_push(app.settings, updates, os.environ.get("GIT_QUARANTINE_PATH"))

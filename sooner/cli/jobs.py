@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import click
 
 from sooner.cli import AppContext, main, pass_app
 from sooner.cli.output import ago, echo_table
-from sooner.store.jobs import Missed, Overlap
+from sooner.model import Job, Missed, Overlap
 
 
 @main.command("jobs")
@@ -19,23 +18,18 @@ def jobs_command(app: AppContext, include_deleted: bool) -> None:
     """List jobs: name, enabled, schedule, worker, commit, last run."""
     store = app.store
     jobs = store.jobs.list(include_deleted=include_deleted)
-    last_runs = _last_runs(store, [job["_id"] for job in jobs])
+    last_runs = store.runs.last_per_job([job.name for job in jobs])
     rows = []
     for job in jobs:
-        state = "deleted" if job.get("deleted") else ("yes" if job.get("enabled") else "no")
-        schedule = job.get("schedule")
-        if schedule and job.get("timezone", "UTC") != "UTC":
-            schedule = f"{schedule} ({job['timezone']})"
-        run = last_runs.get(job["_id"])
-        last = f"{run['status']} {ago(run.get('queued_at'))}" if run else None
-        rows.append([job["_id"], state, schedule, job.get("worker") or "any", (job.get("commit") or "")[:8], last])
+        state = "deleted" if job.deleted else ("yes" if job.enabled else "no")
+        schedule = job.schedule
+        if schedule and job.timezone != "UTC":
+            schedule = f"{schedule} ({job.timezone})"
+        run = last_runs.get(job.name)
+        last = f"{run.status.value} {ago(run.queued_at)}" if run else None
+        rows.append([job.name, state, schedule, job.worker or "any", (job.commit or "")[:8], last])
     echo_table(["name", "enabled", "schedule", "worker", "commit", "last run"], rows,
                "no jobs yet: push an executable script to the site's scripts.git")
-
-
-def _last_runs(store: Any, names: list[str]) -> dict[str, dict]:
-    runs = getattr(store, "runs", None)
-    return runs.last_per_job(names) if runs is not None else {}
 
 
 @main.group("job")
@@ -48,27 +42,27 @@ def job_group() -> None:
 @pass_app
 def job_show(app: AppContext, name: str) -> None:
     """Show a job's settings and its next 5 fire times."""
-    from sooner.schedule import describe, next_fires
+    from sooner.scheduling.cron import describe, next_fires
 
     job = app.store.jobs.get(name)
-    status = "deleted" if job.get("deleted") else ("enabled" if job.get("enabled") else "disabled")
+    status = "deleted" if job.deleted else ("enabled" if job.enabled else "disabled")
     lines = [
-        f"job:       {job['_id']} ({status})",
-        f"commit:    {job.get('commit')}",
-        f"schedule:  {job.get('schedule') or '-'}" + (f"  ({describe(job['schedule'])})" if job.get("schedule") else ""),
-        f"timezone:  {job.get('timezone', 'UTC')}",
-        f"worker:    {job.get('worker') or 'any'}",
-        f"hooks:     {', '.join(job.get('hooks') or []) or '-'}",
-        f"timeout:   {str(job['timeout_s']) + 's' if job.get('timeout_s') else 'none'}",
-        f"overlap:   {job.get('overlap', Overlap.SKIP.value)}",
-        f"missed:    {job.get('missed', Missed.SKIP.value)}",
-        f"retry:     {(job.get('retry') or {}).get('attempts', 0)} attempt(s)",
-        f"updated:   {ago(job.get('updated_at'))}",
+        f"job:       {job.name} ({status})",
+        f"commit:    {job.commit}",
+        f"schedule:  {job.schedule or '-'}" + (f"  ({describe(job.schedule)})" if job.schedule else ""),
+        f"timezone:  {job.timezone}",
+        f"worker:    {job.worker or 'any'}",
+        f"hooks:     {', '.join(job.hooks) or '-'}",
+        f"timeout:   {str(job.timeout_s) + 's' if job.timeout_s else 'none'}",
+        f"overlap:   {job.overlap.value}",
+        f"missed:    {job.missed.value}",
+        f"retry:     {job.retry.attempts} attempt(s)",
+        f"updated:   {ago(job.updated_at)}",
     ]
     click.echo("\n".join(lines))
-    if job.get("schedule"):
-        fires = next_fires(job["schedule"], job.get("timezone", "UTC"), datetime.now(timezone.utc), 5)
-        click.echo("next fires:" + ("" if job.get("enabled") else "  (job is disabled: these will not run)"))
+    if job.schedule:
+        fires = next_fires(job.schedule, job.timezone, app.store.clock.now(), 5)
+        click.echo("next fires:" + ("" if job.enabled else "  (job is disabled: these will not run)"))
         for fire in fires:
             click.echo(f"  {fire.strftime('%Y-%m-%d %H:%M:%S %Z (%z)')}")
 
@@ -107,7 +101,7 @@ def job_disable(app: AppContext, name: str) -> None:
 @pass_app
 def job_set(app: AppContext, name: str, **options: Any) -> None:
     """Change a job's schedule, timezone, worker, hooks, timeout or policies."""
-    from sooner.jobs import settings_changes
+    from sooner.model.job_settings import settings_changes
 
     store = app.store
     job = store.jobs.get(name)
@@ -123,10 +117,10 @@ def job_set(app: AppContext, name: str, **options: Any) -> None:
         warn_if_no_worker(app, changes["worker"])
 
 
-def _describe_change(key: str, job: dict) -> str:
-    value = job.get(key)
+def _describe_change(key: str, job: Job) -> str:
+    value = job.to_doc().get(key)
     if key == "hooks":
-        value = ",".join(value or []) or "none"
+        value = ",".join(job.hooks) or "none"
     if key == "retry":
-        value = (value or {}).get("attempts", 0)
+        value = job.retry.attempts
     return f"{key}={value if value not in (None, '') else 'none'}"

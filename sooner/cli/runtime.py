@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 import click
@@ -26,9 +26,10 @@ import click
 from sooner.cli import AppContext, main, pass_app
 from sooner.cli.output import ago, duration, echo_table
 from sooner.errors import SoonerError
+from sooner.model import ManualTrigger, Progress, Run, RunStatus
 
 FOLLOW_POLL_S = 0.05
-STATUS_EXIT_CODES = {"succeeded": 0, "timed_out": 124, "cancelled": 130, "lost": 75}
+STATUS_EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.TIMED_OUT: 124, RunStatus.CANCELLED: 130, RunStatus.LOST: 75}
 PROGRESS_LINE_EVERY_S = 1.0  # without a TTY, progress lines at most this often
 
 
@@ -67,12 +68,12 @@ def scheduler_command(app: AppContext, once: bool) -> None:
     Any number of schedulers may run against one database: each tick fires at
     most once. Schedule and enable changes take effect within a second.
     """
-    from sooner.scheduler import Scheduler
+    from sooner.scheduling.scheduler import Scheduler
 
-    scheduler = Scheduler(app.store, app.settings)
+    scheduler = Scheduler(app.store, app.settings, service=app.runs)
     if once:
         for run in scheduler.tick():
-            click.echo(f"fired {run['job']} for {_when(run['trigger']['scheduled_for'])}: run {run['_id']}")
+            click.echo(f"fired {run.job} ({run.trigger.describe()}): run {run.id}")
         return
     stop = threading.Event()
 
@@ -80,7 +81,7 @@ def scheduler_command(app: AppContext, once: bool) -> None:
         stop.set()
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    click.echo(f"sooner scheduler ready (pid {os.getpid()}, database {app.store.db.name}); "
+    click.echo(f"sooner scheduler ready (pid {os.getpid()}, database {app.store.database_name}); "
                f"SIGTERM or Ctrl-C stops it")
     sys.stdout.flush()
     scheduler.run_forever(stop)
@@ -98,38 +99,33 @@ def scheduler_command(app: AppContext, once: bool) -> None:
 @pass_app
 def run_command(app: AppContext, name: str, data_text: str | None, follow: bool, worker: str | None) -> None:
     """Queue a run of job NAME now (even a disabled one); print its id."""
-    from sooner.runs import queue_run
-
     data = parse_json(data_text, "--data")
-    store = app.store
-    job = store.jobs.get(name)
-    run = queue_run(store, job, {"type": "manual", "author": current_user()}, data=data, target=worker)
+    job = app.store.jobs.get(name)
+    run = app.runs.queue(job, ManualTrigger(author=current_user()), data=data, target=worker)
     assert run is not None  # manual runs have no tick and no overlap check
-    warn_if_no_worker(app, worker or job.get("worker"))
+    warn_if_no_worker(app, worker or job.worker)
     if not follow:
-        click.echo(run["_id"])
+        click.echo(run.id)
         return
-    _system(f"run {run['_id']} of {name} queued")
-    final = _follow(store, run["_id"])
+    _system(f"run {run.id} of {name} queued")
+    final = _follow(app.store, run.id)
     sys.exit(exit_code_for(final))
 
 
-def exit_code_for(run: dict) -> int:
+def exit_code_for(run: Run) -> int:
     """The exit code ``run --follow`` ends with (see the module docstring)."""
-    status = run.get("status")
-    if status == "failed":
-        code = run.get("exit_code")
+    if run.status is RunStatus.FAILED:
+        code = run.exit_code
         if isinstance(code, int) and code < 0:
             return 128 - code
         return code if isinstance(code, int) and 0 < code < 256 else 1
-    return STATUS_EXIT_CODES.get(status, 1) if isinstance(status, str) else 1
+    return STATUS_EXIT_CODES.get(run.status, 1)
 
 
 def warn_if_no_worker(app: AppContext, target: str | None) -> None:
     """Warn on stderr when no online worker matches ``target`` (a name or tag; None = any worker)."""
-    workers = [w for w in app.store.workers.list() if _online(w, app.settings.heartbeat_s)]
-    if target:
-        workers = [w for w in workers if w["_id"] == target or target in (w.get("tags") or [])]
+    now = app.store.clock.now()
+    workers = [w for w in app.store.workers.list() if w.online(now, app.settings.heartbeat_s) and w.serves(target)]
     if not workers:
         which = f"named or tagged {target!r} " if target else ""
         click.secho(f"sooner: warning: no worker {which}is online; the run waits until one starts "
@@ -138,16 +134,14 @@ def warn_if_no_worker(app: AppContext, target: str | None) -> None:
 
 @main.command("runs")
 @click.option("--job", help="Only runs of this job.")
-@click.option("--status", type=click.Choice(["waiting", "queued", "running", "succeeded", "failed",
-                                             "cancelled", "timed_out", "lost"]), help="Only runs in this state.")
+@click.option("--status", type=click.Choice(RunStatus.values()), help="Only runs in this state.")
 @click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @pass_app
 def runs_command(app: AppContext, job: str | None, status: str | None, limit: int) -> None:
     """List runs, newest first."""
-    now = datetime.now(timezone.utc)
-    rows = [[run["_id"], run["job"], run["status"], run.get("worker"), _trigger(run.get("trigger") or {}),
-             ago(run.get("started_at"), now) if run.get("started_at") else None, _duration(run, now),
-             _progress(run.get("progress"))]
+    now = app.store.clock.now()
+    rows = [[run.id, run.job, run.status.value, run.worker, run.trigger.describe(),
+             ago(run.started_at, now) if run.started_at else None, _duration(run, now), _progress(run.progress)]
             for run in app.store.runs.list(job=job, status=status, limit=limit)]
     echo_table(["id", "job", "status", "worker", "trigger", "started", "duration", "progress"], rows,
                "no runs yet" if not (job or status) else "no runs match")
@@ -162,14 +156,14 @@ def logs_command(app: AppContext, run_id: str, follow: bool) -> None:
     store = app.store
     run = store.runs.get(run_id)
     if follow:
-        _follow(store, run["_id"])
+        _follow(store, run.id)
         return
-    _print_chunks(store.output.read(run["_id"]))
-    if run["status"] not in ("waiting", "queued", "running"):
+    _print_chunks(store.output.read(run.id))
+    if run.finished:
         _system(_ending(run))
 
 
-def _follow(store: Any, run_id: str) -> dict:
+def _follow(store: Any, run_id: str) -> Run:
     """Stream a run's output and progress until it ends; returns the finished run."""
     progress = ProgressDisplay(sys.stderr.isatty())
     after, status = -1, None
@@ -181,16 +175,16 @@ def _follow(store: Any, run_id: str) -> dict:
                 progress.clear()
                 _print_chunks(chunks)
                 after = chunks[-1]["seq"]
-            if run["status"] != status and run["status"] == "running" and status is not None:
+            if run.status != status and run.status is RunStatus.RUNNING and status is not None:
                 progress.clear()
-                _system(f"started on {run.get('worker')}")
-            status = run["status"]
-            if status not in ("waiting", "queued", "running"):
+                _system(f"started on {run.worker}")
+            status = run.status
+            if run.finished:
                 _print_chunks(store.output.read(run_id, after_seq=after))  # written just before the end
-                progress.finish(run.get("progress"))
+                progress.finish(run.progress)
                 _system(_ending(run))
                 return run
-            progress.show(run.get("progress"))
+            progress.show(run.progress)
             time.sleep(FOLLOW_POLL_S)
     except KeyboardInterrupt:
         progress.clear()
@@ -212,11 +206,11 @@ def _system(text: str) -> None:
     click.secho(f"sooner: {text}", dim=True, err=True)
 
 
-def _ending(run: dict) -> str:
-    code = f" (exit code {run['exit_code']})" if run.get("exit_code") is not None else ""
-    note = f": {run['note']}" if run.get("note") else ""
-    took = f" after {duration(run['duration_s'])}" if run.get("duration_s") is not None else ""
-    return f"run {run['_id']} {run['status']}{code}{took}{note}"
+def _ending(run: Run) -> str:
+    code = f" (exit code {run.exit_code})" if run.exit_code is not None else ""
+    note = f": {run.note}" if run.note else ""
+    took = f" after {duration(run.duration_s)}" if run.duration_s is not None else ""
+    return f"run {run.id} {run.status.value}{code}{took}{note}"
 
 
 class ProgressDisplay:
@@ -230,7 +224,7 @@ class ProgressDisplay:
         self.drawn = False
         self.last_line_at = float("-inf")
 
-    def show(self, progress: dict | None) -> None:
+    def show(self, progress: Progress | None) -> None:
         value = _progress_value(progress)
         if value is None or value == self.shown:
             return
@@ -255,19 +249,17 @@ class ProgressDisplay:
             self.drawn = False
             self.shown = None
 
-    def finish(self, progress: dict | None) -> None:
+    def finish(self, progress: Progress | None) -> None:
         self.clear()
         if not self.tty and _progress_value(progress) not in (None, self.shown):
             _system(f"progress {_progress(progress)}")
 
 
-def _progress_value(progress: dict | None) -> tuple[float, float] | None:
-    if not progress or progress.get("current") is None:
-        return None
-    return float(progress["current"]), float(progress.get("max") or 0)
+def _progress_value(progress: Progress | None) -> tuple[float, float] | None:
+    return (progress.current, progress.max) if progress is not None else None
 
 
-def _progress(progress: dict | None) -> str | None:
+def _progress(progress: Progress | None) -> str | None:
     value = _progress_value(progress)
     if value is None:
         return None
@@ -278,31 +270,9 @@ def _progress(progress: dict | None) -> str | None:
     return f"{current:g}/{maximum:g}{percent}"
 
 
-def _trigger(trigger: dict) -> str:
-    kind = trigger.get("type", "?")
-    if kind == "cron":
-        extra = " catch-up" if trigger.get("catch_up") else ""
-        return f"cron {_when(trigger.get('scheduled_for'))}{extra}"
-    if kind == "event":
-        return f"event {trigger.get('event')}"
-    if kind == "retry":
-        return f"retry of {str(trigger.get('source'))[:10]}"
-    author = trigger.get("author")
-    return f"{kind} {author}" if author else kind
-
-
-def _when(moment: Any) -> str:
-    if not isinstance(moment, datetime):
-        return str(moment)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _duration(run: dict, now: datetime) -> str | None:
-    if run.get("duration_s") is not None and run.get("finished_at"):
-        return duration(run["duration_s"])
-    if run.get("started_at") and run["status"] == "running":
-        return duration((now - run["started_at"]).total_seconds())
-    return None
+def _duration(run: Run, now: datetime) -> str | None:
+    seconds = run.duration(now)
+    return duration(seconds) if seconds is not None and (run.finished_at or run.status is RunStatus.RUNNING) else None
 
 
 # -- emit ----------------------------------------------------------------------
@@ -312,21 +282,18 @@ def _duration(run: dict, now: datetime) -> str | None:
 @pass_app
 def emit_command(app: AppContext, event: str, data_text: str | None) -> None:
     """Emit EVENT: every enabled job hooked to it gets a run."""
-    from sooner.events import emit
-
     data = parse_json(data_text, "--data")
     store = app.store
-    emitted = emit(store, event, data, source={"type": "cli", "author": current_user()},
-                   depth_limit=app.settings.chain_depth_limit)
+    emitted = app.runs.emit(event, data, source={"type": "cli", "author": current_user()})
     runs = [store.runs.get(run_id) for run_id in emitted.get("runs") or []]
     for run in runs:
-        click.echo(f"started run {run['_id']} of {run['job']}")
+        click.echo(f"started run {run.id} of {run.job}")
     if emitted.get("note"):
         click.echo(emitted["note"])
     elif not runs:
         hooked = store.jobs.with_hook(event)
         click.echo(f"no job is hooked to {event}" if not hooked else
-                   f"no run started: {', '.join(j['_id'] for j in hooked)} still running (overlap=skip)")
+                   f"no run started: {', '.join(j.name for j in hooked)} still running (overlap=skip)")
 
 
 # -- queue -----------------------------------------------------------------------
@@ -360,7 +327,7 @@ def queue_list(app: AppContext, name: str, status: str | None, limit: int, as_js
         for entry in entries:
             click.echo(entry_json(entry))
         return
-    now = datetime.now(timezone.utc)
+    now = app.store.clock.now()
     rows = [[str(e["_id"]), e.get("status"), ago(e.get("createdAt"), now), ago(e.get("updatedAt"), now),
              _excerpt(json.dumps(e.get("data"), default=str))] for e in entries]
     echo_table(["id", "status", "created", "updated", "data"], rows, f"queue {name} has no entries"
@@ -414,25 +381,16 @@ def _excerpt(text: str, width: int = 60) -> str:
 @pass_app
 def workers_command(app: AppContext) -> None:
     """List workers: name, host, capacity, running runs, tags, heartbeat age, version."""
-    now = datetime.now(timezone.utc)
-    heartbeat_s = app.settings.heartbeat_s
+    now = app.store.clock.now()
     rows = []
     for worker in app.store.workers.list():
-        beat = ago(worker.get("heartbeat_at"), now)
-        if worker.get("stopped_at"):
-            beat = f"stopped {ago(worker['stopped_at'], now)}"
-        elif not _online(worker, heartbeat_s, now):
+        beat = ago(worker.heartbeat_at, now)
+        if worker.stopped_at:
+            beat = f"stopped {ago(worker.stopped_at, now)}"
+        elif not worker.online(now, app.settings.heartbeat_s):
             beat += " (stale)"
-        rows.append([worker["_id"], worker.get("host"), worker.get("capacity"), len(worker.get("running") or []),
-                     ",".join(worker.get("tags") or []), beat, worker.get("version")])
+        rows.append([worker.name, worker.host, worker.capacity, len(worker.running), ",".join(worker.tags), beat,
+                     worker.version])
     echo_table(["name", "host", "capacity", "running", "tags", "heartbeat", "version"], rows,
                "no workers have started yet: run `sooner worker -n NAME`")
 
-
-def _online(worker: dict, heartbeat_s: float, now: datetime | None = None) -> bool:
-    """A worker is online while it has not stopped and its heartbeat is under three intervals (min 5 s) old."""
-    beat = worker.get("heartbeat_at")
-    if worker.get("stopped_at") or beat is None:
-        return False
-    now = now or datetime.now(timezone.utc)
-    return now - beat <= timedelta(seconds=max(3 * heartbeat_s, 5.0))

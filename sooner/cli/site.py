@@ -20,7 +20,7 @@ def init_command(directory: Path, examples: bool) -> None:
     settings = init_site(directory)
     click.echo(f"Created a Sooner site in {settings.site_dir}")
     if examples:
-        from sooner.examples import commit_examples
+        from sooner.site.examples import commit_examples
 
         for line in commit_examples(settings):
             click.echo(f"  {line}")
@@ -87,7 +87,7 @@ def up_command(app: AppContext, directory: Path | None, host: str | None, port: 
     """
     from sooner.config import CONFIG_FILE, load_settings
     from sooner.site import init_site
-    from sooner.up import run_up
+    from sooner.site.up import run_up
 
     if directory is not None:
         config_path = directory.resolve() / CONFIG_FILE

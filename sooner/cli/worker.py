@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from sooner.cli import AppContext, main, pass_app
+from sooner.model import RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def worker_command(app: AppContext, name: str | None, capacity: int | None, tags
     """
     from sooner.worker.loop import Worker
 
-    worker = Worker(app.store, app.settings, name or socket.gethostname(), capacity,
+    worker = Worker(app.store, app.settings, name or socket.gethostname(), capacity, service=app.runs, tags=
                     [t.strip() for t in tags.split(",")], cache=cache_dir)
     worker.register()
     stop, hurry = threading.Event(), threading.Event()
@@ -62,10 +63,10 @@ def worker_command(app: AppContext, name: str | None, capacity: int | None, tags
 @pass_app
 def cancel_command(app: AppContext, run_id: str) -> None:
     """Cancel RUN (an id or unique prefix): a queued run ends now; a running one gets SIGTERM, then SIGKILL."""
-    run = app.store.runs.request_cancel(run_id, by="cli")
-    if run["status"] == "cancelled":
-        click.echo(f"cancelled run {run['_id']} of {run['job']} (it had not started)")
+    run = app.runs.cancel(run_id, by="cli")
+    if run.status is RunStatus.CANCELLED:
+        click.echo(f"cancelled run {run.id} of {run.job} (it had not started)")
         return
     grace = app.settings.cancel_grace_s
-    click.echo(f"asked worker {run.get('worker')} to cancel run {run['_id']} of {run['job']} "
+    click.echo(f"asked worker {run.worker} to cancel run {run.id} of {run.job} "
                f"(SIGTERM, then SIGKILL after {grace:g}s)")

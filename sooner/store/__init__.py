@@ -3,15 +3,19 @@
 ``open_store(settings)`` picks the database from ``mongo_url`` (a real MongoDB,
 mongomock for unit tests, or the site's embedded nx-27017 server), creates the
 indexes, and returns a :class:`Store` whose repositories (``store.jobs``,
-``store.runs`` …) offer the domain operations. Nothing outside this package
-imports pymongo or mongomock.
+``store.runs`` …) offer the domain operations, ``store.reads`` the read
+models pages and the API show, and ``store.changes`` the change feed. Nothing
+outside this package imports pymongo or mongomock, or reaches the database
+object itself: repositories get their collections from
+:meth:`Store.collection`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
+from sooner.clock import SYSTEM_CLOCK, Clock
 from sooner.errors import StoreError
 from sooner.store import schema
 from sooner.store.client import Retrier, make_client, redact
@@ -31,24 +35,30 @@ class Store:
     """A connected database with Sooner's collections and domain operations.
 
     Repositories are attributes; each method documents the fields it changes.
-    ``store.retry(fn)`` runs ``fn`` with the transient-error policy.
+    ``store.reads`` holds the read models of the web pages and the API
+    (:mod:`sooner.store.reads`), ``store.changes`` the change feed
+    (:mod:`sooner.store.changes`). ``store.retry(fn)`` runs ``fn`` with the
+    transient-error policy.
     """
 
     def __init__(self, url: str, database: str = "sooner", *, embedded: EmbeddedServer | None = None,
-                 retry_attempts: int = 4) -> None:
+                 retry_attempts: int = 4, clock: Clock = SYSTEM_CLOCK) -> None:
+        from sooner.store.changes import Changes
         from sooner.store.deploys import DeployRepo, ObjectRepo
         from sooner.store.events import EventRepo
         from sooner.store.jobs import JobRepo
         from sooner.store.output import OutputRepo
         from sooner.store.queues import QueueRepo
+        from sooner.store.reads import Reads
         from sooner.store.runs import RunRepo
         from sooner.store.users import TokenRepo, UserRepo
         from sooner.store.workers import WorkerRepo
 
         self.url = url
         self.embedded = embedded
+        self.clock = clock  # the time repositories record when a caller gives none
         self.client = make_client(url)
-        self.db: Database = self.client[database]
+        self._db: Database = self.client[database]
         on_failure = embedded.ensure_running if embedded else None
         self.retry: Callable[[Callable[[], T]], T] = Retrier(url, attempts=retry_attempts,
                                                              on_failure=_quietly(on_failure))
@@ -61,6 +71,13 @@ class Store:
         self.workers = WorkerRepo(self)
         self.queues = QueueRepo(self)
         self.users, self.tokens = UserRepo(self), TokenRepo(self)
+        self.reads = Reads(self)
+        self.changes = Changes(self)
+
+    @property
+    def database_name(self) -> str:
+        """The database's name (what another process passes as ``database`` to reach the same data)."""
+        return self._db.name
 
     @property
     def is_mongomock(self) -> bool:
@@ -68,7 +85,25 @@ class Store:
 
     def collection(self, name: str):
         """A raw collection, for repositories inside this package."""
-        return self.db[name]
+        return self._db[name]
+
+    def collection_names(self) -> list[str]:
+        """Names of the collections that exist (queues are found by their prefix)."""
+        return self.retry(lambda: self._db.list_collection_names())
+
+    def import_documents(self, collection: str, documents: Iterable[dict[str, Any]]) -> int:
+        """Insert ``documents`` into one of Sooner's collections (``schema.RUNS`` …) as they are.
+
+        For seeding test and benchmark databases only: nothing is validated
+        or defaulted, and no run-service listener sees the runs. Returns how
+        many documents were inserted.
+        """
+        if collection not in _IMPORTABLE:
+            raise ValueError(f"not a Sooner collection: {collection!r}")
+        batch = list(documents)
+        if batch:
+            self.retry(lambda: self._db[collection].insert_many(batch))
+        return len(batch)
 
     def ping(self) -> None:
         """Fail with StoreError unless the database answers."""
@@ -80,14 +115,21 @@ class Store:
         A marker document remembers the schema version, so short-lived
         commands (a git hook, `sooner jobs`) skip the round trips once done.
         """
-        meta = self.db[schema.META]
+        meta = self._db[schema.META]
         if self.retry(lambda: meta.find_one({"_id": "schema", "version": schema.VERSION})):
             return
 
         def create() -> None:
+            for collection, query, update in schema.BACKFILLS:
+                self._db[collection].update_many(query, update)
             for collection, indexes in schema.INDEXES.items():
                 for keys, options in indexes:
-                    self.db[collection].create_index(keys, **options)
+                    self._db[collection].create_index(keys, **options)
+            for collection, specs in schema.DROPPED_INDEXES.items():  # after their replacements exist
+                dropped = [list(spec) for spec in specs]
+                for index in list(self._db[collection].list_indexes()):
+                    if [tuple(key) for key in index["key"].items()] in dropped:
+                        self._db[collection].drop_index(index["name"])
             meta.update_one({"_id": "schema"}, {"$set": {"version": schema.VERSION}}, upsert=True)
         self.retry(create)
 
@@ -96,7 +138,12 @@ class Store:
             self.client.close()
 
     def __repr__(self) -> str:
-        return f"Store({redact(self.url)!r}, {self.db.name!r})"
+        return f"Store({redact(self.url)!r}, {self._db.name!r})"
+
+
+# What test and benchmark seeding may fill directly (users and tokens go through their repositories: hashes).
+_IMPORTABLE = frozenset({schema.JOBS, schema.DEPLOYS, schema.RUNS, schema.RUN_OUTPUT, schema.EVENTS, schema.WORKERS,
+                         schema.BLOBS, schema.TREES})
 
 
 def _quietly(action: Callable[[], object] | None) -> Callable[[], None] | None:
@@ -119,10 +166,11 @@ def resolve_url(settings: Settings) -> tuple[str, EmbeddedServer | None]:
     return embedded.ensure_running(), embedded
 
 
-def open_store(settings: Settings, *, create_indexes: bool = True, retry_attempts: int = 4) -> Store:
+def open_store(settings: Settings, *, create_indexes: bool = True, retry_attempts: int = 4,
+               clock: Clock = SYSTEM_CLOCK) -> Store:
     """Connect to the configured database and make sure its indexes exist."""
     url, embedded = resolve_url(settings)
-    store = Store(url, settings.database, embedded=embedded, retry_attempts=retry_attempts)
+    store = Store(url, settings.database, embedded=embedded, retry_attempts=retry_attempts, clock=clock)
     if create_indexes:
         store.ensure_indexes()
     return store

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Iterable
 from bson.binary import Binary
 
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -33,7 +32,7 @@ class DeployRepo:
         """Insert one deploy entry (the newest is the deployed state)."""
         document = {"commit": commit, "tree": tree, "branch": branch, "author": author, "message": message,
                     "created": created, "updated": updated, "removed": removed, "restored": restored,
-                    "time": now or utcnow()}
+                    "time": now or self.store.clock.now()}
         self.store.retry(lambda: self.collection.insert_one(document))
         return document
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -26,7 +25,7 @@ class EventRepo:
                now: datetime | None = None) -> dict:
         """Store an emitted event. ``source`` is {type: run/cli/api/system, run, job}."""
         event = {"_id": str(ObjectId()), "name": name, "data": data, "source": source, "depth": depth,
-                 "t": now or utcnow(), "runs": [], "note": None}
+                 "t": now or self.store.clock.now(), "runs": [], "note": None}
         self.store.retry(lambda: self.collection.insert_one(event))
         return event
 
@@ -37,13 +36,22 @@ class EventRepo:
             fields["note"] = note
         self.store.retry(lambda: self.collection.update_one({"_id": event_id}, {"$set": fields}))
 
-    def list(self, *, name: str | None = None, limit: int = 50, before: str | None = None) -> builtins.list[dict]:
+    def list(self, *, name: str | None = None, limit: int = 50,
+             before: datetime | None = None) -> builtins.list[dict]:
+        """Events (named ``name`` if given), newest first by ``t``; ``before`` pages back: events older than it.
+
+        The one order and paging rule for events; the events page pages with
+        it too (``store.reads.events_page``). By the time they were recorded,
+        not by ``_id``: ``t`` is indexed, and the embedded server answers a
+        range on ``_id`` more slowly still. An event recorded in the same
+        millisecond as the last one of a page may be skipped by the next page.
+        """
         query: dict[str, Any] = {}
         if name:
             query["name"] = name
         if before:
-            query["_id"] = {"$lt": before}
-        return self.store.retry(lambda: list(self.collection.find(query).sort("_id", -1).limit(limit)))
+            query["t"] = {"$lt": before}
+        return self.store.retry(lambda: list(self.collection.find(query).sort("t", -1).limit(limit)))
 
     def get(self, event_id: str) -> dict | None:
         return self.store.retry(lambda: self.collection.find_one({"_id": event_id}))

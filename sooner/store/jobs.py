@@ -3,52 +3,17 @@
 from __future__ import annotations
 
 import builtins
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from pymongo import ReturnDocument
 
-from sooner.errors import JobNotFound
+from sooner.errors import JobNotFound, SoonerError
+from sooner.model import JOB_DEFAULTS, Job
 from sooner.store import schema
 
 if TYPE_CHECKING:
     from sooner.store import Store
-
-
-class Overlap(str, Enum):
-    """What the scheduler does when a job fires while a run of it is queued or running."""
-
-    ALLOW = "allow"  # start another run alongside
-    SKIP = "skip"  # drop the new fire (default)
-    QUEUE = "queue"  # queue it; it starts when the earlier run ends
-
-
-class Missed(str, Enum):
-    """What the scheduler does with ticks missed while no scheduler ran."""
-
-    SKIP = "skip"  # forget them (default)
-    CATCH_UP_ONCE = "catch_up_once"  # one run for the whole missed period
-
-
-# Settings a user may change with `sooner job set` or the web UI, with defaults.
-JOB_DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "schedule": None,
-    "timezone": "UTC",
-    "worker": None,
-    "hooks": [],
-    "timeout_s": None,
-    "retry": {"attempts": 0, "delay_s": 30},
-    "overlap": Overlap.SKIP.value,
-    "missed": Missed.SKIP.value,
-}
-
-
-def utcnow() -> datetime:
-    """Now, in UTC with millisecond precision (what BSON keeps)."""
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class JobRepo:
@@ -58,19 +23,20 @@ class JobRepo:
         self.store = store
         self.collection = store.collection(schema.JOBS)
 
-    def find(self, name: str) -> dict | None:
-        return self.store.retry(lambda: self.collection.find_one({"_id": name}))
+    def find(self, name: str) -> Job | None:
+        doc = self.store.retry(lambda: self.collection.find_one({"_id": name}))
+        return Job.from_doc(doc) if doc else None
 
-    def get(self, name: str) -> dict:
+    def get(self, name: str) -> Job:
         """The job, or JobNotFound."""
         job = self.find(name)
         if job is None:
             raise JobNotFound(name)
         return job
 
-    def list(self, *, include_deleted: bool = False) -> builtins.list[dict]:
+    def list(self, *, include_deleted: bool = False) -> builtins.list[Job]:
         query = {} if include_deleted else {"deleted": {"$ne": True}}
-        return self.store.retry(lambda: list(self.collection.find(query).sort("_id", 1)))
+        return self._jobs(query, sort=[("_id", 1)])
 
     def record_deployed(self, name: str, *, commit: str, blob: str, now: datetime | None = None) -> str:
         """Create or update the job for a deployed script.
@@ -80,7 +46,7 @@ class JobRepo:
         changed: ``commit``/``blob`` set) or ``unchanged``. Changes ``commit``,
         ``blob``, ``deleted``, ``updated_at`` and, on creation, every default.
         """
-        now = now or utcnow()
+        now = now or self.store.clock.now()
         existing = self.find(name)
         if existing is None:
             document = {"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit,
@@ -88,11 +54,11 @@ class JobRepo:
             self.store.retry(lambda: self.collection.update_one(
                 {"_id": name}, {"$setOnInsert": document}, upsert=True))
             return "created"
-        if existing.get("deleted"):
+        if existing.deleted:
             self._set(name, {"deleted": False, "enabled": False, "commit": commit, "blob": blob,
                              "updated_at": now, "deleted_at": None, "new": True})
             return "restored"
-        if existing.get("blob") != blob:
+        if existing.blob != blob:
             self._set(name, {"commit": commit, "blob": blob, "updated_at": now})
             return "updated"
         return "unchanged"
@@ -102,35 +68,35 @@ class JobRepo:
 
         Changes ``deleted``, ``enabled`` (false), ``deleted_at``, ``commit``, ``updated_at``.
         """
-        now = now or utcnow()
+        now = now or self.store.clock.now()
         self._set(name, {"deleted": True, "enabled": False, "deleted_at": now, "commit": commit, "updated_at": now})
 
-    def set_enabled(self, name: str, enabled: bool) -> dict:
+    def set_enabled(self, name: str, enabled: bool) -> Job:
         """Enable or disable a job (never a deleted one). Changes ``enabled``, ``new``, ``updated_at``."""
         job = self.get(name)
-        if enabled and job.get("deleted"):
-            from sooner.errors import SoonerError
-
+        if enabled and job.deleted:
             raise SoonerError(f"job {name!r} was removed from the repository; push it again to use it")
-        return self._set(name, {"enabled": enabled, "new": False, "updated_at": utcnow()})
+        return self._set(name, {"enabled": enabled, "new": False, "updated_at": self.store.clock.now()})
 
     def update_settings(self, name: str, changes: dict[str, Any], *, add_hooks: Iterable[str] = (),
-                        remove_hooks: Iterable[str] = ()) -> dict:
+                        remove_hooks: Iterable[str] = ()) -> Job:
         """Change user settings (keys of JOB_DEFAULTS, already validated) and hooks."""
         self.get(name)
         unknown = set(changes) - set(JOB_DEFAULTS)
         if unknown:
             raise ValueError(f"not job settings: {sorted(unknown)}")
-        update: dict[str, Any] = {"$set": {**changes, "updated_at": utcnow(), "new": False}}
+        update: dict[str, Any] = {"$set": {**changes, "updated_at": self.store.clock.now(), "new": False}}
         add, remove = list(add_hooks), list(remove_hooks)
         if add:
             update["$addToSet"] = {"hooks": {"$each": add}}
-        job = self.store.retry(lambda: self.collection.find_one_and_update(
+        doc = self.store.retry(lambda: self.collection.find_one_and_update(
             {"_id": name}, update, return_document=ReturnDocument.AFTER))
         if remove:
-            job = self.store.retry(lambda: self.collection.find_one_and_update(
+            doc = self.store.retry(lambda: self.collection.find_one_and_update(
                 {"_id": name}, {"$pull": {"hooks": {"$in": remove}}}, return_document=ReturnDocument.AFTER))
-        return job
+        if doc is None:
+            raise JobNotFound(name)
+        return Job.from_doc(doc)
 
     def deployed_state(self) -> dict[str, dict]:
         """Every job, deleted ones too, as ``{name: {"_id", "blob", "deleted"}}``: what a deploy compares with."""
@@ -148,7 +114,7 @@ class JobRepo:
         ``removed`` changes what :meth:`mark_deleted` changes. A job in
         ``created`` that exists already is left alone, as ``$setOnInsert`` would.
         """
-        now = now or utcnow()
+        now = now or self.store.clock.now()
         inserts = [{"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit, "blob": blob,
                     "created_at": now, "updated_at": now, "new": True} for name, blob in (created or {}).items()]
         updates = [(name, {"deleted": False, "enabled": False, "commit": commit, "blob": blob, "updated_at": now,
@@ -180,48 +146,72 @@ class JobRepo:
             if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
                 raise
 
-    def with_hook(self, event: str) -> builtins.list[dict]:
+    def with_hook(self, event: str) -> builtins.list[Job]:
         """Enabled, not deleted jobs whose ``hooks`` contain the event name."""
         # ``$in`` rather than ``{"hooks": event}``: nx-27017 0.8.1 answers an equality match on an
         # indexed array field with nothing (tests/test_store.py covers it on every store).
-        return self.store.retry(lambda: list(self.collection.find(
-            {"hooks": {"$in": [event]}, "enabled": True, "deleted": {"$ne": True}})))
+        return self._jobs({"hooks": {"$in": [event]}, "enabled": True, "deleted": {"$ne": True}})
 
-    def scheduled(self) -> builtins.list[dict]:
+    def scheduled(self) -> builtins.list[Job]:
         """Enabled, not deleted jobs that have a schedule."""
-        return self.store.retry(lambda: list(self.collection.find(
-            {"enabled": True, "deleted": {"$ne": True}, "schedule": {"$ne": None}})))
+        return self._jobs({"enabled": True, "deleted": {"$ne": True}, "schedule": {"$ne": None}})
 
-    def save_scheduler_state(self, name: str, state: dict[str, Any], *, previous: dict[str, Any] | None) -> bool:
-        """Set ``scheduler_state`` if it still equals ``previous`` (None = absent); False if another scheduler won.
+    def schedulable(self) -> builtins.list[Job]:
+        """Enabled, not deleted jobs: the ones whose triggers may start runs."""
+        return self._jobs({"enabled": True, "deleted": {"$ne": True}})
 
-        The state is {schedule, timezone, last_tick_at, …}; comparing field by
-        field keeps the compare-and-set independent of subdocument key order.
+    def save_trigger_state(self, name: str, key: str, state: dict[str, Any], *,
+                           previous: dict[str, Any] | None) -> bool:
+        """Set the cursor of the job's time trigger ``key`` if it still equals ``previous`` (None = absent).
+
+        False if another scheduler moved it first. The cron trigger keeps its
+        cursor in ``scheduler_state`` (the documented field); other kinds in
+        ``trigger_state.<key>``. Comparing field by field (``since`` and ``by``
+        aside) keeps the compare-and-set independent of subdocument key order.
         """
+        field = _state_field(key)
         query: dict[str, Any] = {"_id": name}
         if previous is None:
-            query["scheduler_state"] = None
+            query[field] = None
         else:
-            query.update({f"scheduler_state.{key}": previous.get(key)
-                          for key in ("schedule", "timezone", "last_tick_at")})
-        result = self.store.retry(lambda: self.collection.update_one(query, {"$set": {"scheduler_state": state}}))
+            query.update({f"{field}.{k}": v for k, v in previous.items() if k not in ("since", "by")})
+        result = self.store.retry(lambda: self.collection.update_one(query, {"$set": {field: state}}))
         return result.matched_count == 1
 
-    def clear_scheduler_state(self) -> int:
-        """Forget ``scheduler_state`` of jobs that are disabled, deleted or unscheduled.
+    def clear_trigger_states(self) -> int:
+        """Forget the trigger cursors of jobs that are disabled, deleted or unscheduled.
 
         So a job enabled again later starts from that moment instead of counting
         the disabled time as missed ticks.
         """
+        idle = [{"enabled": {"$ne": True}}, {"deleted": True}]
+        # $exists as well: nx-27017 matches a missing field with {"$ne": None} (MongoDB does not);
+        # and $and around the $or: nx-27017's update_many ignores a field condition beside a
+        # top-level $or (its find does not), which cleared the cursors of enabled jobs.
         result = self.store.retry(lambda: self.collection.update_many(
-            {"scheduler_state": {"$ne": None},
-             "$or": [{"enabled": {"$ne": True}}, {"deleted": True}, {"schedule": None}]},
+            {"$and": [{"scheduler_state": {"$exists": True, "$ne": None}}, {"$or": [*idle, {"schedule": None}]}]},
             {"$set": {"scheduler_state": None}}))
-        return result.modified_count
+        others = self.store.retry(lambda: self.collection.update_many(
+            {"$and": [{"trigger_state": {"$exists": True, "$ne": None}}, {"$or": idle}]},
+            {"$set": {"trigger_state": None}}))
+        return result.modified_count + others.modified_count
 
-    def _set(self, name: str, fields: dict[str, Any]) -> dict:
-        job = self.store.retry(lambda: self.collection.find_one_and_update(
+    def forget_trigger_states(self, name: str, keys: Iterable[str]) -> None:
+        """Drop the cursors of time triggers the job no longer has (``trigger_state.<key>``; never cron's)."""
+        fields = {_state_field(key): "" for key in keys if key != "cron"}
+        if fields:
+            self.store.retry(lambda: self.collection.update_one({"_id": name}, {"$unset": fields}))
+
+    def _set(self, name: str, fields: dict[str, Any]) -> Job:
+        doc = self.store.retry(lambda: self.collection.find_one_and_update(
             {"_id": name}, {"$set": fields}, return_document=ReturnDocument.AFTER))
-        if job is None:
+        if doc is None:
             raise JobNotFound(name)
-        return job
+        return Job.from_doc(doc)
+
+    def _jobs(self, query: dict[str, Any], sort: builtins.list[tuple[str, int]] | None = None) -> builtins.list[Job]:
+        return self.store.retry(lambda: [Job.from_doc(d) for d in self.collection.find(query, sort=sort)])
+
+
+def _state_field(key: str) -> str:
+    return "scheduler_state" if key == "cron" else f"trigger_state.{key}"

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Iterable
 from pymongo.errors import BulkWriteError
 
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -32,7 +31,7 @@ class OutputRepo:
 
     def append(self, run_id: str, chunks: Iterable[tuple[int, str, str, datetime | None]]) -> None:
         """Insert chunks (seq, stream, text, t). A chunk already stored (a retried batch) is skipped."""
-        documents = [{"run": run_id, "seq": seq, "stream": stream, "text": text, "t": t or utcnow()}
+        documents = [{"run": run_id, "seq": seq, "stream": stream, "text": text, "t": t or self.store.clock.now()}
                      for seq, stream, text, t in chunks]
         if not documents:
             return

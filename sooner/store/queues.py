@@ -21,7 +21,6 @@ from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from sooner.errors import SoonerError, StoreError
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -86,7 +85,7 @@ class Queue:
     def put(self, data: Any, status: str = "pending") -> dict:
         """Add an entry; returns it (with ``_id``)."""
         self._ensure_indexes()
-        now = utcnow()
+        now = self.store.clock.now()
         entry = {"_id": ObjectId(), "status": status, "data": data, "createdAt": now, "updatedAt": now}
         self.store.retry(lambda: self.collection.insert_one(entry))
         return entry
@@ -102,12 +101,12 @@ class Queue:
     def claim(self, status_from: str = "pending", status_to: str = "working") -> dict | None:
         """Atomically move the oldest entry with ``status_from`` to ``status_to`` and return it."""
         return self.store.retry(lambda: self.collection.find_one_and_update(
-            {"status": status_from}, {"$set": {"status": status_to, "updatedAt": utcnow()}},
+            {"status": status_from}, {"$set": {"status": status_to, "updatedAt": self.store.clock.now()}},
             sort=[("createdAt", 1)], return_document=ReturnDocument.AFTER))
 
     def update(self, entry: Any, *, status: str | None = None, data: Any = None) -> dict | None:
         """Set ``status`` and/or replace ``data``; returns the entry or None if it does not exist."""
-        fields: dict[str, Any] = {"updatedAt": utcnow()}
+        fields: dict[str, Any] = {"updatedAt": self.store.clock.now()}
         if status is not None:
             fields["status"] = status
         if data is not None:
@@ -148,7 +147,7 @@ class Queue:
 
     def page(self, query: dict, sort: tuple[str, int], *, skip: int = 0, limit: int = 50,
              timeout_s: float = QUERY_BUDGET_S) -> list[dict]:
-        """Entries matching ``query`` (built by :mod:`sooner.queue_filters`), ordered by ``sort`` = (field, 1|-1).
+        """Entries matching ``query`` (built by :mod:`sooner.store.queue_filters`), ordered by ``sort`` = (field, 1|-1).
 
         Raises :class:`QueueQueryTimeout` after ``timeout_s``.
         """
@@ -225,7 +224,7 @@ class Queue:
         Only flat ``data.<key>`` fields get new indexes, at most
         ``max_data_indexes`` per queue, because every index slows down writes.
         """
-        from sooner.queue_filters import is_field
+        from sooner.store.queue_filters import is_field
 
         indexed = self.indexed_fields()
         if field in indexed:
@@ -246,7 +245,7 @@ class Queue:
         """Set ``status`` and ``updatedAt`` of the entries with these exact ids; returns how many matched."""
         targets = list(ids)
         result = self.store.retry(lambda: self.collection.update_many(
-            {"_id": {"$in": targets}}, {"$set": {"status": status, "updatedAt": utcnow()}}))
+            {"_id": {"$in": targets}}, {"$set": {"status": status, "updatedAt": self.store.clock.now()}}))
         return result.matched_count
 
     def requeue_many(self, ids: Iterable[Any]) -> int:
@@ -392,5 +391,5 @@ class QueueRepo:
     def names(self) -> list[str]:
         """Names of existing queues."""
         prefix = schema.QUEUE_PREFIX
-        names = self.store.retry(lambda: self.store.db.list_collection_names())
+        names = self.store.collection_names()
         return sorted(n[len(prefix):] for n in names if n.startswith(prefix))

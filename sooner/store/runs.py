@@ -1,7 +1,10 @@
-"""The ``runs`` collection: one document per run of a job, and its life cycle.
+"""The ``runs`` collection: one document per run of a job, read and written as :class:`~sooner.model.Run`.
 
-Run ids are ObjectId hex strings: unique, sortable by creation time, and
-readable in a terminal (the CLI accepts any unique prefix of 6+ characters).
+These are the persistence steps of a run's life; which step happens when is
+decided by :class:`sooner.runs.service.RunService`, the only caller of the
+methods that change ``status``. Run ids are ObjectId hex strings: unique,
+sortable by creation time, and readable in a terminal (the CLI accepts any
+unique prefix of 6+ characters).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import builtins
 import re
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Iterable
 
 from bson import ObjectId
@@ -17,32 +19,13 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from sooner.errors import RunNotFound, SoonerError
+from sooner.model import ACTIVE, BUSY, Run, RunStatus
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
 
 
-class RunStatus(str, Enum):
-    """Where a run is in its life. ``waiting`` runs wait for an earlier run of the same job (overlap=queue)."""
-
-    WAITING = "waiting"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    LOST = "lost"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-ACTIVE = [RunStatus.WAITING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value]
-FINISHED = [s.value for s in RunStatus if s.finished]
 # How many of the oldest queued runs one claim considers (others may be not yet due).
 CLAIM_CANDIDATES = 20
 
@@ -54,48 +37,28 @@ class RunRepo:
         self.store = store
         self.collection = store.collection(schema.RUNS)
 
-    # -- creating ---------------------------------------------------------
-    def enqueue(self, job: dict, trigger: dict[str, Any], *, data: Any = None, target: str | None = None,
-                commit: str | None = None, depth: int = 0, attempt: int = 1, status: RunStatus = RunStatus.QUEUED,
-                not_before: datetime | None = None, now: datetime | None = None) -> dict | None:
-        """Insert a run of ``job``. Returns None when a run for the same cron tick exists already.
+    @staticmethod
+    def new_id() -> str:
+        return str(ObjectId())
 
-        ``trigger`` is {type: cron/manual/event/api/webhook/retry, source, author, message, event,
-        scheduled_for}; a ``scheduled_for`` makes the insert idempotent per (job, tick).
+    # -- creating ---------------------------------------------------------
+    def insert(self, run: Run) -> Run | None:
+        """Insert a new run. Returns None when a run for the same cron tick exists already.
+
+        A trigger with ``scheduled_for`` makes the insert idempotent per (job, tick)
+        through the unique ``one_run_per_fire`` index (see sooner.store.schema).
         """
-        now = now or utcnow()
-        run = {
-            "_id": str(ObjectId()), "job": job["_id"], "status": status.value, "trigger": trigger,
-            "data": data, "commit": commit, "target": target if target is not None else job.get("worker"),
-            "worker": None, "pid": None, "exit_code": None, "progress": None, "attempt": attempt,
-            "depth": depth, "timeout_s": job.get("timeout_s"), "queued_at": now, "not_before": not_before or now,
-            "started_at": None, "finished_at": None, "lease_until": None, "cancel_requested": False, "note": None,
-        }
-        if trigger.get("scheduled_for") is not None:
-            run["scheduled_for"] = trigger["scheduled_for"]
+        document = run.to_doc()
         try:
-            self.store.retry(lambda: self.collection.insert_one(run))
+            self.store.retry(lambda: self.collection.insert_one(document))
         except DuplicateKeyError:
             return None
         return run
 
     # -- claiming and running ----------------------------------------------
-    def claim(self, worker: str, tags: Iterable[str], lease_s: float, now: datetime | None = None) -> dict | None:
-        """Atomically take the oldest queued run this worker may run (by name, tag or untargeted).
-
-        Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``.
-        """
-        now = now or utcnow()
-        for run_id in self.claim_candidates(worker, tags, now=now):
-            run = self.take(run_id, worker, lease_s, now=now)
-            if run is not None:
-                return run
-        return None
-
-    def claim_candidates(self, worker: str, tags: Iterable[str], *, limit: int = CLAIM_CANDIDATES,
-                         now: datetime | None = None) -> builtins.list[str]:
-        """Ids of the oldest queued runs this worker may run and that are due; :meth:`take` claims one."""
-        now = now or utcnow()
+    def claim_candidates(self, worker: str, tags: Iterable[str], *, now: datetime,
+                         limit: int = CLAIM_CANDIDATES) -> builtins.list[str]:
+        """Ids of the oldest queued runs this worker may run (by name, tag or untargeted) that are due."""
         targets: list[Any] = [None, worker, *tags]
         # The embedded server answers status + target from its index but scans the whole
         # collection for a date range (measured: 100 ms with 5,000 finished runs, vs 1 ms),
@@ -105,21 +68,21 @@ class RunRepo:
             sort=[("queued_at", 1)], limit=limit)))
         return [c["_id"] for c in candidates if c.get("not_before") is None or c["not_before"] <= now]
 
-    def take(self, run_id: str, worker: str, lease_s: float, now: datetime | None = None) -> dict | None:
+    def take(self, run_id: str, worker: str, lease_s: float, *, now: datetime) -> Run | None:
         """Claim this run if it is still queued (None if another worker was faster).
 
         Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``.
         """
-        now = now or utcnow()
-        return self.store.retry(lambda: self.collection.find_one_and_update(
+        doc = self.store.retry(lambda: self.collection.find_one_and_update(
             {"_id": run_id, "status": RunStatus.QUEUED.value},
             {"$set": {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
                       "lease_until": now + timedelta(seconds=lease_s)}},
             return_document=ReturnDocument.AFTER))
+        return Run.from_doc(doc) if doc else None
 
     def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None) -> None:
         """The script's process exists. Changes ``pid``, ``started_at``, ``commit``."""
-        self._update(run_id, {"pid": pid, "started_at": now or utcnow(), "commit": commit})
+        self._update(run_id, {"pid": pid, "started_at": now or self.store.clock.now(), "commit": commit})
 
     def set_progress(self, run_id: str, current: float, maximum: float) -> None:
         """Changes ``progress`` to {current, max}."""
@@ -129,41 +92,39 @@ class RunRepo:
         """Sets ``note``: one line a person should read about the run (limit hit, lost, …)."""
         self._update(run_id, {"note": note})
 
-    def finish(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, note: str | None = None,
-               now: datetime | None = None, started_at: datetime | None = None) -> dict | None:
-        """Record the end of a running (or queued) run; returns None if it had finished already.
+    def finish(self, run_id: str, status: RunStatus, *, now: datetime, exit_code: int | None = None,
+               note: str | None = None, started_at: datetime | None = None,
+               only_from: frozenset[RunStatus] = ACTIVE, fields: dict[str, Any] | None = None) -> Run | None:
+        """Record the end of a run that is in one of ``only_from``; None if it was not (ended already).
 
         ``started_at`` (when the caller knows it) saves reading the run first.
-        Changes ``status``, ``exit_code``, ``finished_at``, ``duration_s``, ``lease_until`` (cleared), ``note``.
+        Changes ``status``, ``exit_code``, ``finished_at``, ``duration_s`` (when it had started),
+        ``lease_until`` (cleared), ``note`` and any ``fields`` given.
         """
-        now = now or utcnow()
-        started = started_at or self.get(run_id).get("started_at") or now
-        fields: dict[str, Any] = {"status": status.value, "exit_code": exit_code, "finished_at": now,
-                                  "lease_until": None, "duration_s": max(0.0, (now - started).total_seconds())}
+        changes: dict[str, Any] = {"status": status.value, "exit_code": exit_code, "finished_at": now,
+                                   "lease_until": None, **(fields or {})}
+        started = started_at
+        if started is None and RunStatus.RUNNING in only_from:
+            found = self.find(run_id)
+            started = found.started_at if found else None
+        if started is not None:
+            changes["duration_s"] = max(0.0, (now - started).total_seconds())
         if note:
-            fields["note"] = note
-        return self.store.retry(lambda: self.collection.find_one_and_update(
-            {"_id": run_id, "status": {"$in": ACTIVE}}, {"$set": fields}, return_document=ReturnDocument.AFTER))
+            changes["note"] = note
+        doc = self.store.retry(lambda: self.collection.find_one_and_update(
+            {"_id": run_id, "status": {"$in": RunStatus.values(only_from)}}, {"$set": changes},
+            return_document=ReturnDocument.AFTER))
+        return Run.from_doc(doc) if doc else None
 
-    def request_cancel(self, run_id: str, *, by: str = "cli") -> dict:
-        """Cancel a run: a queued/waiting one ends at once; a running one is flagged for its worker.
+    def flag_cancel(self, run_id: str, *, by: str) -> Run | None:
+        """Ask the worker of a running run to stop it; None unless it is running.
 
-        Changes ``cancel_requested``/``cancelled_by``, or ``status`` (cancelled) for runs not started.
+        Changes ``cancel_requested``/``cancelled_by``.
         """
-        run = self.get(run_id)
-        if run["status"] in (RunStatus.QUEUED.value, RunStatus.WAITING.value):
-            done = self.store.retry(lambda: self.collection.find_one_and_update(
-                {"_id": run["_id"], "status": {"$in": [RunStatus.QUEUED.value, RunStatus.WAITING.value]}},
-                {"$set": {"status": RunStatus.CANCELLED.value, "finished_at": utcnow(), "cancelled_by": by,
-                          "note": f"cancelled by {by} before it started"}},
-                return_document=ReturnDocument.AFTER))
-            if done:
-                return done
-            run = self.get(run_id)
-        if run["status"] != RunStatus.RUNNING.value:
-            raise SoonerError(f"run {run['_id']} has already finished ({run['status']})")
-        self._update(run["_id"], {"cancel_requested": True, "cancelled_by": by})
-        return self.get(run["_id"])
+        doc = self.store.retry(lambda: self.collection.find_one_and_update(
+            {"_id": run_id, "status": RunStatus.RUNNING.value}, {"$set": {"cancel_requested": True, "cancelled_by": by}},
+            return_document=ReturnDocument.AFTER))
+        return Run.from_doc(doc) if doc else None
 
     def cancel_requested(self, run_ids: builtins.list[str]) -> builtins.list[str]:
         """Which of these runs someone asked to cancel."""
@@ -184,47 +145,49 @@ class RunRepo:
             {"_id": 1, "cancel_requested": 1, "cancelled_by": 1})))
         return {doc["_id"]: doc for doc in docs}
 
-    def renew_leases(self, worker: str, run_ids: builtins.list[str], lease_s: float,
-                     now: datetime | None = None) -> None:
+    def renew_leases(self, worker: str, run_ids: builtins.list[str], lease_s: float, *, now: datetime) -> None:
         """Extend ``lease_until`` of this worker's running runs (called with each heartbeat)."""
         if not run_ids:
             return
-        now = now or utcnow()
         self.store.retry(lambda: self.collection.update_many(
             {"_id": {"$in": run_ids}, "worker": worker, "status": RunStatus.RUNNING.value},
             {"$set": {"lease_until": now + timedelta(seconds=lease_s)}}))
 
-    def expired_leases(self, now: datetime | None = None) -> builtins.list[dict]:
+    def expired_leases(self, *, now: datetime) -> builtins.list[Run]:
         """Running runs whose worker stopped renewing their lease."""
-        now = now or utcnow()
-        return self.store.retry(lambda: list(self.collection.find(
-            {"status": RunStatus.RUNNING.value, "lease_until": {"$lt": now}})))
+        return self._runs({"status": RunStatus.RUNNING.value, "lease_until": {"$lt": now}})
 
-    def promote_waiting(self, job: str) -> dict | None:
-        """If no run of ``job`` is queued or running, move its oldest waiting run to queued."""
+    def promote_waiting(self, job: str, *, now: datetime) -> Run | None:
+        """If no run of ``job`` is queued or running, move its oldest waiting run to queued (``status``, ``not_before``)."""
         # Most databases have no waiting run at all; this check uses the status index
         # (a job + status filter scans the job's whole history on the embedded server).
         if self.store.retry(lambda: self.collection.find_one({"status": RunStatus.WAITING.value}, {"_id": 1})) is None:
             return None
         busy = self.store.retry(lambda: self.collection.find_one(
-            {"job": job, "status": {"$in": [RunStatus.QUEUED.value, RunStatus.RUNNING.value]}}, {"_id": 1}))
+            {"job": job, "status": {"$in": RunStatus.values(BUSY)}}, {"_id": 1}))
         if busy:
             return None
-        return self.store.retry(lambda: self.collection.find_one_and_update(
+        doc = self.store.retry(lambda: self.collection.find_one_and_update(
             {"job": job, "status": RunStatus.WAITING.value},
-            {"$set": {"status": RunStatus.QUEUED.value, "not_before": utcnow()}},
+            {"$set": {"status": RunStatus.QUEUED.value, "not_before": now}},
             sort=[("queued_at", 1)], return_document=ReturnDocument.AFTER))
+        return Run.from_doc(doc) if doc else None
 
     # -- reading ------------------------------------------------------------
-    def get(self, run_id: str) -> dict:
+    def find(self, run_id: str) -> Run | None:
+        """The run with exactly this id, or None."""
+        doc = self.store.retry(lambda: self.collection.find_one({"_id": run_id}))
+        return Run.from_doc(doc) if doc else None
+
+    def get(self, run_id: str) -> Run:
         """The run with this id or unique id prefix (6+ characters), else RunNotFound."""
-        run = self.store.retry(lambda: self.collection.find_one({"_id": run_id}))
+        run = self.find(run_id)
         if run is None and 6 <= len(run_id) < 24 and re.fullmatch(r"[0-9a-f]+", run_id):
             matches = self.store.retry(lambda: list(self.collection.find(
                 {"_id": {"$regex": f"^{run_id}"}}, limit=2)))
             if len(matches) > 1:
                 raise SoonerError(f"run id prefix {run_id!r} is ambiguous; give more characters")
-            run = matches[0] if matches else None
+            run = Run.from_doc(matches[0]) if matches else None
         if run is None:
             raise RunNotFound(run_id)
         return run
@@ -232,31 +195,39 @@ class RunRepo:
     def active_count(self, job: str) -> int:
         """How many runs of ``job`` are waiting, queued or running."""
         return len(self.store.retry(lambda: list(self.collection.find(
-            {"job": job, "status": {"$in": ACTIVE}}, {"_id": 1}).limit(1000))))
+            {"job": job, "status": {"$in": RunStatus.values(ACTIVE)}}, {"_id": 1}).limit(1000))))
 
-    def list(self, *, job: str | None = None, status: str | None = None, limit: int = 50,
-             before: str | None = None) -> builtins.list[dict]:
+    def list(self, *, job: str | None = None, status: RunStatus | str | None = None, limit: int = 50,
+             before: str | None = None) -> builtins.list[Run]:
         """Newest first; ``before`` (a run id) pages backwards."""
         query: dict[str, Any] = {}
         if job:
             query["job"] = job
         if status:
-            query["status"] = status
+            query["status"] = RunStatus(status).value
         if before:
             query["_id"] = {"$lt": before}
-        return self.store.retry(lambda: list(self.collection.find(query).sort("_id", -1).limit(limit)))
+        return self.store.retry(lambda: [Run.from_doc(d) for d in self.collection.find(query).sort("_id", -1)
+                                         .limit(limit)])
 
-    def running(self) -> builtins.list[dict]:
-        return self.store.retry(lambda: list(self.collection.find({"status": RunStatus.RUNNING.value})))
+    def running(self, worker: str | None = None) -> builtins.list[Run]:
+        """Running runs (of ``worker``, if given)."""
+        query: dict[str, Any] = {"status": RunStatus.RUNNING.value}
+        if worker is not None:
+            query["worker"] = worker
+        return self._runs(query)
 
-    def last_per_job(self, jobs: builtins.list[str]) -> dict[str, dict]:
+    def last_per_job(self, jobs: builtins.list[str]) -> dict[str, Run]:
         """The newest run of each named job."""
-        result: dict[str, dict] = {}
+        result: dict[str, Run] = {}
         for job in jobs:
-            run = self.store.retry(lambda: self.collection.find_one({"job": job}, sort=[("queued_at", -1)]))
-            if run:
-                result[job] = run
+            doc = self.store.retry(lambda: self.collection.find_one({"job": job}, sort=[("queued_at", -1)]))
+            if doc:
+                result[job] = Run.from_doc(doc)
         return result
+
+    def _runs(self, query: dict[str, Any]) -> builtins.list[Run]:
+        return self.store.retry(lambda: [Run.from_doc(d) for d in self.collection.find(query)])
 
     def _update(self, run_id: str, fields: dict[str, Any]) -> None:
         self.store.retry(lambda: self.collection.update_one({"_id": run_id}, {"$set": fields}))

@@ -2,7 +2,7 @@
 
 Indexes are created idempotently at start (``create_index`` is a no-op when
 the index exists). Every column the web UI sorts by gets a single-field index,
-because the embedded server only uses those for sorts (see ARCHITECTURE.md).
+because the embedded server only uses those for sorts (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pymongo import ASCENDING, DESCENDING
 
 # Bump when INDEXES change, so existing databases get the new indexes.
-VERSION = 2
+VERSION = 3
 
 META = "sooner_meta"
 JOBS = "jobs"
@@ -42,16 +42,32 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
         ([("queued_at", DESCENDING)], {}),
         ([("worker", ASCENDING), ("status", ASCENDING)], {}),
         ([("lease_until", ASCENDING)], {}),
-        # Cron firing is idempotent across schedulers: one run per (job, tick).
-        ([("job", ASCENDING), ("scheduled_for", ASCENDING)],
+        # Firing is idempotent across schedulers: one run per (job, moment, time trigger kind),
+        # so two kinds firing at one moment both get their run. fire_kind is always set (SQLite,
+        # under nx-27017, takes missing values in a unique index as all distinct).
+        ([("job", ASCENDING), ("scheduled_for", ASCENDING), ("fire_kind", ASCENDING)],
          {"unique": True, "partialFilterExpression": {"scheduled_for": {"$type": "date"}},
-          "name": "one_run_per_tick"}),
+          "name": "one_run_per_fire"}),
     ],
     RUN_OUTPUT: [([("run", ASCENDING), ("seq", ASCENDING)], {"unique": True})],
     EVENTS: [([("t", DESCENDING)], {}), ([("name", ASCENDING)], {})],
     WORKERS: [([("heartbeat_at", DESCENDING)], {})],
     TOKENS: [([("user", ASCENDING)], {})],
 }
+
+# Changes to existing documents, applied (idempotently) before the indexes are created:
+# (collection, filter, update). Version 3: cron runs of version 2 get the fire_kind the
+# one_run_per_fire index needs, so a tick fired before an upgrade is not fired again.
+BACKFILLS: list[tuple[str, dict, dict]] = [
+    # (not {"$type": "date"}: nx-27017 matches nothing with it)
+    (RUNS, {"scheduled_for": {"$exists": True, "$ne": None}, "fire_kind": {"$exists": False}},
+     {"$set": {"fire_kind": "cron"}}),
+]
+
+# Indexes of earlier versions, dropped once their replacements exist: collection -> key specs
+# (by keys, not by name: nx-27017 names indexes itself). Version 2's one_run_per_tick was
+# unique on (job, scheduled_for) and would still refuse a second time trigger's run.
+DROPPED_INDEXES: dict[str, list[list[tuple[str, int]]]] = {RUNS: [[("job", ASCENDING), ("scheduled_for", ASCENDING)]]}
 
 QUEUE_INDEXES: list[tuple[list[tuple[str, int]], dict]] = [
     ([("status", ASCENDING)], {}),

@@ -23,7 +23,6 @@ from pymongo.errors import DuplicateKeyError
 
 from sooner.errors import AuthError, SoonerError
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -86,7 +85,7 @@ class UserRepo:
         """Create a user (viewer unless ``admin``); SoonerError if the name is taken."""
         validate_user_name(name)
         validate_password(password)
-        now = now or utcnow()
+        now = now or self.store.clock.now()
         user = {"_id": name, "hash": _passwords.hash(password), "role": (Role.ADMIN if admin else Role.VIEWER).value,
                 "epoch": 1, "created_at": now, "password_changed_at": now, "last_login_at": None}
         try:
@@ -115,7 +114,7 @@ class UserRepo:
     def set_password(self, name: str, password: str) -> None:
         """Changes ``hash``, ``password_changed_at`` and ``epoch`` (ends the user's web sessions)."""
         validate_password(password)
-        self._change(name, {"$set": {"hash": _passwords.hash(password), "password_changed_at": utcnow()},
+        self._change(name, {"$set": {"hash": _passwords.hash(password), "password_changed_at": self.store.clock.now()},
                             "$inc": {"epoch": 1}})
 
     def set_role(self, name: str, role: Role) -> None:
@@ -131,7 +130,7 @@ class UserRepo:
             raise AuthError("wrong user name or password") from None
         if user is None:
             raise AuthError("wrong user name or password")
-        fields: dict[str, Any] = {"last_login_at": utcnow()}
+        fields: dict[str, Any] = {"last_login_at": self.store.clock.now()}
         if _passwords.check_needs_rehash(user["hash"]):
             fields["hash"] = _passwords.hash(password)
         self.store.retry(lambda: self.collection.update_one({"_id": name}, {"$set": fields}))
@@ -162,7 +161,7 @@ class TokenRepo:
             raise UserNotFound(user)
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         document = {"_id": token_id, "user": user, "name": name[:100], "hash": _token_hasher.hash(secret),
-                    "created_at": now or utcnow(), "last_used_at": None}
+                    "created_at": now or self.store.clock.now(), "last_used_at": None}
         self.store.retry(lambda: self.collection.insert_one(document))
         return f"sooner_{token_id}_{secret}", document
 
@@ -193,7 +192,7 @@ class TokenRepo:
         user = self.store.users.get(document["user"]) if document else None
         if document is None or user is None:
             raise AuthError("invalid API token")
-        now = now or utcnow()
+        now = now or self.store.clock.now()
         last = document.get("last_used_at")
         if last is None or (now - last).total_seconds() > self.LAST_USED_RESOLUTION_S:
             self.store.retry(lambda: self.collection.update_one({"_id": document["_id"]},

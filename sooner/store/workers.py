@@ -10,8 +10,8 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from sooner.errors import WorkerError
+from sooner.model import Worker
 from sooner.store import schema
-from sooner.store.jobs import utcnow
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -25,18 +25,18 @@ class WorkerRepo:
         self.collection = store.collection(schema.WORKERS)
 
     def register(self, name: str, *, instance: str, host: str, pid: int, capacity: int, tags: builtins.list[str],
-                 version: str, stale_after_s: float, now: datetime | None = None) -> dict:
+                 version: str, stale_after_s: float, now: datetime | None = None) -> Worker:
         """Take the name for this process, unless a live process (fresh heartbeat) holds it.
 
         Sets every field; raises WorkerError naming the live holder.
         """
-        now = now or utcnow()
+        now = now or self.store.clock.now()
         fields = {"instance": instance, "host": host, "pid": pid, "capacity": capacity, "tags": tags,
                   "version": version, "started_at": now, "heartbeat_at": now, "stopped_at": None,
                   "running": [], "cpu_percent": None, "rss_bytes": None}
         try:
             self.store.retry(lambda: self.collection.insert_one({"_id": name, **fields}))
-            return {"_id": name, **fields}
+            return Worker.from_doc({"_id": name, **fields})
         except DuplicateKeyError:
             pass
         stale = now - timedelta(seconds=stale_after_s)
@@ -45,17 +45,17 @@ class WorkerRepo:
                                   {"instance": instance}]},
             {"$set": fields}, return_document=ReturnDocument.AFTER))
         if taken is None:
-            holder = self.get(name) or {}
-            age = (now - holder["heartbeat_at"]).total_seconds() if holder.get("heartbeat_at") else 0
-            raise WorkerError(f"a worker named {name!r} is already running on {holder.get('host')} "
-                              f"(pid {holder.get('pid')}, heartbeat {age:.0f}s ago); choose another name with -n, "
+            holder = self.get(name) or Worker(name)
+            age = holder.heartbeat_age(now) or 0
+            raise WorkerError(f"a worker named {name!r} is already running on {holder.host} "
+                              f"(pid {holder.pid}, heartbeat {age:.0f}s ago); choose another name with -n, "
                               f"or stop it (it counts as gone {stale_after_s:.0f}s after its last heartbeat)")
-        return taken
+        return Worker.from_doc(taken)
 
     def heartbeat(self, name: str, instance: str, *, running: builtins.list[str], stats: dict[str, Any] | None = None,
                   now: datetime | None = None) -> bool:
         """Refresh ``heartbeat_at``, ``running`` and CPU/memory samples. False if another process took the name."""
-        fields = {"heartbeat_at": now or utcnow(), "running": running, **(stats or {})}
+        fields = {"heartbeat_at": now or self.store.clock.now(), "running": running, **(stats or {})}
         result = self.store.retry(lambda: self.collection.update_one(
             {"_id": name, "instance": instance}, {"$set": fields}))
         return result.matched_count == 1
@@ -63,10 +63,11 @@ class WorkerRepo:
     def unregister(self, name: str, instance: str, now: datetime | None = None) -> None:
         """Mark the worker stopped (kept for the UI); sets ``stopped_at`` and clears ``running``."""
         self.store.retry(lambda: self.collection.update_one(
-            {"_id": name, "instance": instance}, {"$set": {"stopped_at": now or utcnow(), "running": []}}))
+            {"_id": name, "instance": instance}, {"$set": {"stopped_at": now or self.store.clock.now(), "running": []}}))
 
-    def get(self, name: str) -> dict | None:
-        return self.store.retry(lambda: self.collection.find_one({"_id": name}))
+    def get(self, name: str) -> Worker | None:
+        doc = self.store.retry(lambda: self.collection.find_one({"_id": name}))
+        return Worker.from_doc(doc) if doc else None
 
-    def list(self) -> builtins.list[dict]:
-        return self.store.retry(lambda: list(self.collection.find({}).sort("_id", 1)))
+    def list(self) -> builtins.list[Worker]:
+        return self.store.retry(lambda: [Worker.from_doc(d) for d in self.collection.find({}).sort("_id", 1)])

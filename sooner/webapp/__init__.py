@@ -7,8 +7,11 @@ deploys), ``jobs``, ``runs``, ``api`` and, when present, ``queues`` (module
 ``sooner.webapp.queues`` exposing ``bp``; it finds shared helpers in
 :mod:`sooner.webapp.context`, extends ``base.html`` and may add
 ``static/queues.css``/``queues.js`` through the ``head``/``scripts`` blocks).
-Every route needs a signed-in user (see :mod:`sooner.webapp.auth`); POSTs need
-the CSRF token (``{{ csrf_token() }}`` in forms, ``X-CSRF-Token`` for fetch).
+Views read through ``store.reads`` (the store owns every query) and change
+runs only through the app's :class:`~sooner.runs.service.RunService`
+(``web_state().runs``). Every route needs a signed-in user (see
+:mod:`sooner.webapp.auth`); POSTs need the CSRF token (``{{ csrf_token() }}``
+in forms, ``X-CSRF-Token`` for fetch).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import secrets
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_socketio import SocketIO
 
@@ -63,6 +66,7 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
     ``live=False`` the live hub never starts its own thread: tests call
     ``hub.tick()`` themselves.
     """
+    from sooner.runs.service import RunService
     from sooner.webapp import api, auth, errors, formatting, jobs, live as live_module, runs, views
     from sooner.webapp.context import EXTENSION, WebState
     from sooner.webapp.stats import FireCache, RunStats
@@ -88,7 +92,8 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
         SEND_FILE_MAX_AGE_DEFAULT=3600,
         TEMPLATES_AUTO_RELOAD=False,
     )
-    state = WebState(settings=settings, store=store, stats=RunStats(store), fires=FireCache(), owns_store=owns_store)
+    state = WebState(settings=settings, store=store, runs=RunService(store, settings), stats=RunStats(store),
+                     fires=FireCache(), owns_store=owns_store)
     app.extensions[EXTENSION] = state
     formatting.register(app)
     errors.register(app)
@@ -129,7 +134,7 @@ def _register_optional(app: Flask, name: str) -> bool:
     return True
 
 
-def _security_headers(response):
+def _security_headers(response: Response) -> Response:
     headers = response.headers
     headers.setdefault("Content-Security-Policy", CSP)
     headers.setdefault("X-Content-Type-Options", "nosniff")

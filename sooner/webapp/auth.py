@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, flash, g, redirect, render_template, request, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.wrappers import Response
+from flask.typing import ResponseReturnValue
 
 from sooner.errors import AuthError, SoonerError
 from sooner.webapp.context import current_user, json_error, user_name, wants_json, web_store
@@ -112,7 +112,7 @@ def load_user() -> None:
             session.clear()
 
 
-def guard() -> Response | tuple | None:
+def guard() -> ResponseReturnValue | None:
     """Refuse anonymous requests and state changes without a valid CSRF token."""
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         return _check_csrf() if request.endpoint == "auth.login" else None
@@ -130,7 +130,7 @@ def guard() -> Response | tuple | None:
     return _check_csrf()
 
 
-def _check_csrf():
+def _check_csrf() -> ResponseReturnValue | None:
     if request.method in SAFE_METHODS:
         return None
     sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
@@ -156,7 +156,7 @@ def safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login():
+def login() -> ResponseReturnValue:
     store = web_store()
     if request.method != "POST":
         if current_user() is not None:
@@ -181,19 +181,19 @@ def login():
 
 
 @bp.post("/logout")
-def logout():
+def logout() -> ResponseReturnValue:
     session.clear()
     return redirect(url_for("auth.login"))
 
 
 @bp.get("/account")
-def account():
+def account() -> ResponseReturnValue:
     tokens = web_store().tokens.list(user_name())
     return render_template("account.html", tokens=tokens, new_token=None)
 
 
 @bp.post("/account/tokens")
-def create_token():
+def create_token() -> ResponseReturnValue:
     name = request.form.get("name", "").strip()[:100]
     token, _ = web_store().tokens.create(user_name(), name)
     tokens = web_store().tokens.list(user_name())
@@ -203,14 +203,14 @@ def create_token():
 
 
 @bp.post("/account/tokens/<token_id>/revoke")
-def revoke_token(token_id: str):
+def revoke_token(token_id: str) -> ResponseReturnValue:
     web_store().tokens.revoke(token_id, user=user_name())
     flash("API token revoked")
     return redirect(url_for("auth.account"))
 
 
 @bp.post("/account/password")
-def change_password():
+def change_password() -> ResponseReturnValue:
     store = web_store()
     name = user_name()
     try:

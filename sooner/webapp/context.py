@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from flask import current_app, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 if TYPE_CHECKING:
     from sooner.config import Settings
+    from sooner.runs.service import RunService
     from sooner.store import Store
     from sooner.webapp.live import LiveHub
     from sooner.webapp.stats import FireCache, RunStats
@@ -31,10 +33,15 @@ EXTENSION = "sooner"
 
 @dataclass
 class WebState:
-    """Everything one web app instance holds: settings, store, caches and the live hub."""
+    """Everything one web app instance holds: settings, store, run service, caches and the live hub.
+
+    ``runs`` is the one way the web changes a run (start, cancel, emit);
+    ``store.clock`` is the web's time, so a test's fake clock reaches the pages too.
+    """
 
     settings: Settings
     store: Store
+    runs: RunService
     stats: RunStats
     fires: FireCache
     hub: LiveHub | None = None
@@ -48,6 +55,16 @@ def web_state() -> WebState:
 
 def web_store() -> Store:
     return web_state().store
+
+
+def web_runs() -> RunService:
+    """The app's run service: what starts, cancels and ends runs, and emits events."""
+    return web_state().runs
+
+
+def web_now() -> datetime:
+    """Now, from the store's clock (aware UTC)."""
+    return web_state().store.clock.now()
 
 
 def current_user() -> dict | None:
@@ -78,7 +95,7 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
-def json_error(status: int, message: str, **extra: Any):
+def json_error(status: int, message: str, **extra: Any) -> Response:
     response = jsonify({"error": message, **extra})
     response.status_code = status
     return response

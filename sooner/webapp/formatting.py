@@ -1,14 +1,20 @@
-"""Jinja filters: times, durations, JSON and status names, all returning plain text (autoescaped)."""
+"""Jinja filters: times, durations, JSON and status names, all returning plain text (autoescaped).
+
+Runs describe themselves: templates call ``run.trigger.describe()`` and
+``run.duration(now)`` (the model's rules), not filters of their own.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask
 
 from sooner.cli.output import ago, duration
+from sooner.model import Progress
 
 
 def iso(moment: datetime | None) -> str:
@@ -43,53 +49,21 @@ def compact_json(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def percent(progress: dict | None) -> float | None:
-    """A run's progress as 0-100, or None."""
-    if not progress:
-        return None
-    try:
-        current, maximum = float(progress.get("current") or 0), float(progress.get("max") or 100)
-    except (TypeError, ValueError):
-        return None
-    if maximum <= 0:
-        return None
-    return max(0.0, min(100.0, current * 100.0 / maximum))
+def percent(progress: Progress | Mapping[str, Any] | None) -> float | None:
+    """A run's progress as 0-100, or None (the model's rule; a mapping is a ``run_summary`` progress)."""
+    if progress is not None and not isinstance(progress, Progress):
+        progress = Progress.from_doc(progress)
+    return progress.percent if progress is not None else None
 
 
-def run_duration(run: dict, now: datetime | None = None) -> float | None:
-    if run.get("duration_s") is not None:
-        return float(run["duration_s"])
-    started = run.get("started_at")
-    if started is None:
-        return None
-    end = run.get("finished_at") or now or datetime.now(timezone.utc)
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=timezone.utc)
-    if end.tzinfo is None:
-        end = end.replace(tzinfo=timezone.utc)
-    return max(0.0, (end - started).total_seconds())
-
-
-def trigger_text(trigger: dict | None) -> str:
-    """One line saying what started a run."""
-    if not trigger:
-        return "-"
-    kind = trigger.get("type", "?")
-    parts = [kind]
-    if kind == "event" and trigger.get("event"):
-        parts.append(f"“{trigger['event']}”")
-    if trigger.get("author"):
-        parts.append(f"by {trigger['author']}")
-    if kind == "retry" and trigger.get("source"):
-        parts.append(f"of {trigger['source']}")
-    elif kind == "event" and trigger.get("source_job"):
-        parts.append(f"from {trigger['source_job']}")
-    return " ".join(parts)
+def status_name(status: Any) -> str:
+    """The stored word of a RunStatus (or any other status text, as queue entries have), for classes and labels."""
+    return str(getattr(status, "value", status) if status is not None else "")
 
 
 def register(app: Flask) -> None:
     app.jinja_env.filters.update({
         "ago": ago, "duration": duration, "iso": iso, "short_time": short_time, "pretty_json": pretty_json,
-        "compact_json": compact_json, "percent": percent, "run_duration": run_duration,
-        "trigger_text": trigger_text, "short_sha": lambda sha: (sha or "")[:8] or "-",
+        "compact_json": compact_json, "percent": percent, "status_name": status_name,
+        "short_sha": lambda sha: (sha or "")[:8] or "-",
     })

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import available_timezones
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 
 from sooner.errors import ScheduleError, SoonerError
-from sooner.jobs import InvalidJobSetting, settings_changes
-from sooner.store.jobs import Missed, Overlap
-from sooner.webapp.context import admin_required, json_error, user_name, wants_json, web_state, web_store
-from sooner.webapp.stats import describe_schedule
+from sooner.model import Job, ManualTrigger, Missed, Overlap, Run
+from sooner.model.job_settings import InvalidJobSetting, settings_changes
+from sooner.webapp.context import (admin_required, json_error, user_name, wants_json, web_now, web_runs, web_state,
+                                   web_store)
+from sooner.webapp.stats import JobRunStats, describe_schedule
 
 bp = Blueprint("jobs", __name__)
 
@@ -38,7 +40,7 @@ def timezones() -> list[str]:
 
 
 @bp.get("/jobs")
-def index():
+def index() -> ResponseReturnValue:
     state = web_state()
     show = request.args.get("show", "all")
     show = show if show in FILTERS else "all"
@@ -46,64 +48,58 @@ def index():
     jobs = state.store.jobs.list(include_deleted=show in ("deleted", "all"))
     if search:
         needle = search.lower()
-        jobs = [j for j in jobs if needle in j["_id"].lower()]
-    stats = state.stats.get(j["_id"] for j in jobs)
-    now = datetime.now(UTC)
+        jobs = [j for j in jobs if needle in j.name.lower()]
+    stats = state.stats.get(j.name for j in jobs)
+    now = web_now()
     rows = []
     for job in jobs:
-        row = {"job": job, "stats": stats[job["_id"]], "next": None, "description": None}
+        row: dict[str, Any] = {"job": job, "stats": stats[job.name], "next": None, "description": None}
         if not _matches(show, job, row["stats"]):
             continue
-        if job.get("schedule"):
-            row["description"] = describe_schedule(job["schedule"])
-            if job.get("enabled") and not job.get("deleted"):
-                row["next"] = state.fires.next_fire(job["schedule"], job.get("timezone"), now)
+        if job.schedule:
+            row["description"] = describe_schedule(job.schedule)
+            if job.schedulable:
+                row["next"] = state.fires.next_fire(job.schedule, job.timezone, now)
         rows.append(row)
     # New jobs (just pushed, untouched) first, so a push is easy to follow up.
-    rows.sort(key=lambda r: (not r["job"].get("new"), r["job"]["_id"]))
+    rows.sort(key=lambda r: (not r["job"].new, r["job"].name))
     return render_template("jobs.html", rows=rows, show=show, search=search, filters=FILTERS)
 
 
-def _matches(show: str, job: dict, stats: Any) -> bool:
-    deleted = bool(job.get("deleted"))
+def _matches(show: str, job: Job, stats: JobRunStats) -> bool:
     if show == "deleted":
-        return deleted
+        return job.deleted
     if show == "all":
-        return not deleted
-    if deleted:
+        return not job.deleted
+    if job.deleted:
         return False
-    return {"enabled": bool(job.get("enabled")), "disabled": not job.get("enabled"), "new": bool(job.get("new")),
+    return {"enabled": job.enabled, "disabled": not job.enabled, "new": job.new,
             "failing": stats.failing}.get(show, True)
 
 
 @bp.get("/jobs/<path:name>")
-def detail(name: str):
+def detail(name: str) -> ResponseReturnValue:
     return _render_detail(web_store().jobs.get(name))
 
 
-def _render_detail(job: dict, *, form: dict | None = None, errors: dict | None = None, run_data: str = "",
-                   status: int = 200):
-    store = web_store()
-    name = job["_id"]
-    history = store.retry(lambda: list(store.db.runs.find(
-        {"job": name}, {"data": 0, "trigger.message": 0}).sort("queued_at", -1).limit(HISTORY)))
-    fires, fires_error = _preview(job.get("schedule"), job.get("timezone") or "UTC")
+def _render_detail(job: Job, *, form: dict | None = None, errors: dict | None = None, run_data: str = "",
+                   status: int = 200) -> ResponseReturnValue:
+    history = web_store().reads.job_history(job.name, HISTORY)
+    now = web_now()
+    fires, fires_error = _preview(job.schedule, job.timezone or "UTC")
     return render_template(
-        "job.html", job=job, form=form or _form_values(job), errors=errors or {}, history=history,
-        chart=history_chart(history), fires=fires, fires_error=fires_error, source=_source(job),
+        "job.html", job=job, form=form or _form_values(job), errors=errors or {}, history=history, now=now,
+        chart=history_chart(history, now), fires=fires, fires_error=fires_error, source=_source(job),
         timezones=timezones(), overlaps=[o.value for o in Overlap], misseds=[m.value for m in Missed],
-        run_data=run_data, description=describe_schedule(job["schedule"]) if job.get("schedule") else None,
+        run_data=run_data, description=describe_schedule(job.schedule) if job.schedule else None,
     ), status
 
 
-def _form_values(job: dict) -> dict[str, Any]:
+def _form_values(job: Job) -> dict[str, Any]:
     return {
-        "schedule": job.get("schedule") or "", "timezone": job.get("timezone") or "UTC",
-        "worker": job.get("worker") or "", "hooks": ", ".join(job.get("hooks") or []),
-        "timeout_s": _number_text(job.get("timeout_s")), "overlap": job.get("overlap") or Overlap.SKIP.value,
-        "missed": job.get("missed") or Missed.SKIP.value,
-        "retry_attempts": str((job.get("retry") or {}).get("attempts", 0)),
-        "enabled": bool(job.get("enabled")),
+        "schedule": job.schedule or "", "timezone": job.timezone or "UTC", "worker": job.worker or "",
+        "hooks": ", ".join(job.hooks), "timeout_s": _number_text(job.timeout_s), "overlap": job.overlap.value,
+        "missed": job.missed.value, "retry_attempts": str(job.retry.attempts), "enabled": job.enabled,
     }
 
 
@@ -114,8 +110,8 @@ def _number_text(value: Any) -> str:
     return str(int(number)) if number.is_integer() else str(number)
 
 
-def _source(job: dict) -> dict[str, Any]:
-    blob = job.get("blob")
+def _source(job: Job) -> dict[str, Any]:
+    blob = job.blob
     data = web_store().objects.get_blob(blob) if blob else None
     if data is None:
         return {"text": None, "note": "the script's content is not stored (deployed before Sooner kept blobs?)"}
@@ -128,35 +124,37 @@ def _source(job: dict) -> dict[str, Any]:
     return {"text": data.decode("utf-8", errors="replace"), "note": note}
 
 
-def history_chart(runs: list[dict], width: int = 600, height: int = 80) -> dict[str, Any] | None:
-    """Bars of run durations, oldest left: SVG geometry computed here, so the page needs no chart script."""
-    points = [r for r in reversed(runs) if r.get("duration_s") is not None]
+def history_chart(runs: list[Run], now: datetime, width: int = 600,
+                  height: int = 80) -> dict[str, Any] | None:
+    """Bars of the durations of finished runs, oldest left: SVG geometry computed here, so the page needs no script."""
+    points = [(run, seconds) for run in reversed(runs) if run.finished
+              for seconds in [run.duration(now)] if seconds is not None]
     if not points:
         return None
-    longest = max(float(r["duration_s"]) for r in points) or 1.0
+    longest = max(seconds for _, seconds in points) or 1.0
     slots = max(len(points), 25)  # a few runs make narrow bars on the right, not one wide block
     slot = width / slots
     offset = slots - len(points)
     bars = []
-    for i, run in enumerate(points):
-        h = max(2.0, float(run["duration_s"]) / longest * (height - 4))
+    for i, (run, seconds) in enumerate(points):
+        h = max(2.0, seconds / longest * (height - 4))
         bars.append({"x": round((offset + i) * slot + slot * 0.1, 2), "y": round(height - h, 2),
-                     "w": round(slot * 0.8, 2), "h": round(h, 2), "status": run.get("status"), "id": run["_id"],
-                     "duration": float(run["duration_s"])})
+                     "w": round(slot * 0.8, 2), "h": round(h, 2), "status": run.status.value, "id": run.id,
+                     "duration": seconds})
     return {"width": width, "height": height, "bars": bars, "longest": longest}
 
 
 @bp.post("/jobs/<path:name>")
 @admin_required
-def change(name: str):
+def change(name: str) -> ResponseReturnValue:
     store = web_store()
     job = store.jobs.get(name)
     action = request.form.get("action", "save")
     if action in ("enable", "disable"):
         job = store.jobs.set_enabled(name, action == "enable")
         if wants_json():
-            return {"name": name, "enabled": job.get("enabled")}
-        flash(f"{'enabled' if job.get('enabled') else 'disabled'} {name}")
+            return {"name": name, "enabled": job.enabled}
+        flash(f"{'enabled' if job.enabled else 'disabled'} {name}")
         return redirect(_back(url_for("jobs.detail", name=name)))
     if action == "run":
         return _run_now(job)
@@ -170,7 +168,7 @@ def _back(default: str) -> str:
     return target if target.startswith("/") and not target.startswith(("//", "/\\")) else default
 
 
-def _save(job: dict):
+def _save(job: Job) -> ResponseReturnValue:
     store = web_store()
     keys = ("schedule", "timezone", "worker", "hooks", "timeout_s", "overlap", "missed", "retry_attempts")
     form: dict[str, Any] = {key: request.form.get(key, "") for key in keys}
@@ -191,16 +189,16 @@ def _save(job: dict):
         errors[_field_of(exc.key)] = str(exc)
     if errors:
         return _render_detail(job, form=form, errors=errors, status=400)
-    current = list(job.get("hooks") or [])
-    store.jobs.update_settings(job["_id"], changes, add_hooks=[h for h in hooks if h not in current],
+    current = list(job.hooks)
+    store.jobs.update_settings(job.name, changes, add_hooks=[h for h in hooks if h not in current],
                                remove_hooks=[h for h in current if h not in hooks])
-    if form["enabled"] != bool(job.get("enabled")):
+    if form["enabled"] != job.enabled:
         try:
-            store.jobs.set_enabled(job["_id"], form["enabled"])
+            store.jobs.set_enabled(job.name, form["enabled"])
         except SoonerError as exc:
-            return _render_detail(store.jobs.get(job["_id"]), form=form, errors={"enabled": str(exc)}, status=400)
-    flash(f"saved {job['_id']}")
-    return redirect(url_for("jobs.detail", name=job["_id"]))
+            return _render_detail(store.jobs.get(job.name), form=form, errors={"enabled": str(exc)}, status=400)
+    flash(f"saved {job.name}")
+    return redirect(url_for("jobs.detail", name=job.name))
 
 
 def _field_of(key: str) -> str:
@@ -220,9 +218,7 @@ def parse_run_data(text: str) -> Any:
         raise ValueError(f"data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
 
-def _run_now(job: dict):
-    from sooner.runs import queue_run
-
+def _run_now(job: Job) -> ResponseReturnValue:
     text = request.form.get("data", "")
     try:
         data = parse_run_data(text)
@@ -230,29 +226,29 @@ def _run_now(job: dict):
         if wants_json():
             return json_error(400, str(exc))
         return _render_detail(job, errors={"data": str(exc)}, run_data=text, status=400)
-    run = queue_run(web_store(), job, {"type": "manual", "source": "web", "author": user_name()}, data=data)
+    run = web_runs().queue(job, ManualTrigger(source="web", author=user_name()), data=data)
     if run is None:
         return json_error(409, "the run was not started") if wants_json() else ("the run was not started", 409)
     if wants_json():
-        return {"run": run["_id"], "url": url_for("runs.detail", run_id=run["_id"])}, 201
-    return redirect(url_for("runs.detail", run_id=run["_id"]))
+        return {"run": run.id, "url": url_for("runs.detail", run_id=run.id)}, 201
+    return redirect(url_for("runs.detail", run_id=run.id))
 
 
 def _preview(expr: str | None, tz: str) -> tuple[list[datetime], str | None]:
-    from sooner.schedule import next_fires
+    from sooner.scheduling.cron import next_fires
 
     if not expr:
         return [], None
     try:
-        return next_fires(expr, tz, datetime.now(UTC), 5), None
+        return next_fires(expr, tz, web_now(), 5), None
     except ScheduleError as exc:
         return [], str(exc)
 
 
 @bp.get("/schedule/preview")
-def preview():
+def preview() -> ResponseReturnValue:
     """Next 5 fire times for a schedule being typed (the same function the scheduler uses)."""
-    from sooner.schedule import validate_cron, validate_timezone
+    from sooner.scheduling.cron import validate_cron, validate_timezone
 
     expr = request.args.get("schedule", "").strip()
     tz = request.args.get("tz", "").strip() or "UTC"

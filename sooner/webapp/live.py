@@ -9,9 +9,10 @@ output by reading it. :class:`LiveHub` keeps one room per watched run
   room; every ``dashboard_s`` it emits a dashboard snapshot if it changed.
 * ``run_forever()`` calls ``tick()`` every ``interval_s`` (50 ms). Where the
   database offers change streams (the embedded server and replica sets do),
-  watcher threads wake it as soon as output is inserted and tell it which
-  runs changed, so a tick reads only those (plus a full sweep every
-  ``sweep_s``); a standalone MongoDB without change streams is simply polled.
+  watcher threads following ``store.changes`` wake it as soon as output is
+  inserted and tell it which runs changed, so a tick reads only those (plus
+  a full sweep every ``sweep_s``); where there are no change streams
+  (standalone MongoDB, mongomock) every tick sweeps.
   A room gets at most one output message per ``min_gap_s`` (40 ms): a chatty
   run is sent in fewer, bigger messages rather than falling behind.
 
@@ -26,9 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from flask import request, session
@@ -37,15 +36,19 @@ from flask_socketio import SocketIO
 from sooner.webapp.views import build_snapshot, run_summary
 
 if TYPE_CHECKING:
+    from sooner.clock import Clock
     from sooner.config import Settings
+    from sooner.model import Run
     from sooner.store import Store
+    from sooner.store.changes import Change
 
 logger = logging.getLogger(__name__)
 
 DASHBOARD = "dashboard"
-_CHUNK_FIELDS = {"_id": 0, "seq": 1, "stream": 1, "text": 1, "t": 1}
-_RUN_FIELDS = {"job": 1, "status": 1, "worker": 1, "progress": 1, "queued_at": 1, "started_at": 1, "finished_at": 1,
-               "duration_s": 1, "exit_code": 1, "note": 1, "cancel_requested": 1}
+# The change feeds the hub follows (see sooner.store.changes).
+FEEDS = ("run_output", "runs")
+# How many new chunks one tick reads per room.
+OUTPUT_BATCH = 1000
 
 
 def run_room(run_id: str) -> str:
@@ -70,7 +73,7 @@ class LiveHub:
     def __init__(self, socketio: SocketIO, store: Store, settings: Settings, *, interval_s: float = 0.05,
                  dashboard_s: float = 0.5, sweep_s: float = 1.0, backlog_limit: int = 5000,
                  batch_chars: int = 1_000_000, gap_wait_s: float = 2.0, min_gap_s: float = 0.04,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock | None = None) -> None:
         self.socketio = socketio
         self.store = store
         self.settings = settings
@@ -81,14 +84,14 @@ class LiveHub:
         self.batch_chars = batch_chars
         self.gap_wait_s = gap_wait_s
         self.min_gap_s = min_gap_s
-        self.clock = clock
+        self.clock = clock or store.clock  # monotonic() paces the rooms; now() stamps what is sent
         self.rooms: dict[str, RunRoom] = {}
         self.dashboard_sids: set[str] = set()
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._dirty: set[str] = set()  # runs with new output (from change streams)
         self._dirty_status: set[str] = set()  # runs whose document changed
-        self._streams_ok = False
+        self._streaming = dict.fromkeys(FEEDS, False)  # per feed: is a change stream open?
         self._last_sweep = float("-inf")
         self._last_dashboard = float("-inf")
         self._dashboard_key = ""
@@ -99,9 +102,10 @@ class LiveHub:
     # -- subscriptions (called from Socket.IO handlers) ----------------------
     def join_run(self, sid: str, run_id: str, after_seq: int) -> dict[str, Any] | None:
         """Send ``sid`` every chunk after ``after_seq`` and the run's state, then add it to the run's room."""
-        run = self.store.retry(lambda: self.store.db.runs.find_one({"_id": run_id}, _RUN_FIELDS))
-        if run is None:
+        found = self.store.reads.run_statuses([run_id])
+        if not found:
             return None
+        run = found[0]
         with self._lock:
             room = self.rooms.get(run_id)
             if room is None:
@@ -110,7 +114,7 @@ class LiveHub:
             chunks, skipped = self._backlog(run_id, after_seq, room.last_seq)
             if chunks or skipped:
                 self.socketio.emit("output", {"run": run_id, "chunks": chunks, "skipped": skipped}, to=sid)
-            summary = run_summary(run, datetime.now(timezone.utc))
+            summary = run_summary(run, self.clock.now())
             self.socketio.emit("run", summary, to=sid)
             self.socketio.server.enter_room(sid, run_room(run_id), namespace="/")
             room.sids.add(sid)
@@ -128,7 +132,7 @@ class LiveHub:
                     del self.rooms[run_id]
 
     def join_dashboard(self, sid: str) -> None:
-        snapshot = build_snapshot(self.store, self.settings, datetime.now(timezone.utc))
+        snapshot = build_snapshot(self.store, self.settings, self.clock.now())
         with self._lock:
             self.socketio.emit("dashboard", snapshot, to=sid)
             self.socketio.server.enter_room(sid, DASHBOARD, namespace="/")
@@ -143,14 +147,7 @@ class LiveHub:
                 self.leave_run(sid, run_id)
 
     def _backlog(self, run_id: str, after_seq: int, upto: int) -> tuple[list[dict], bool]:
-        if upto <= after_seq:
-            return [], False
-        query = {"run": run_id, "seq": {"$gt": after_seq, "$lte": upto}}
-        docs = self.store.retry(lambda: list(self.store.db.run_output.find(query, _CHUNK_FIELDS)
-                                             .sort("seq", -1).limit(self.backlog_limit + 1)))
-        skipped = len(docs) > self.backlog_limit
-        docs = docs[:self.backlog_limit]
-        docs.reverse()
+        docs, skipped = self.store.reads.output_between(run_id, after_seq, upto, newest=self.backlog_limit)
         return [_chunk(d) for d in docs], skipped
 
     # -- one step ------------------------------------------------------------
@@ -158,12 +155,12 @@ class LiveHub:
         """Read what changed for watched runs and the dashboard, emit it; returns how many messages went out."""
         sent = 0
         with self._lock:
-            now = self.clock()
+            now = self.clock.monotonic()
             if self.rooms:
                 # Swap the sets out first: watcher threads keep adding to fresh ones meanwhile.
                 dirty, self._dirty = self._dirty, set()
                 dirty_status, self._dirty_status = self._dirty_status, set()
-                sweep = not self._streams_ok or now - self._last_sweep >= self.sweep_s
+                sweep = not self.streaming or now - self._last_sweep >= self.sweep_s
                 if sweep:
                     self._last_sweep = now
                     output_ids = status_ids = list(self.rooms)
@@ -181,16 +178,14 @@ class LiveHub:
         return sent
 
     def _send_statuses(self, ids: list[str]) -> int:
-        docs = self.store.retry(lambda: list(self.store.db.runs.find({"_id": {"$in": ids}}, _RUN_FIELDS)))
         sent = 0
-        now = datetime.now(timezone.utc)
-        for doc in docs:
-            room = self.rooms[doc["_id"]]
-            key = json.dumps([doc.get(k) for k in ("status", "progress", "worker", "exit_code", "note",
-                                                    "cancel_requested", "started_at", "finished_at")], default=str)
+        now = self.clock.now()
+        for run in self.store.reads.run_statuses(ids):
+            room = self.rooms[run.id]
+            key = _status_key(run)
             if key != room.status_key:
                 room.status_key = key
-                self.socketio.emit("run", run_summary(doc, now), to=run_room(doc["_id"]))
+                self.socketio.emit("run", run_summary(run, now), to=run_room(run.id))
                 sent += 1
         return sent
 
@@ -200,8 +195,7 @@ class LiveHub:
             # which is what keeps 50 watchers of a chatty run from falling behind.
             self._dirty.add(room.run_id)
             return 0
-        docs = self.store.retry(lambda: list(self.store.db.run_output.find(
-            {"run": room.run_id, "seq": {"$gt": room.last_seq}}, _CHUNK_FIELDS).sort("seq", 1).limit(1000)))
+        docs = self.store.output.read(room.run_id, after_seq=room.last_seq, limit=OUTPUT_BATCH)
         chunks: list[dict] = []
         size = 0
         expected = room.last_seq + 1 if room.last_seq >= 0 else None
@@ -230,7 +224,7 @@ class LiveHub:
         return 1
 
     def _send_dashboard(self, now: float) -> int:
-        snapshot = build_snapshot(self.store, self.settings, datetime.now(timezone.utc))
+        snapshot = build_snapshot(self.store, self.settings, self.clock.now())
         stable = {**snapshot, "workers": [{k: v for k, v in w.items() if k != "age_s"} for w in snapshot["workers"]],
                   "running": [{k: v for k, v in r.items() if k != "duration_s"} for r in snapshot["running"]]}
         key = json.dumps(stable, sort_keys=True, default=str)
@@ -248,8 +242,8 @@ class LiveHub:
                 return
             self._started = True
         self.socketio.start_background_task(self.run_forever)
-        for collection, on_change in (("run_output", self._output_changed), ("runs", self._run_changed)):
-            self.socketio.start_background_task(self._watch, collection, on_change)
+        for kind, on_change in (("run_output", self._output_changed), ("runs", self._run_changed)):
+            self.socketio.start_background_task(self._follow, kind, on_change)
 
     def run_forever(self) -> None:
         """Tick until ``stop_event`` is set; back off on database errors."""
@@ -266,34 +260,33 @@ class LiveHub:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _output_changed(self, change: dict) -> None:
-        run_id = (change.get("fullDocument") or {}).get("run")
-        if run_id in self.rooms:
-            self._dirty.add(run_id)
+    @property
+    def streaming(self) -> bool:
+        """Whether every change feed the hub follows has a stream open (else each tick sweeps every room)."""
+        return all(self._streaming.values())
+
+    def _output_changed(self, change: Change) -> None:
+        if change.run_id in self.rooms:
+            self._dirty.add(change.run_id)
             self._wake.set()
 
-    def _run_changed(self, change: dict) -> None:
-        run_id = (change.get("documentKey") or {}).get("_id")
-        if run_id in self.rooms:
-            self._dirty_status.add(run_id)
+    def _run_changed(self, change: Change) -> None:
+        if change.run_id in self.rooms:
+            self._dirty_status.add(change.run_id)
             self._wake.set()
 
-    def _watch(self, collection: str, on_change: Callable[[dict], None]) -> None:
-        """Follow a change stream; on any failure fall back to plain polling (and retry later)."""
-        while not self.stop_event.is_set():
-            try:
-                with self.store.db[collection].watch([{"$match": {"operationType": {"$in": [
-                        "insert", "update", "replace"]}}}], max_await_time_ms=500) as stream:
-                    self._streams_ok = True
-                    while not self.stop_event.is_set():
-                        change = stream.try_next()
-                        if change is not None:
-                            on_change(change)
-            except Exception as exc:  # standalone MongoDB, mongomock, or a dropped connection
-                if self._streams_ok:
-                    logger.info("live updates: change stream on %s unavailable (%s); polling", collection, exc)
-                self._streams_ok = False
-                self.stop_event.wait(30.0)
+    def _follow(self, kind: str, on_change: Callable[[Change], None]) -> None:
+        """Follow one change feed until ``stop_event``; the store reports when to fall back to polling."""
+        def on_state(streaming: bool) -> None:
+            self._streaming[kind] = streaming
+        self.store.changes.follow(kind, on_change, stop=self.stop_event, on_state=on_state)
+
+
+def _status_key(run: Run) -> str:
+    """What a watcher sees of a run's state: a new key means a new ``run`` message."""
+    progress = run.progress.to_doc() if run.progress else None
+    return json.dumps([run.status.value, progress, run.worker, run.exit_code, run.note, run.cancel_requested,
+                       run.started_at, run.finished_at], default=str)
 
 
 def _chunk(doc: dict) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Flat ``data`` keys of the newest entries become columns; filters, search,
 sort and paging come from the query string through
-:mod:`sooner.queue_filters` (whitelisted fields and operators only). Nothing
+:mod:`sooner.store.queue_filters` (whitelisted fields and operators only). Nothing
 here counts a whole queue on a page view: totals are estimates, exact counts
 are capped and fetched separately (``/count``, ``/stats``), and every browsing
 query has a time budget. Bulk actions (set status, requeue, delete) need the
@@ -21,8 +21,9 @@ from typing import Any
 
 from bson import ObjectId
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 
-from sooner.queue_filters import (DATE_FIELDS, MAX_ROWS, OPERATORS, PAGE_SIZES, Column, QueueFilterError,
+from sooner.store.queue_filters import (DATE_FIELDS, MAX_ROWS, OPERATORS, PAGE_SIZES, Column, QueueFilterError,
                                   QueueView, infer_columns, parse_view)
 from sooner.store.queues import SEARCH_WINDOW, InvalidQueueName, Queue, QueueQueryTimeout, field_value
 from sooner.webapp.context import admin_required, is_admin, json_error, wants_json, web_store
@@ -46,7 +47,7 @@ _FIXED = (Column("status", "string"), Column("createdAt", "date"), Column("updat
 # -- pages -----------------------------------------------------------------------
 
 @bp.get("/")
-def index():
+def index() -> ResponseReturnValue:
     """Every queue with its approximate size and, when known (cached), its counts by status."""
     store = web_store()
     queues = []
@@ -62,7 +63,7 @@ def index():
 
 
 @bp.get("/<name>")
-def browse(name: str):
+def browse(name: str) -> ResponseReturnValue:
     """One queue as a table: filters, search, sort, pages, bulk actions."""
     started = time.perf_counter()
     queue = _queue(name)
@@ -143,7 +144,7 @@ def _prepare_sort(queue: Queue, view: QueueView, columns: list[Column]) -> list[
 
 
 @bp.get("/<name>/entries/<path:token>")
-def entry(name: str, token: str):
+def entry(name: str, token: str) -> ResponseReturnValue:
     """One entry, whole, as pretty JSON (``?format=json`` for the raw document)."""
     queue = _queue(name)
     document = queue.get_exact(decode_id(token))
@@ -159,7 +160,7 @@ def entry(name: str, token: str):
 # -- JSON helpers for the pages' scripts -----------------------------------------
 
 @bp.get("/<name>/count")
-def count(name: str):
+def count(name: str) -> ResponseReturnValue:
     """How many entries match the page's filters, up to a cap: ``{"count": n, "more": bool}``."""
     queue = _queue(name)
     columns, _, statuses = _shape_of(queue)
@@ -177,7 +178,7 @@ def count(name: str):
 
 
 @bp.get("/<name>/stats")
-def stats(name: str):
+def stats(name: str) -> ResponseReturnValue:
     """Approximate size and entries per status (computed at most once a minute per queue)."""
     queue = _queue(name)
     try:
@@ -191,7 +192,7 @@ def stats(name: str):
 
 @bp.post("/<name>/bulk")
 @admin_required
-def bulk(name: str):
+def bulk(name: str) -> ResponseReturnValue:
     """Set the status of, requeue or delete the selected entries (asks for confirmation first)."""
     queue = _queue(name)
     back = _back(name)

@@ -127,7 +127,7 @@ def _warm(app: Any) -> None:
 
     def warm() -> None:
         try:
-            state.stats.warm(job["_id"] for job in state.store.jobs.list())
+            state.stats.warm(job.name for job in state.store.jobs.list())
         except Exception:  # a cold cache only makes the first page slower
             logger.exception("could not warm the run statistics")
     threading.Thread(target=warm, name="sooner-web-warm", daemon=True).start()

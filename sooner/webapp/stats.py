@@ -13,44 +13,43 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Iterable
 
 from sooner.errors import ScheduleError
-from sooner.store.runs import ACTIVE
+from sooner.model import Run, RunStatus
+from sooner.store.reads import STATS_FIELDS
 
 if TYPE_CHECKING:
     from sooner.store import Store
 
 logger = logging.getLogger(__name__)
 
-FAILED = ("failed", "timed_out", "lost")
-_PROJECTION = {"job": 1, "status": 1, "queued_at": 1, "duration_s": 1}
-
 
 @dataclass
 class JobRunStats:
-    """A job's newest runs (newest first): enough for its last status and success rate."""
+    """A job's newest runs (newest first, projected to :data:`STATS_FIELDS`): its last status and success rate."""
 
-    runs: list[dict] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
 
     @property
-    def last(self) -> dict | None:
+    def last(self) -> Run | None:
         return self.runs[0] if self.runs else None
 
     @property
     def success_rate(self) -> float | None:
-        finished = [r["status"] for r in self.runs if r["status"] not in ACTIVE and r["status"] != "cancelled"]
-        if not finished:
+        """Succeeded out of the finished runs, cancelled ones aside; None if there is none."""
+        ended = [r.status for r in self.runs if r.finished and r.status is not RunStatus.CANCELLED]
+        if not ended:
             return None
-        return sum(1 for s in finished if s == "succeeded") / len(finished)
+        return sum(1 for s in ended if s is RunStatus.SUCCEEDED) / len(ended)
 
     @property
     def failing(self) -> bool:
-        last = next((r for r in self.runs if r["status"] not in ACTIVE), None)
-        return bool(last and last["status"] in FAILED)
+        """The last finished run failed, timed out or was lost."""
+        last = next((r for r in self.runs if r.finished), None)
+        return bool(last and last.status.failed)
 
 
 class RunStats:
@@ -80,9 +79,9 @@ class RunStats:
 
     def refresh(self, force: bool = False) -> None:
         with self._lock:
-            if not force and time.monotonic() - self._refreshed < self.refresh_s:
+            if not force and self.store.clock.monotonic() - self._refreshed < self.refresh_s:
                 return
-            self._refreshed = time.monotonic()
+            self._refreshed = self.store.clock.monotonic()
             self._take_new_runs()
             self._update_active()
 
@@ -90,47 +89,44 @@ class RunStats:
         # Run ids are ObjectIds made by several processes, so a run inserted
         # later may sort just below one seen before (same second): compare
         # with the ids of the previous scan instead of one high-water mark.
-        docs = self.store.retry(lambda: list(self.store.db.runs.find({}, _PROJECTION).sort("_id", -1).limit(self.scan)))
+        runs = self.store.reads.recent_runs(self.scan, fields=STATS_FIELDS)
         seen = self._seen
-        fresh = [] if seen is None else [d for d in docs if d["_id"] not in seen]
-        if seen and docs and len(fresh) == len(docs):
+        fresh = [] if seen is None else [r for r in runs if r.id not in seen]
+        if seen and runs and len(fresh) == len(runs):
             logger.info("run stats: more than %d new runs since the last refresh; reloading", self.scan)
             self._jobs.clear()
             self._active.clear()
             fresh = []
-        self._seen = {d["_id"] for d in docs}
-        for doc in sorted(fresh, key=lambda d: d["_id"]):
-            stats = self._jobs.get(doc["job"])
-            if stats is None or any(r["_id"] == doc["_id"] for r in stats.runs):
+        self._seen = {r.id for r in runs}
+        for run in sorted(fresh, key=lambda r: r.id):
+            stats = self._jobs.get(run.job)
+            if stats is None or any(r.id == run.id for r in stats.runs):
                 continue  # a job not loaded yet gets this run when first asked for
-            stats.runs.insert(0, doc)
+            stats.runs.insert(0, run)
             del stats.runs[self.per_job:]
-            if doc["status"] in ACTIVE:
-                self._active[doc["_id"]] = doc["job"]
+            if run.active:
+                self._active[run.id] = run.job
 
     def _update_active(self) -> None:
         if not self._active:
             return
         ids = list(self._active)
-        docs = self.store.retry(lambda: list(self.store.db.runs.find({"_id": {"$in": ids}}, _PROJECTION)))
-        for doc in docs:
-            stats = self._jobs.get(doc["job"])
+        found = self.store.reads.runs_by_id(ids, STATS_FIELDS)
+        for current in found.values():
+            stats = self._jobs.get(current.job)
             if stats:
-                for i, run in enumerate(stats.runs):
-                    if run["_id"] == doc["_id"]:
-                        stats.runs[i] = doc
-            if doc["status"] not in ACTIVE:
-                self._active.pop(doc["_id"], None)
-        for missing in set(ids) - {d["_id"] for d in docs}:
+                stats.runs = [current if r.id == current.id else r for r in stats.runs]
+            if not current.active:
+                self._active.pop(current.id, None)
+        for missing in set(ids) - set(found):
             self._active.pop(missing, None)
 
     def _load_job(self, name: str) -> None:
-        docs = self.store.retry(lambda: list(self.store.db.runs.find({"job": name}, _PROJECTION)
-                                             .sort("queued_at", -1).limit(self.per_job)))
-        self._jobs[name] = JobRunStats(docs)
-        for doc in docs:
-            if doc["status"] in ACTIVE:
-                self._active[doc["_id"]] = name
+        runs = self.store.reads.job_history(name, self.per_job, fields=STATS_FIELDS)
+        self._jobs[name] = JobRunStats(runs)
+        for run in runs:
+            if run.active:
+                self._active[run.id] = name
 
     def warm(self, names: Iterable[str]) -> None:
         """Load the named jobs ahead of the first page view (a server does this at start)."""
@@ -150,7 +146,7 @@ class FireCache:
         cached = self._next.get(key)
         if cached is not None and cached > now:
             return cached
-        from sooner.schedule import next_fires
+        from sooner.scheduling.cron import next_fires
 
         try:
             fires = next_fires(expr, tz or "UTC", now, 1)
@@ -165,6 +161,6 @@ class FireCache:
 
 @functools.lru_cache(maxsize=4096)
 def describe_schedule(expr: str) -> str:
-    from sooner.schedule import describe
+    from sooner.scheduling.cron import describe
 
     return describe(expr)

@@ -17,11 +17,16 @@ import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
-from sooner.store.jobs import JOB_DEFAULTS, utcnow
+from sooner.clock import utcnow
+from sooner.model import JOB_DEFAULTS, RunStatus
+from sooner.store import schema
+
+if TYPE_CHECKING:
+    from sooner.store import Store
 
 CHROMIUM = os.environ.get("SOONER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -115,18 +120,22 @@ def sign_in(page: Any, base_url: str, user: str, password: str) -> None:
 
 
 # -- realistic data for page tests and the page benchmark ----------------------------------------
-STATUSES = ["succeeded"] * 8 + ["failed", "cancelled"]
+STATUSES = [RunStatus.SUCCEEDED.value] * 8 + [RunStatus.FAILED.value, RunStatus.CANCELLED.value]
 
 
-def seed_realistic_data(store) -> dict:
-    """500 jobs, 10,000 runs, a running run with 5,000 output chunks, 300 events, 100 deploys, 20 workers."""
+def seed_realistic_data(store: Store) -> dict:
+    """500 jobs, 10,000 runs, a running run with 5,000 output chunks, 300 events, 100 deploys, 20 workers.
+
+    Documents go in as stored (``store.import_documents``), in bulk: far faster than the run service, and
+    the history is finished already, so no listener has anything to do.
+    """
     rng = random.Random(5)
     now = utcnow()
     jobs = [{"_id": f"team{i % 25}/job{i:03d}.sh", **JOB_DEFAULTS, "hooks": [f"evt{i % 7}"], "deleted": False,
              "enabled": i % 3 != 0, "schedule": ("*/5 * * * *", "0 3 * * *", "30 2 * * 1-5", None)[i % 4],
              "timezone": ("UTC", "Europe/Berlin", "America/New_York")[i % 3], "commit": "c" * 40, "blob": "b" * 40,
              "created_at": now, "updated_at": now, "new": i % 50 == 0} for i in range(500)]
-    store.db.jobs.insert_many(jobs)
+    store.import_documents(schema.JOBS, jobs)
     runs = []
     for k in range(10_000):
         queued = now - timedelta(seconds=(10_000 - k) * 30)
@@ -138,18 +147,19 @@ def seed_realistic_data(store) -> dict:
                      "finished_at": queued + timedelta(seconds=5),
                      "duration_s": 5.0 + rng.random(), "exit_code": 0})
     running = runs[-1]
-    running.update(status="running", finished_at=None, duration_s=None, progress={"current": 3, "max": 10})
-    store.db.runs.insert_many(runs)
+    running.update(status=RunStatus.RUNNING.value, finished_at=None, duration_s=None,
+                   progress={"current": 3, "max": 10})
+    store.import_documents(schema.RUNS, runs)
     store.output.append(running["_id"], [(seq, "stdout" if seq % 5 else "stderr", f"line {seq} " + "x" * 60 + "\n",
                                           None) for seq in range(5000)])
-    store.db.events.insert_many([{"_id": str(ObjectId()), "name": f"evt{i % 7}",
-                                  "data": {"i": i, "rows": list(range(5))},
-                                  "source": {"type": "run", "run": runs[i]["_id"], "job": runs[i]["job"]}, "depth": 0,
-                                  "t": now - timedelta(seconds=i), "runs": [runs[-i - 2]["_id"]], "note": None}
-                                 for i in range(300)])
-    store.db.deploys.insert_many([{"commit": f"{i:040x}", "tree": "t", "branch": "main", "author": "Dev <d@x>",
-                                   "message": f"change {i}", "created": [jobs[i]["_id"]], "updated": [], "removed": [],
-                                   "restored": [], "time": now - timedelta(hours=i)} for i in range(100)])
+    store.import_documents(schema.EVENTS, [
+        {"_id": str(ObjectId()), "name": f"evt{i % 7}", "data": {"i": i, "rows": list(range(5))},
+         "source": {"type": "run", "run": runs[i]["_id"], "job": runs[i]["job"]}, "depth": 0,
+         "t": now - timedelta(seconds=i), "runs": [runs[-i - 2]["_id"]], "note": None} for i in range(300)])
+    store.import_documents(schema.DEPLOYS, [
+        {"commit": f"{i:040x}", "tree": "t", "branch": "main", "author": "Dev <d@x>", "message": f"change {i}",
+         "created": [jobs[i]["_id"]], "updated": [], "removed": [], "restored": [], "time": now - timedelta(hours=i)}
+        for i in range(100)])
     for w in range(20):
         store.workers.register(f"w{w}", instance=str(w), host="host", pid=w, capacity=4, tags=[], version="0.1.0",
                                stale_after_s=30, now=now - timedelta(seconds=w * 10))

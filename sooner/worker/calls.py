@@ -14,32 +14,37 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from sooner.errors import ProtocolError
+from sooner.worker.methods import METHODS, MethodRegistry
 from sooner.worker.protocol import Call
 
 if TYPE_CHECKING:
-    from sooner.store import Store
+    from sooner.model import Run
+    from sooner.runs.service import RunService
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_THROTTLE_S = 0.05
-DEFAULT_PROGRESS_MAX = 100
 
 
 class CallHandler:
     """Apply one run's calls. Thread-safe: the socket server and the output reader share it.
+
+    ``registry`` holds the methods this run offers; each call is dispatched to
+    its method's handler, which calls back :meth:`progress` or :meth:`emit`.
 
     ``on_pending`` is called (without arguments) when a throttled progress
     value waits to be written, so the run's loop can wake up and write it at
     :meth:`progress_due`.
     """
 
-    def __init__(self, store: Store, run: dict, *, depth_limit: int, throttle_s: float = PROGRESS_THROTTLE_S,
-                 on_pending: Callable[[], None] | None = None) -> None:
-        self.store = store
-        self.run_id = run["_id"]
-        self.job = run["job"]
-        self.depth = int(run.get("depth") or 0)
-        self.depth_limit = depth_limit
+    def __init__(self, service: RunService, run: Run, *, throttle_s: float = PROGRESS_THROTTLE_S,
+                 on_pending: Callable[[], None] | None = None, registry: MethodRegistry = METHODS) -> None:
+        self.service = service
+        self.store = service.store
+        self.registry = registry  # the socket server and stderr reader parse calls against it too
+        self.run_id = run.id
+        self.job = run.job
+        self.depth = run.depth
         self.throttle_s = throttle_s
         self.on_pending = on_pending
         self.calls = 0
@@ -51,15 +56,13 @@ class CallHandler:
         self._write_lock = threading.Lock()
 
     def __call__(self, call: Call) -> Any:
-        """Handle a validated call; raises ProtocolError for a call the store refuses (bad event name)."""
+        """Handle a validated call through its method's declaration (see :mod:`sooner.worker.methods`).
+
+        Raises ProtocolError for a call the method refuses (an event name the
+        store rejects; UnknownMethod for a name this handler's registry lacks).
+        """
         self.calls += 1
-        if call.method == "progress":
-            maximum = call.args.get("max")
-            self.progress(call.args["current"], DEFAULT_PROGRESS_MAX if maximum is None else maximum)
-            return None
-        if call.method == "emit":
-            return self.emit(call.args["event"], call.args.get("data"))
-        raise ProtocolError(f"unknown method {call.method!r}")
+        return self.registry.get(call.method).handle(self, call.args)
 
     def progress(self, current: float, maximum: float) -> None:
         with self._lock:
@@ -96,11 +99,9 @@ class CallHandler:
                 self._written = latest
 
     def emit(self, event: str, data: Any = None) -> dict[str, Any]:
-        from sooner.events import emit
-
         try:
-            stored = emit(self.store, event, data, source={"type": "run", "run": self.run_id, "job": self.job},
-                          depth=self.depth + 1, depth_limit=self.depth_limit)
+            stored = self.service.emit(event, data, source={"type": "run", "run": self.run_id, "job": self.job},
+                                       depth=self.depth + 1)
         except ValueError as exc:  # an invalid event name (InvalidJobSetting is a ValueError)
             raise ProtocolError(str(exc)) from None
         result: dict[str, Any] = {"event": stored["_id"], "runs": stored.get("runs", [])}

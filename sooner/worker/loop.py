@@ -18,17 +18,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import psutil
 
 from sooner import __version__
+from sooner.clock import Clock
 from sooner.errors import StoreError
-from sooner.runs import end_run
-from sooner.store.jobs import utcnow
-from sooner.store.runs import RunStatus
+from sooner.model import Run, RunStatus, Worker as WorkerRecord
+from sooner.runs.service import RunService
 from sooner.worker.runner import ActiveRun, Runner
 from sooner.worker.tree import TreeCache, default_cache_dir
 
@@ -51,22 +50,30 @@ def cache_dir_for(settings: Settings) -> Path:
 
 
 class Worker:
-    """One named worker process. Pass ``clock``, ``cache`` or ``runner`` to replace the defaults."""
+    """One named worker process. Pass ``clock``, ``cache`` or ``runner`` to replace the defaults.
+
+    ``clock`` (default: the store's) gives every time the worker records
+    (claims, leases, heartbeats). Waiting on scripts and events -- the loop's
+    pacing, the shutdown grace -- is real monotonic time, because that is the
+    time real processes run in.
+    """
 
     def __init__(self, store: Store, settings: Settings, name: str, capacity: int | None = None,
-                 tags: Iterable[str] = (), *, clock: Callable[[], datetime] = utcnow, cache: Path | None = None,
-                 runner: Runner | None = None, poll_s: float = POLL_S, host: str | None = None) -> None:
+                 tags: Iterable[str] = (), *, clock: Clock | None = None, cache: Path | None = None,
+                 runner: Runner | None = None, poll_s: float = POLL_S, host: str | None = None,
+                 service: RunService | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.clock = clock or store.clock
+        self.service = service or RunService(store, settings, self.clock)
         self.name = name
         self.capacity = capacity or settings.worker_capacity
         self.tags = sorted({t for t in tags if t})
-        self.clock = clock
         self.poll_s = poll_s
         self.host = host or socket.gethostname()
         self.instance = uuid.uuid4().hex
         self.trees = TreeCache(store, Path(cache) if cache else cache_dir_for(settings))
-        self.runner = runner or Runner(store, settings, name, self.trees, clock=clock)
+        self.runner = runner or Runner(store, settings, name, self.trees, service=self.service)
         self.lost_name = False
         self.registered = False
         self.finished = threading.Event()  # set whenever a run ends (a slot is free)
@@ -77,11 +84,11 @@ class Worker:
         self._process.cpu_percent(None)  # the first sample starts the measurement
 
     # -- registration ------------------------------------------------------
-    def register(self) -> dict:
+    def register(self) -> WorkerRecord:
         """Take the worker's name in ``workers``; WorkerError if a live worker holds it."""
         doc = self.store.workers.register(
             self.name, instance=self.instance, host=self.host, pid=os.getpid(), capacity=self.capacity,
-            tags=self.tags, version=__version__, stale_after_s=self.settings.lease_s, now=self.clock())
+            tags=self.tags, version=__version__, stale_after_s=self.settings.lease_s, now=self.clock.now())
         self.registered = True
         self._recover_orphans()
         return doc
@@ -89,15 +96,14 @@ class Worker:
     def _recover_orphans(self) -> None:
         # Runs still marked running under this name belong to a predecessor that died
         # (a live one would have kept the name): end them now instead of after their lease.
-        for run in self.store.runs.running():
-            if run.get("worker") == self.name and run["_id"] not in self._active:
-                logger.warning("run %s was running on the previous worker %s; marking it lost", run["_id"], self.name)
-                end_run(self.store, run["_id"], RunStatus.LOST, note=f"worker {self.name} restarted while it ran",
-                        depth_limit=self.settings.chain_depth_limit)
+        for run in self.store.runs.running(worker=self.name):
+            if run.id not in self._active:
+                logger.warning("run %s was running on the previous worker %s; marking it lost", run.id, self.name)
+                self.service.finish(run.id, RunStatus.LOST, note=f"worker {self.name} restarted while it ran")
 
     def unregister(self) -> None:
         if self.registered:
-            self.store.workers.unregister(self.name, self.instance, now=self.clock())
+            self.store.workers.unregister(self.name, self.instance, now=self.clock.now())
             self.registered = False
 
     # -- one step ----------------------------------------------------------
@@ -115,7 +121,7 @@ class Worker:
         with self._lock:
             return len(self._active) < self.capacity
 
-    def run_once(self) -> dict | None:
+    def run_once(self) -> Run | None:
         """Claim one queued run this worker may take and start it (non-blocking); None if none or full."""
         if self.lost_name or not self.has_room():
             return None
@@ -125,27 +131,25 @@ class Worker:
         try:
             active = self.runner.prepare(run, on_done=self._run_done)
         except OSError as exc:  # out of file descriptors or the like: do not leave the run claimed
-            logger.error("cannot start run %s: %s", run["_id"], exc)
-            end_run(self.store, run["_id"], RunStatus.FAILED, note=f"worker {self.name} could not start it: {exc}",
-                    depth_limit=self.settings.chain_depth_limit)
+            logger.error("cannot start run %s: %s", run.id, exc)
+            self.service.finish(run.id, RunStatus.FAILED, note=f"worker {self.name} could not start it: {exc}")
             return run
         with self._lock:
-            self._active[run["_id"]] = active
+            self._active[run.id] = active
         active.start()
-        logger.info("started run %s of %s", run["_id"], run["job"])
+        logger.info("started run %s of %s", run.id, run.job)
         return run
 
-    def _claim(self) -> dict | None:
+    def _claim(self) -> Run | None:
         # Candidates from one query serve a burst of claims (one round trip each instead
         # of two); a run someone else took means a competitor is active, so look again.
-        runs = self.store.runs
         for _ in range(2):
             if not self._candidates:
-                self._candidates = deque(runs.claim_candidates(self.name, self.tags, now=self.clock()))
+                self._candidates = deque(self.service.claim_candidates(self.name, self.tags))
                 if not self._candidates:
                     return None
             while self._candidates:
-                run = runs.take(self._candidates.popleft(), self.name, self.settings.lease_s, now=self.clock())
+                run = self.service.take(self._candidates.popleft(), self.name, self.settings.lease_s)
                 if run is not None:
                     return run
                 self._candidates.clear()
@@ -154,7 +158,7 @@ class Worker:
     def heartbeat(self) -> bool:
         """Renew leases, apply cancel requests, record load. False if another process took the name."""
         running = self.running
-        now = self.clock()
+        now = self.clock.now()
         self.store.runs.renew_leases(self.name, running, self.settings.lease_s, now=now)
         states = self.store.runs.still_running(self.name, running)
         for run_id in running:

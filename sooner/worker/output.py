@@ -19,7 +19,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
-from sooner.store.jobs import utcnow
+from sooner.clock import utcnow
 from sooner.store.output import MAX_CHUNK_CHARS
 
 if TYPE_CHECKING:

@@ -1,25 +1,32 @@
-"""The calls a running script makes to Sooner, and how they are validated.
+"""How a running script's calls are read: parsed, bound to a method's parameters, validated.
 
-Scripts report over two channels that share one vocabulary:
+Scripts report over two channels that share one vocabulary, a
+:class:`~sooner.worker.methods.MethodRegistry` (by default
+:data:`~sooner.worker.methods.METHODS`):
 
 * stderr lines such as ``>>> sooner.progress(5, 10)`` or
   ``>>> sooner.emit("name", {"k": 1})``, parsed by :func:`parse_stderr_line`;
-* JSON-RPC requests on the run's unix socket (see :mod:`sooner.worker.rpc`).
+* JSON-RPC requests on the run's unix socket (see :mod:`sooner.worker.rpc`),
+  checked by :func:`validate_call`.
 
-Both end in :func:`validate_call`, which turns positional or named arguments
-into a normalised :class:`Call`. Stderr arguments are JSON or Python literals,
-read with :mod:`ast` and :func:`ast.literal_eval`; nothing is ever evaluated.
+Both bind positional or named arguments to the method's declared parameters
+here and end in the method's own ``validate``, giving a normalised
+:class:`Call`. Stderr arguments are JSON or Python literals, read with
+:mod:`ast` and :func:`ast.literal_eval`; nothing is ever evaluated.
 """
 
 from __future__ import annotations
 
 import ast
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from sooner.errors import ProtocolError
+from sooner.worker.methods import METHODS, Method, MethodRegistry, UnknownMethod, excerpt
+
+__all__ = ["MAX_LINE_BYTES", "METHODS", "PREFIX", "PROMPT", "Call", "UnknownMethod", "parse_stderr_line",
+           "validate_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,32 +34,16 @@ PROMPT = ">>> "
 PREFIX = PROMPT + "sooner."
 MAX_LINE_BYTES = 1024 * 1024
 
-# Each method's parameters in positional order, and how many are required.
-METHODS: dict[str, tuple[tuple[str, ...], int]] = {
-    "progress": (("current", "max"), 1),
-    "emit": (("event", "data"), 1),
-}
-
 # JSON spellings accepted in stderr calls besides Python's True/False/None.
 _JSON_NAMES: dict[str, Any] = {"true": True, "false": False, "null": None}
-_EXCERPT_CHARS = 60
-
-
-class UnknownMethod(ProtocolError):
-    """A script called a method Sooner does not offer (JSON-RPC -32601)."""
-
-    def __init__(self, method: str) -> None:
-        self.method = method
-        known = ", ".join(sorted(METHODS))
-        super().__init__(f"unknown method {_excerpt(method)!r} (known: {known})")
 
 
 @dataclass(frozen=True)
 class Call:
-    """One validated call from a script.
+    """One validated call from a script: the method's name and its normalised named arguments.
 
-    ``args`` holds the normalised named arguments:
-    ``progress`` → ``{"current": number, "max": number | None}``;
+    ``args`` holds every declared parameter, as the method's ``validate``
+    returned it; e.g. ``progress`` → ``{"current": number, "max": number | None}``,
     ``emit`` → ``{"event": str, "data": JSON-compatible value}``.
     """
 
@@ -60,40 +51,39 @@ class Call:
     args: dict[str, Any]
 
 
-def parse_stderr_line(line: str) -> Call | None:
+def parse_stderr_line(line: str, registry: MethodRegistry = METHODS) -> Call | None:
     """Parse one stderr line; return None unless it starts with ``>>> sooner.``.
 
     A trailing newline or carriage return is ignored; leading whitespace is
     not (such a line is ordinary output). Raises :class:`ProtocolError`
-    (possibly :class:`UnknownMethod`) saying what is wrong with a malformed call.
+    (:class:`UnknownMethod` for a name ``registry`` lacks) saying what is
+    wrong with a malformed call.
     """
     line = line.rstrip("\r\n")
     if not line.startswith(PREFIX):
         return None
     _check_length(line)
     node = _parse_expression(line[len(PROMPT):])
-    method = _method_name(node)
-    if method not in METHODS:
-        raise UnknownMethod(method)
+    method = registry.get(_method_name(node))
     args = [_literal(arg, f"argument {i + 1}") for i, arg in enumerate(node.args)]
     kwargs = {name: _literal(value, f"argument {name!r}") for name, value in _keywords(node)}
     return _build_call(method, args, kwargs)
 
 
-def validate_call(method: str, params: list[Any] | dict[str, Any] | None) -> Call:
+def validate_call(method: str, params: list[Any] | dict[str, Any] | None,
+                  registry: MethodRegistry = METHODS) -> Call:
     """Check a call's method and parameters (positional list or named dict).
 
-    Raises :class:`UnknownMethod` for a method Sooner does not offer and
+    Raises :class:`UnknownMethod` for a method ``registry`` does not offer and
     :class:`ProtocolError` for missing, extra or invalid parameters.
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise UnknownMethod(str(method))
+    declared = registry.get(method)
     if params is None:
-        return _build_call(method, [], {})
+        return _build_call(declared, [], {})
     if isinstance(params, (list, tuple)):
-        return _build_call(method, list(params), {})
+        return _build_call(declared, list(params), {})
     if isinstance(params, dict):
-        return _build_call(method, [], params)
+        return _build_call(declared, [], params)
     raise ProtocolError(f"{method}: params must be an array or an object, not {type(params).__name__}")
 
 
@@ -114,7 +104,7 @@ def _parse_expression(source: str) -> ast.Call:
         raise ProtocolError(f"not a valid call: {type(exc).__name__}") from None
     body = tree.body
     if not isinstance(body, ast.Call):
-        raise ProtocolError(f"not a single call: {_excerpt(source)!r}")
+        raise ProtocolError(f"not a single call: {excerpt(source)!r}")
     return body
 
 
@@ -140,7 +130,7 @@ def _literal(node: ast.expr, what: str) -> Any:
     try:
         return ast.literal_eval(_JsonNames().visit(node))
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-        raise ProtocolError(f"{what} is not a literal: {_source_excerpt(node)}") from None
+        raise ProtocolError(f"{what} is not a literal: {_sourceexcerpt(node)}") from None
 
 
 class _JsonNames(ast.NodeTransformer):
@@ -152,87 +142,34 @@ class _JsonNames(ast.NodeTransformer):
         return node
 
 
-def _build_call(method: str, args: list[Any], kwargs: dict[str, Any]) -> Call:
-    bound = _bind(method, args, kwargs)
-    if method == "progress":
-        return Call("progress", _progress_args(bound))
-    return Call("emit", _emit_args(bound))
+def _build_call(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Call:
+    return Call(method.name, method.validate(_bind(method, args, kwargs)))
 
 
-def _bind(method: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    names, required = METHODS[method]
-    signature = f"{method}({', '.join(names)})"
+def _bind(method: Method, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Match arguments to the method's parameters as Python would; omitted optional ones get their default."""
+    names, signature = method.names, method.signature
     if len(args) > len(names):
         raise ProtocolError(f"{signature} takes at most {len(names)} arguments, got {len(args)}")
     bound = dict(zip(names, args))
     for key, value in kwargs.items():
         if key not in names:
-            raise ProtocolError(f"{signature} got an unexpected argument {_excerpt(str(key))!r}")
+            raise ProtocolError(f"{signature} got an unexpected argument {excerpt(str(key))!r}")
         if key in bound:
             raise ProtocolError(f"{signature} got argument {key!r} twice")
         bound[key] = value
-    missing = [name for name in names[:required] if name not in bound]
-    if missing:
-        raise ProtocolError(f"{signature} is missing argument {missing[0]!r}")
+    for param in method.params:
+        if param.name not in bound:
+            if param.required:
+                raise ProtocolError(f"{signature} is missing argument {param.name!r}")
+            bound[param.name] = param.default
     return bound
 
 
-def _progress_args(bound: dict[str, Any]) -> dict[str, Any]:
-    current = _progress_number(bound["current"], "current")
-    maximum = bound.get("max")
-    if maximum is not None:
-        maximum = _progress_number(maximum, "max")
-        if maximum == 0:
-            raise ProtocolError("progress: max must be greater than 0")
-    return {"current": current, "max": maximum}
-
-
-def _progress_number(value: Any, name: str) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError(f"progress: {name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ProtocolError(f"progress: {name} must be a finite non-negative number, got {value!r}")
-    return value
-
-
-def _emit_args(bound: dict[str, Any]) -> dict[str, Any]:
-    event = bound["event"]
-    if not isinstance(event, str) or not event:
-        raise ProtocolError(f"emit: event name must be a non-empty string, got {_excerpt(repr(event))}")
+def _sourceexcerpt(node: ast.expr) -> str:
     try:
-        data = _json_value(bound.get("data"), "data")
-    except RecursionError:
-        raise ProtocolError("emit: data is nested too deeply") from None
-    return {"event": event, "data": data}
-
-
-def _json_value(value: Any, path: str) -> Any:
-    """Return ``value`` as JSON-compatible data (tuples become lists) or raise."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ProtocolError(f"emit: {path} must be finite, got {value!r}")
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        return {_json_key(key, path): _json_value(item, f"{path}[{key!r}]") for key, item in value.items()}
-    raise ProtocolError(f"emit: {path} is a {type(value).__name__}, which JSON cannot hold")
-
-
-def _json_key(key: Any, path: str) -> str:
-    if not isinstance(key, str):
-        raise ProtocolError(f"emit: {path} has a non-string key {_excerpt(repr(key))}")
-    return key
-
-
-def _source_excerpt(node: ast.expr) -> str:
-    try:
-        return _excerpt(ast.unparse(node))
+        return excerpt(ast.unparse(node))
     except (ValueError, RecursionError):
         return type(node).__name__
 
 
-def _excerpt(text: str) -> str:
-    return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 3] + "..."

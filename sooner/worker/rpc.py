@@ -4,8 +4,9 @@
 (0700; the socket itself is 0600), accepts any number of connections and
 serves each on its own thread. Every request line gets one response line;
 notifications get none. Requests are validated with
-:func:`sooner.worker.protocol.validate_call` and handed to the handler, which
-is never called concurrently, so it sees calls in the order they were read.
+:func:`sooner.worker.protocol.validate_call` against the handler's method
+registry and handed to the handler, which is never called concurrently, so it
+sees calls in the order they were read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from sooner.errors import ProtocolError
+from sooner.worker.methods import registry_of
 from sooner.worker.protocol import MAX_LINE_BYTES, Call, UnknownMethod, validate_call
 
 logger = logging.getLogger(__name__)
@@ -95,7 +97,10 @@ class RpcServer:
     """Serve JSON-RPC 2.0 for one run on a private unix socket.
 
     ``handler`` receives each valid :class:`Call`; its return value becomes
-    the result (``None`` becomes ``true``). A :class:`ProtocolError` it raises
+    the result (``None`` becomes ``true``). Requests are checked against the
+    handler's ``registry`` (a plain callable gets the default
+    :data:`~sooner.worker.methods.METHODS`), so the socket offers exactly the
+    methods the handler dispatches. A :class:`ProtocolError` it raises
     becomes an invalid-params error; any other exception is logged and becomes
     an internal error. ``directory`` is where the private directory is made
     (default: the system temporary directory).
@@ -109,6 +114,7 @@ class RpcServer:
         max_connections: int = 64,
     ) -> None:
         self._handler = handler
+        self.registry = registry_of(handler)
         self._parent = directory
         self._max_connections = max_connections
         self._handler_lock = threading.Lock()
@@ -267,7 +273,7 @@ class RpcServer:
 
     def _dispatch(self, method: str, params: Any, request_id: Any) -> dict[str, Any]:
         try:
-            call = validate_call(method, params)
+            call = validate_call(method, params, self.registry)
         except UnknownMethod as exc:
             return _error(METHOD_NOT_FOUND, f"Method not found: {exc}", request_id)
         except ProtocolError as exc:

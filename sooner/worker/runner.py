@@ -7,7 +7,9 @@ one ``select`` on stdout, stderr, the process's pidfd and a wake-up pipe:
 output goes through :class:`~sooner.worker.streams.StreamDecoder` into the
 :class:`~sooner.worker.output.OutputWriter`; cancel requests and the run's
 timeout send SIGTERM to the process group and SIGKILL ``cancel_grace_s``
-later. The run always ends through :func:`sooner.runs.end_run`.
+later. The run always ends through :meth:`sooner.runs.service.RunService.finish`.
+Times recorded come from the service's clock; the select loop's deadlines
+are real monotonic time, the time the script runs in.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from typing import TYPE_CHECKING, Callable
 
 import sooner
 from sooner.errors import RunError, SoonerError
-from sooner.runs import end_run
-from sooner.store.jobs import utcnow
-from sooner.store.runs import RunStatus
+from sooner.model import Run, RunStatus
+from sooner.runs.service import RunService
 from sooner.worker.calls import CallHandler
 from sooner.worker.output import OutputWriter
 from sooner.worker.rpc import RpcServer
@@ -54,16 +55,17 @@ class Runner:
     """Turns claimed runs into running scripts for one worker."""
 
     def __init__(self, store: Store, settings: Settings, worker_name: str, trees: TreeCache, *,
-                 clock: Callable[[], datetime] = utcnow, socket_dir: str | None = None) -> None:
+                 service: RunService | None = None, socket_dir: str | None = None) -> None:
         self.store = store
         self.settings = settings
         self.worker_name = worker_name
         self.trees = trees
-        self.clock = clock
+        self.service = service or RunService(store, settings)
+        self.clock = self.service.clock
         self.socket_dir = socket_dir
         self.base_env = script_environment(os.environ, store)
 
-    def prepare(self, run: dict, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
+    def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
         """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``."""
         return ActiveRun(self, run, on_done)
 
@@ -81,19 +83,20 @@ def script_environment(environ: dict | os._Environ, store: Store) -> dict[str, s
     if interpreter_dir and env.get("PATH", "").split(os.pathsep)[0] != interpreter_dir:
         env["PATH"] = os.pathsep.join([interpreter_dir, env.get("PATH", os.defpath)])
     env["SOONER_MONGO_URL"] = store.url
-    env["SOONER_DATABASE"] = store.db.name
+    env["SOONER_DATABASE"] = store.database_name
     return env
 
 
 class ActiveRun:
     """One run on its own thread. ``cancel()`` may be called from any thread."""
 
-    def __init__(self, runner: Runner, run: dict, on_done: Callable[[ActiveRun], None] | None) -> None:
+    def __init__(self, runner: Runner, run: Run, on_done: Callable[[ActiveRun], None] | None) -> None:
         self.runner = runner
         self.store = runner.store
+        self.service = runner.service
         self.settings = runner.settings
         self.run = run
-        self.id: str = run["_id"]
+        self.id: str = run.id
         self.on_done = on_done
         self.done = threading.Event()
         self.status: RunStatus | None = None
@@ -107,8 +110,8 @@ class ActiveRun:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.output = OutputWriter(self.store, self.id, flush_s=self.settings.output_flush_ms / 1000,
-                                   clock=runner.clock)
-        self.calls = CallHandler(self.store, run, depth_limit=self.settings.chain_depth_limit, on_pending=self.wake)
+                                   clock=runner.clock.now)
+        self.calls = CallHandler(self.service, run, on_pending=self.wake)
 
     # -- control from other threads ---------------------------------------
     def start(self) -> None:
@@ -150,8 +153,8 @@ class ActiveRun:
     def _execute(self) -> None:
         run = self.run
         try:
-            tree = self.runner.trees.path_for(run.get("commit"), run["job"])
-            script = _script_path(tree, run["job"])
+            tree = self.runner.trees.path_for(run.commit, run.job)
+            script = _script_path(tree, run.job)
         except SoonerError as exc:
             self._end_without_process(str(exc))
             return
@@ -160,18 +163,18 @@ class ActiveRun:
                 process = self._spawn(script, tree, rpc.path or "")
             except FileNotFoundError:
                 reason = ("the interpreter on its #! line was not found" if script.exists() else
-                          f"it is not in the deployed tree (commit {(run.get('commit') or '')[:8]})")
-                self._end_without_process(f"could not start {run['job']}: {reason}")
+                          f"it is not in the deployed tree (commit {(run.commit or '')[:8]})")
+                self._end_without_process(f"could not start {run.job}: {reason}")
                 return
             except OSError as exc:
-                self._end_without_process(f"could not start {run['job']}: {exc.strerror or exc}")
+                self._end_without_process(f"could not start {run.job}: {exc.strerror or exc}")
                 return
             started = time.monotonic()
             self.pid = process.pid
-            self.started_at = self.runner.clock()
-            self.store.runs.mark_started(self.id, pid=process.pid, commit=run.get("commit"), now=self.started_at)
-            commit = (run.get("commit") or "")[:8]
-            self.output.system(f"sooner: run {self.id} of {run['job']} on worker {self.runner.worker_name} "
+            self.started_at = self.runner.clock.now()
+            self.store.runs.mark_started(self.id, pid=process.pid, commit=run.commit, now=self.started_at)
+            commit = (run.commit or "")[:8]
+            self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
                                f"(commit {commit})")
             returncode, forced = _Supervisor(self, process, started).follow()
         self._finish(returncode, forced, time.monotonic() - started)
@@ -179,8 +182,8 @@ class ActiveRun:
     def _spawn(self, script: Path, tree: Path, socket_path: str) -> subprocess.Popen:
         run = self.run
         env = dict(self.runner.base_env)
-        env.update({"SOONER_SOCKET": socket_path, "SOONER_RUN_ID": self.id, "SOONER_JOB": run["job"],
-                    "SOONER_DATA": json.dumps(run.get("data"), default=str),
+        env.update({"SOONER_SOCKET": socket_path, "SOONER_RUN_ID": self.id, "SOONER_JOB": run.job,
+                    "SOONER_DATA": json.dumps(run.data, default=str),
                     "SOONER_WORKER": self.runner.worker_name})
         return subprocess.Popen([str(script), socket_path], cwd=str(tree), env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -201,14 +204,13 @@ class ActiveRun:
             status = RunStatus.SUCCEEDED if returncode == 0 else RunStatus.FAILED
         self.output.flush()
         self.status = status
-        end_run(self.store, self.id, status, exit_code=returncode, note=note,
-                depth_limit=self.settings.chain_depth_limit, started_at=self.started_at)
+        self.service.finish(self.id, status, exit_code=returncode, note=note, started_at=self.started_at)
 
     def _end_without_process(self, reason: str) -> None:
         self.output.system(f"sooner: {reason}")
         self.output.flush()
         self.status = RunStatus.FAILED
-        end_run(self.store, self.id, RunStatus.FAILED, note=reason, depth_limit=self.settings.chain_depth_limit)
+        self.service.finish(self.id, RunStatus.FAILED, note=reason)
 
     def _fail_safely(self, reason: str) -> None:
         if self.pid is not None:
@@ -220,7 +222,7 @@ class ActiveRun:
             logger.warning("run %s: could not write its last output", self.id, exc_info=True)
         try:
             self.status = RunStatus.FAILED
-            end_run(self.store, self.id, RunStatus.FAILED, note=reason, depth_limit=self.settings.chain_depth_limit)
+            self.service.finish(self.id, RunStatus.FAILED, note=reason)
         except Exception:
             logger.exception("run %s: could not record its end; its lease will expire", self.id)
 
@@ -232,7 +234,7 @@ class _Supervisor:
         self.active = active
         self.process = process
         self.decoder = StreamDecoder(active.output, active.calls)
-        timeout_s = active.run.get("timeout_s")
+        timeout_s = active.run.timeout_s
         self.timeout_at = started + float(timeout_s) if timeout_s else None
         self.timeout_s = timeout_s
         self.forced: tuple[RunStatus, str] | None = None

@@ -4,11 +4,12 @@ Bytes arrive in pieces of any size (a pipe read). They are decoded as UTF-8
 incrementally (a character split between two reads stays whole; invalid
 bytes become U+FFFD), so binary output is stored, replaced, never fatal.
 Stdout is text only. On stderr, a line starting ``>>> sooner.`` is a call:
-it is held until its newline (at most ``MAX_LINE_BYTES`` + one read), parsed,
-and handed to ``on_call``; it does not appear in the output. A malformed or
-refused call stays in the output as an ordinary stderr line, followed by a
-system note saying why it was ignored. Every other byte is passed on as soon
-as it is read, so memory stays bounded whatever the line length.
+it is held until its newline (at most ``MAX_LINE_BYTES`` + one read), parsed
+against ``on_call``'s method registry, and handed to ``on_call``; it does not
+appear in the output. A malformed or refused call stays in the output as an
+ordinary stderr line, followed by a system note saying why it was ignored.
+Every other byte is passed on as soon as it is read, so memory stays bounded
+whatever the line length.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import logging
 from typing import Any, Callable
 
 from sooner.errors import ProtocolError
+from sooner.worker.methods import METHODS, registry_of
 from sooner.worker.output import OutputWriter
 from sooner.worker.protocol import MAX_LINE_BYTES, PREFIX, Call, parse_stderr_line
 
 logger = logging.getLogger(__name__)
 
 _PREFIX = PREFIX.encode()
-# The common call, `>>> sooner.progress(5, 10)` with whole numbers, skips the general parser.
+# The common call, `>>> sooner.progress(5, 10)` with whole numbers, skips the general parser. It builds
+# what the built-in progress declaration's validate would, so it is used only where that declaration is.
 _NUMBER = rb"(0|[1-9][0-9]{0,14})"
 _PROGRESS = re.compile(rb">>> sooner\.progress\(" + _NUMBER + rb"(?:, ?" + _NUMBER + rb")?\)\r?\n?")
 
@@ -45,11 +48,17 @@ def _decoder() -> codecs.IncrementalDecoder:
 
 
 class StreamDecoder:
-    """Feed it pipe reads with :meth:`stdout` / :meth:`stderr`; call :meth:`close` at the end."""
+    """Feed it pipe reads with :meth:`stdout` / :meth:`stderr`; call :meth:`close` at the end.
+
+    Calls are parsed against ``on_call``'s ``registry`` (a plain callable gets
+    the default :data:`~sooner.worker.methods.METHODS`).
+    """
 
     def __init__(self, output: OutputWriter, on_call: Callable[[Call], Any]) -> None:
         self.output = output
         self.on_call = on_call
+        self.registry = registry_of(on_call)
+        self._fast = "progress" in self.registry and self.registry.get("progress") is METHODS.get("progress")
         self._out = _decoder()
         self._err = _decoder()
         self._err_at_line_start = True
@@ -104,7 +113,9 @@ class StreamDecoder:
 
     def _call(self, raw: bytes) -> None:
         try:
-            call = _fast_progress(raw) or parse_stderr_line(raw.decode("utf-8", "replace"))
+            call = _fast_progress(raw) if self._fast else None
+            if call is None:
+                call = parse_stderr_line(raw.decode("utf-8", "replace"), self.registry)
             if call is None:  # cannot happen: the prefix was checked
                 self._err_text(raw)
                 return

@@ -1,6 +1,6 @@
 """Helpers for tests and benchmarks: deploy a set of files straight into the store, without git.
 
-:func:`deploy_files` stores blobs and trees exactly as :mod:`sooner.deploy`
+:func:`deploy_files` stores blobs and trees exactly as :mod:`sooner.deploy.push`
 does (git object ids, entries ``{name, mode, sha}``), records a deploy and
 reconciles ``jobs``, so workers see the same thing a real ``git push`` gives.
 """
@@ -35,7 +35,7 @@ def deploy_files(store: Store, files: Mapping[str, FileSpec], *, enable: bool = 
     for a symlink. ``enable`` enables every job; ``hooks`` and ``settings``
     ({job: {timeout_s: …}}) change jobs after the deploy.
     """
-    from sooner.deploy import plan_job_changes
+    from sooner.deploy.push import plan_job_changes
 
     blobs: dict[str, bytes] = {}
     root: dict[str, Any] = {}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Mapping
 
 from sooner.errors import SoonerError
-from sooner.store.jobs import Missed, Overlap
+from sooner.model.job import Job
+from sooner.model.status import Missed, Overlap
 
 _EVENT_NAME = re.compile(r"^[\w.:/@+-]{1,200}$")
 _WORKER_NAME = re.compile(r"^[\w.@+-]{1,100}$")
@@ -27,13 +29,13 @@ def validate_event_name(name: str) -> str:
     return name
 
 
-def settings_changes(job: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+def settings_changes(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
     """Turn user options (None = unchanged) into validated job fields.
 
     Keys understood: schedule, tz, worker, timeout_s, overlap, missed, retry_attempts,
     hooks/no_hooks (validated only; applied by the repository).
     """
-    from sooner.schedule import validate_cron, validate_timezone
+    from sooner.scheduling.cron import validate_cron, validate_timezone  # cron maths is not part of the model
 
     changes: dict[str, Any] = {}
     if options.get("schedule") is not None:
@@ -59,7 +61,7 @@ def settings_changes(job: Mapping[str, Any], options: Mapping[str, Any]) -> dict
         attempts = int(options["retry_attempts"])
         if not 0 <= attempts <= 100:
             raise InvalidJobSetting("retry", "must be between 0 and 100")
-        changes["retry"] = {**(job.get("retry") or {"delay_s": 30}), "attempts": attempts}
+        changes["retry"] = replace(job.retry, attempts=attempts).to_doc()
     for event in list(options.get("hooks") or ()) + list(options.get("no_hooks") or ()):
         validate_event_name(event)
     return changes

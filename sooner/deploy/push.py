@@ -5,11 +5,11 @@ it with the database, not with what a push changed. So a deploy that failed
 half-way (database unreachable during a push) is completed by the next one,
 and deploying the same commit twice changes nothing. Steps, in order:
 
-1. read the commit and check its whole tree (:mod:`sooner.deploy_tree`):
+1. read the commit and check its whole tree (:mod:`sooner.deploy.tree`):
    any problem refuses the deploy before anything is applied;
 2. store the blobs and trees the database lacks, so workers on other machines
    can rebuild the tree (subtrees unchanged since the last deploy are skipped);
-3. bring the working copy to the tree (:mod:`sooner.deploy_checkout`);
+3. bring the working copy to the tree (:mod:`sooner.deploy.checkout`);
 4. reconcile ``jobs`` in one bulk write, then record the deploy (unless it is
    the latest deploy already and no job changed).
 
@@ -33,8 +33,8 @@ from dulwich.errors import ObjectFormatException
 from dulwich.objects import Commit, parse_tree
 from dulwich.repo import Repo
 
-from sooner.deploy_checkout import indexed_files, known_sizes, update_working_copy
-from sooner.deploy_tree import TREE_MODE, DeployTree, ObjectSource, read_tree
+from sooner.deploy.checkout import indexed_files, known_sizes, update_working_copy
+from sooner.deploy.tree import TREE_MODE, DeployTree, ObjectSource, read_tree
 from sooner.errors import DeployError
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ EXAMPLE_HOOKS = {
 
 def commit_examples(settings: Settings) -> list[str]:
     """Commit examples/ on the site's branch, deploy, set hooks; returns lines to show."""
-    from sooner.deploy import deploy
+    from sooner.deploy.push import deploy
     from sooner.store import open_store
 
     commit = _commit_tree(settings, resource_dir("examples"))

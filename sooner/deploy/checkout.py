@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, cast
 from dulwich.index import ConflictedIndexEntry, Index, IndexEntry, index_entry_from_stat
 from dulwich.repo import Repo
 
-from sooner.deploy_tree import EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE, TreeFile
+from sooner.deploy.tree import EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE, TreeFile
 
 if TYPE_CHECKING:
     from dulwich.objects import ObjectID

@@ -1,0 +1,6 @@
+"""Deploying pushed commits: validate the tree, store its objects, update the working copy, reconcile jobs.
+
+* :mod:`sooner.deploy.push` -- the deploy itself and the pre-receive check;
+* :mod:`sooner.deploy.tree` -- reading and validating a commit's tree;
+* :mod:`sooner.deploy.checkout` -- bringing the working copy to a tree.
+"""

@@ -1,0 +1,136 @@
+"""A run of a job, as a value: its status, trigger, timing, progress and result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sooner.model.status import RunStatus
+from sooner.model.trigger import Trigger, trigger_from_doc
+
+DEFAULT_PROGRESS_MAX = 100
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run says it is: ``current`` out of ``max``."""
+
+    current: float
+    max: float = DEFAULT_PROGRESS_MAX
+
+    @property
+    def percent(self) -> float | None:
+        """0-100, or None when ``max`` is not positive."""
+        if self.max <= 0:
+            return None
+        return max(0.0, min(100.0, self.current * 100.0 / self.max))
+
+    def to_doc(self) -> dict[str, float]:
+        return {"current": self.current, "max": self.max}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> Progress | None:
+        if not doc or doc.get("current") is None:
+            return None
+        current, maximum = doc["current"], doc.get("max") or DEFAULT_PROGRESS_MAX
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (current, maximum)):
+            return None
+        return cls(current, maximum)  # ints stay ints: the API shows 3/10, not 3.0/10.0
+
+
+_FIELDS = ("fire_kind", "job", "status", "trigger", "data", "commit", "target", "worker", "pid", "exit_code", "progress",
+           "attempt", "depth", "timeout_s", "queued_at", "not_before", "started_at", "finished_at", "claimed_at",
+           "lease_until", "cancel_requested", "cancelled_by", "note", "duration_s", "scheduled_for")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run document as a value. ``id`` is the stored ``_id`` (an ObjectId hex string)."""
+
+    id: str
+    job: str
+    status: RunStatus = RunStatus.QUEUED
+    trigger: Trigger = field(default_factory=Trigger)
+    data: Any = None
+    commit: str | None = None
+    target: str | None = None
+    worker: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    progress: Progress | None = None
+    attempt: int = 1
+    depth: int = 0
+    timeout_s: float | None = None
+    queued_at: datetime | None = None
+    not_before: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    claimed_at: datetime | None = None
+    lease_until: datetime | None = None
+    cancel_requested: bool = False
+    cancelled_by: str | None = None
+    note: str | None = None
+    duration_s: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status.active
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def duration(self, now: datetime) -> float | None:
+        """Seconds it ran: the recorded duration once ended, else from its start until ``now``."""
+        if self.duration_s is not None:
+            return float(self.duration_s)
+        if self.started_at is None:
+            return None
+        end = self.finished_at or now
+        return max(0.0, (_aware(end) - _aware(self.started_at)).total_seconds())
+
+    def due(self, now: datetime) -> bool:
+        """Whether a queued run may start at ``now`` (a retry waits for its ``not_before``)."""
+        return self.not_before is None or _aware(self.not_before) <= _aware(now)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Run:
+        return cls(
+            id=str(doc["_id"]), job=doc.get("job") or "", status=RunStatus(doc.get("status") or RunStatus.QUEUED),
+            trigger=trigger_from_doc(doc.get("trigger")), data=doc.get("data"), commit=doc.get("commit"),
+            target=doc.get("target"), worker=doc.get("worker"), pid=doc.get("pid"), exit_code=doc.get("exit_code"),
+            progress=Progress.from_doc(doc.get("progress")), attempt=int(doc.get("attempt") or 1),
+            depth=int(doc.get("depth") or 0), timeout_s=doc.get("timeout_s"), queued_at=doc.get("queued_at"),
+            not_before=doc.get("not_before"), started_at=doc.get("started_at"), finished_at=doc.get("finished_at"),
+            claimed_at=doc.get("claimed_at"), lease_until=doc.get("lease_until"),
+            cancel_requested=bool(doc.get("cancel_requested")), cancelled_by=doc.get("cancelled_by"),
+            note=doc.get("note"), duration_s=doc.get("duration_s"),
+            extra={k: v for k, v in doc.items() if k != "_id" and k not in _FIELDS},
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "_id": self.id, "job": self.job, "status": self.status.value, "trigger": self.trigger.to_doc(),
+            "data": self.data, "commit": self.commit, "target": self.target, "worker": self.worker, "pid": self.pid,
+            "exit_code": self.exit_code, "progress": self.progress.to_doc() if self.progress else None,
+            "attempt": self.attempt, "depth": self.depth, "timeout_s": self.timeout_s, "queued_at": self.queued_at,
+            "not_before": self.not_before, "started_at": self.started_at, "finished_at": self.finished_at,
+            "lease_until": self.lease_until, "cancel_requested": self.cancel_requested, "note": self.note,
+        }
+        for name in ("claimed_at", "cancelled_by", "duration_s"):
+            if getattr(self, name) is not None:
+                doc[name] = getattr(self, name)
+        scheduled_for = getattr(self.trigger, "scheduled_for", None)
+        if scheduled_for is not None:
+            # The unique one_run_per_fire index: one run per (job, scheduled_for, fire_kind).
+            doc["scheduled_for"] = scheduled_for
+            doc["fire_kind"] = self.trigger.kind
+        doc.update(self.extra)
+        return doc
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

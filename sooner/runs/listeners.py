@@ -1,0 +1,140 @@
+"""What follows a finished run: an ordered list of end-of-run listeners, registered in one place.
+
+:class:`~sooner.runs.service.RunService` records a run's end and then calls
+every listener of its registry, in order, with a :class:`RunEnded`. The
+default registry, :data:`LISTENERS`, holds (in this order):
+
+1. ``retry`` -- a failed, timed-out or lost run is queued again per its job's
+   retry policy;
+2. ``release-waiting`` -- the oldest ``waiting`` run of the job (overlap
+   ``queue``) may go now;
+3. ``emit-outcome`` -- ``job:<name>:succeeded`` / ``job:<name>:failed`` is
+   emitted, which starts the jobs hooked to it.
+
+A later feature (notify, poison list, usage counters, SLA checks, fan-in) is
+one more listener: ``LISTENERS.register(listener, after="retry")``. A
+listener that raises is logged and skipped; the run's end is recorded
+already and the other listeners still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
+
+from sooner.model import Job, RetryTrigger, Run
+
+if TYPE_CHECKING:
+    from sooner.runs.service import RunService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunEnded:
+    """What a listener is told: the finished run as stored, the service, and the time of the end."""
+
+    run: Run
+    service: RunService
+    now: datetime
+
+    @cached_property
+    def job(self) -> Job | None:
+        """The run's job (read once, shared by all listeners); None if it no longer exists."""
+        return self.service.store.jobs.find(self.run.job)
+
+
+class EndOfRunListener(Protocol):
+    def __call__(self, ended: RunEnded) -> None: ...
+
+
+class ListenerRegistry:
+    """An ordered, named list of end-of-run listeners."""
+
+    def __init__(self, listeners: list[tuple[str, EndOfRunListener]] | None = None) -> None:
+        self._listeners: list[tuple[str, EndOfRunListener]] = list(listeners or [])
+
+    def register(self, name: str, listener: EndOfRunListener, *, after: str | None = None,
+                 before: str | None = None) -> Callable[[], None]:
+        """Add ``listener`` (at the end, or right after/before another one); returns a function that removes it."""
+        if name in self.names():
+            raise ValueError(f"an end-of-run listener named {name!r} is registered already")
+        position = len(self._listeners)
+        if after is not None:
+            position = self.names().index(after) + 1
+        elif before is not None:
+            position = self.names().index(before)
+        self._listeners.insert(position, (name, listener))
+        return lambda: self.unregister(name)
+
+    def unregister(self, name: str) -> None:
+        self._listeners = [(n, listener) for n, listener in self._listeners if n != name]
+
+    @contextmanager
+    def added(self, name: str, listener: EndOfRunListener, **where: str) -> Iterator[None]:
+        """Register ``listener`` for the duration of a ``with`` block (tests, plug-ins)."""
+        remove = self.register(name, listener, **where)
+        try:
+            yield
+        finally:
+            remove()
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self._listeners]
+
+    def copy(self) -> ListenerRegistry:
+        return ListenerRegistry(self._listeners)
+
+    def notify(self, ended: RunEnded) -> None:
+        """Call every listener in order; one that fails is logged and the others still run."""
+        for name, listener in list(self._listeners):
+            try:
+                listener(ended)
+            except Exception:
+                logger.exception("run %s: end-of-run listener %r failed", ended.run.id, name)
+
+
+def retry_per_policy(ended: RunEnded) -> None:
+    """Queue the next attempt of a failed/timed-out/lost run, if its job's retry policy allows one."""
+    run, job = ended.run, ended.job
+    if not run.status.failed or job is None or not job.retry.allows(run.attempt):
+        return
+    delay = job.retry.delay_after(run.attempt)
+    retry = ended.service.queue(
+        job, RetryTrigger(source=run.id, previous_status=run.status.value), data=run.data, target=run.target,
+        depth=run.depth, attempt=run.attempt + 1, not_before=ended.now + timedelta(seconds=delay), now=ended.now)
+    if retry is None:
+        return
+    retrying = f"retrying as run {retry.id} (attempt {retry.attempt} of {job.retry.attempts + 1}) in {delay:.0f}s"
+    # Keep why the run ended (lost lease, timeout …) in front of the retry notice.
+    ended.service.store.runs.add_note(run.id, f"{run.note}; {retrying}" if run.note else retrying)
+
+
+def release_waiting(ended: RunEnded) -> None:
+    """Let the oldest waiting run of the job go now that this one is over (overlap ``queue``)."""
+    ended.service.release_waiting(ended.run.job, now=ended.now)
+
+
+def emit_outcome(ended: RunEnded) -> None:
+    """Emit ``job:<name>:succeeded`` or ``job:<name>:failed`` so hooked jobs chain without code."""
+    run = ended.run
+    outcome = run.status.outcome
+    if outcome is None:
+        return
+    ended.service.emit(
+        f"job:{run.job}:{outcome}",
+        {"run": run.id, "job": run.job, "status": run.status.value, "exit_code": run.exit_code, "data": run.data},
+        source={"type": "system", "run": run.id, "job": run.job}, depth=run.depth + 1, now=ended.now)
+
+
+# The one place the default listeners are registered, in the order they run.
+LISTENERS = ListenerRegistry([
+    ("retry", retry_per_policy),
+    ("release-waiting", release_waiting),
+    ("emit-outcome", emit_outcome),
+])

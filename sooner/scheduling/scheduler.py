@@ -1,0 +1,230 @@
+"""The scheduler: turns due time triggers (cron ticks) into runs and ends runs whose worker vanished.
+
+Any number of schedulers may run side by side (on one machine or many); they
+agree through MongoDB alone. A run for a tick carries
+``trigger.scheduled_for``, and the unique ``(job, scheduled_for)`` index lets
+only one of them insert it, so a tick never fires twice.
+
+Firing rules, per time trigger of each enabled job (:mod:`sooner.scheduling.triggers`;
+the cron schedule is the first kind), read afresh every tick, so a change
+made in the UI or CLI takes effect on the next tick:
+
+* The trigger's state (``scheduler_state`` for cron) holds ``last_tick_at``, a cursor: the latest tick
+  already dealt with (fired, dropped by a policy, or the moment the scheduler
+  started tracking the schedule).
+* A trigger without state, or whose identity (``schedule``/``timezone`` for
+  cron) differs from the one in its state, starts from *now*: ticks before that never fire. Jobs
+  that are disabled, deleted or unscheduled lose their state, so enabling one
+  again later also starts from then (the disabled time is not "missed").
+* A tick ``t`` is *due* when ``last_tick_at < t <= now``. The latest due tick
+  is *on time* when ``now - t <= grace_s`` (default 5 s): it fires as a normal
+  run. Every other due tick is *missed* -- no scheduler was running, or this
+  one stalled -- and the job's ``missed`` policy decides:
+
+  - ``skip`` (default): none of the missed ticks fires (a warning is logged);
+  - ``catch_up_once``: one run for the whole missed period, with
+    ``scheduled_for`` = the latest missed tick and ``trigger.missed`` = how
+    many ticks were missed (counted up to ``MISSED_COUNT_LIMIT``;
+    ``trigger.missed_capped`` says when there were more).
+
+  So a job fires at most two runs per tick (catch-up + on time), never a storm.
+* The job's ``overlap`` policy (allow / skip / queue) applies to every fire,
+  through :meth:`sooner.runs.service.RunService.queue`.
+
+Each tick also ends runs whose lease expired (their worker stopped renewing
+it) as ``lost``, through :meth:`~sooner.runs.service.RunService.expire_leases`,
+whose end-of-run listeners retry them per the job's policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sooner.clock import to_ms
+from sooner.errors import SoonerError
+from sooner.model import Job, Missed, Run, Trigger
+from sooner.runs.service import RunService
+from sooner.scheduling.triggers import GRACE_S, TRIGGERS, DueTicks, TimeTrigger, TriggerRegistry, missed_span
+
+if TYPE_CHECKING:
+    from sooner.clock import Clock
+    from sooner.config import Settings
+    from sooner.store import Store
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 0.5  # longest sleep between ticks: changes take effect within this
+BACKOFF_MAX_S = 30.0
+
+
+class Scheduler:
+    """Fires due time triggers as runs; ``tick(now)`` is one step, ``run_forever`` loops it.
+
+    ``clock`` is the only source of time inside ``tick``; tests pass a fake
+    one and call ``tick`` directly.
+    """
+
+    def __init__(self, store: Store, settings: Settings | None = None, clock: Clock | None = None, *,
+                 grace_s: float = GRACE_S, interval_s: float = INTERVAL_S, name: str | None = None,
+                 service: RunService | None = None, triggers: TriggerRegistry = TRIGGERS) -> None:
+        self.store = store
+        self.clock = clock or store.clock
+        self.service = service or RunService(store, settings, self.clock)
+        self.settings = self.service.settings
+        self.triggers = triggers
+        self.grace_s = grace_s
+        self.interval_s = interval_s
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.next_due: datetime | None = None  # earliest upcoming fire seen by the last tick()
+        # (job, trigger key) -> (identity, cursor, next fire after cursor): saves maths on idle ticks.
+        self._upcoming: dict[tuple[str, str], tuple[dict[str, Any], datetime, datetime | None]] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- one step ---------------------------------------------------------
+    def tick(self, now: datetime | None = None) -> list[Run]:
+        """Expire lost runs, then fire every due trigger; returns the runs created for them."""
+        now = _utc_ms(now or self.clock.now())
+        self.expire_leases(now)
+        self.store.jobs.clear_trigger_states()
+        fired: list[Run] = []
+        upcoming: list[datetime] = []
+        seen: set[tuple[str, str]] = set()
+        for job in self.store.jobs.schedulable():
+            triggers = self._time_triggers(job)
+            self._forget_removed(job, triggers)
+            for trigger in triggers:
+                seen.add((job.name, trigger.key))
+                try:
+                    runs, cursor = self._fire(job, trigger, now)
+                    next_fire = self._next_after(job, trigger, cursor)
+                except SoonerError as exc:  # a bad stored schedule or a job removed meanwhile
+                    self._warn_once(job, trigger, str(exc))
+                    continue
+                fired += runs
+                if next_fire is not None:
+                    upcoming.append(next_fire)
+        self.next_due = min(upcoming, default=None)
+        for key in [k for k in self._upcoming if k not in seen]:
+            del self._upcoming[key]
+        return fired
+
+    def expire_leases(self, now: datetime | None = None) -> list[Run]:
+        """End running runs whose lease expired as ``lost`` (retried per their job's policy)."""
+        return self.service.expire_leases(_utc_ms(now or self.clock.now()))
+
+    def _time_triggers(self, job: Job) -> list[TimeTrigger]:
+        try:
+            return self.triggers.time_triggers(job)
+        except (SoonerError, ValueError) as exc:
+            self._warn_once(job, None, str(exc))
+            return []
+
+    def _forget_removed(self, job: Job, triggers: list[TimeTrigger]) -> None:
+        # A trigger the job no longer has must not keep its cursor: set again later, it
+        # would count the time in between as missed. (Cron's cursor is cleared by
+        # clear_trigger_states when the schedule is removed.)
+        stored = job.extra.get("trigger_state") or {}
+        removed = set(stored) - {trigger.key for trigger in triggers}
+        if removed:
+            self.store.jobs.forget_trigger_states(job.name, removed)
+
+    def _fire(self, job: Job, trigger: TimeTrigger, now: datetime) -> tuple[list[Run], datetime]:
+        """Fire what ``trigger`` has due; returns the runs and the trigger's cursor afterwards."""
+        state = trigger.saved_state(job)
+        identity = trigger.identity()
+        if not state or any(state.get(k) != v for k, v in identity.items()) or not state.get("last_tick_at"):
+            self._save(job, trigger, state, now, since=now)
+            return [], now
+        cursor = _utc_ms(state["last_tick_at"])
+        next_fire = self._next_after(job, trigger, cursor)
+        if next_fire is None or next_fire > now:
+            return [], cursor
+        due = trigger.due(cursor, now, self.grace_s)
+        if due is None:
+            return [], cursor
+        runs: list[Run | None] = []
+        if due.missed_count:
+            runs.append(self._handle_missed(job, trigger, due, now))
+        if due.on_time is not None:
+            runs.append(self._queue(job, trigger.cause(due.on_time), due.on_time, now))
+        # Runs first, cursor second: a crash in between re-fires the same ticks, which the unique index rejects.
+        self._save(job, trigger, state, due.latest, since=state.get("since") or now)
+        return [run for run in runs if run is not None], due.latest
+
+    def _handle_missed(self, job: Job, trigger: TimeTrigger, due: DueTicks, now: datetime) -> Run | None:
+        assert due.missed_latest is not None
+        count = f"{'more than ' if due.missed_capped else ''}{due.missed_count}"
+        if job.missed is not Missed.CATCH_UP_ONCE:
+            logger.warning("job %s: %s tick(s) missed (%s) not fired (missed=%s)", job.name, count,
+                           missed_span(due), job.missed.value)
+            return None
+        logger.warning("job %s: %s tick(s) missed (%s); firing one catch-up run", job.name, count, missed_span(due))
+        return self._queue(job, trigger.cause(due.missed_latest, missed=due), due.missed_latest, now)
+
+    def _queue(self, job: Job, cause: Trigger, moment: datetime, now: datetime) -> Run | None:
+        run = self.service.queue(job, replace(cause, source=self.name), overlap_check=True, now=now)
+        if run is not None:
+            logger.info("fired %s for %s: run %s", job.name, moment, run.id)
+        return run
+
+    def _save(self, job: Job, trigger: TimeTrigger, previous: Any, cursor: datetime, *, since: datetime) -> None:
+        state = {**trigger.identity(), "last_tick_at": cursor, "since": since, "by": self.name}
+        self.store.jobs.save_trigger_state(job.name, trigger.key, state,
+                                           previous=dict(previous) if previous else None)
+        # If another scheduler moved the cursor first, the next tick reads its state.
+
+    def _next_after(self, job: Job, trigger: TimeTrigger, cursor: datetime) -> datetime | None:
+        """The first fire after the trigger's cursor (cached until the cursor or the trigger changes)."""
+        identity = trigger.identity()
+        cached = self._upcoming.get((job.name, trigger.key))
+        if cached and cached[0] == identity and cached[1] == cursor:
+            return cached[2]
+        fire = trigger.next_after(cursor)
+        next_fire = _utc_ms(fire) if fire else None
+        self._upcoming[(job.name, trigger.key)] = (identity, cursor, next_fire)
+        return next_fire
+
+    def _warn_once(self, job: Job, trigger: TimeTrigger | None, message: str) -> None:
+        key = (job.name, repr(trigger.identity()) if trigger else "")
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("job %s: not scheduled: %s", job.name, message)
+
+    # -- the loop -----------------------------------------------------------
+    def wait_s(self) -> float:
+        """How long to sleep before the next tick: until the next due tick, at most ``interval_s``."""
+        if self.next_due is None:
+            return self.interval_s
+        until = (self.next_due - self.clock.now()).total_seconds()
+        return min(self.interval_s, max(0.005, until + 0.001))
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Tick until ``stop_event`` is set; database trouble backs off and retries, never exits."""
+        logger.info("scheduler %s started", self.name)
+        failures = 0
+        while not stop_event.is_set():
+            try:
+                self.tick()
+                failures, wait = 0, self.wait_s()
+            except Exception as exc:  # noqa: BLE001 - a daemon keeps going; a bug still logs its traceback
+                failures += 1
+                wait = min(BACKOFF_MAX_S, self.interval_s * 2 ** failures)
+                if isinstance(exc, SoonerError):
+                    logger.error("tick failed: %s (retrying in %.1fs)", exc, wait)
+                else:
+                    logger.exception("tick failed (retrying in %.1fs)", wait)
+            stop_event.wait(wait)
+        logger.info("scheduler %s stopped", self.name)
+
+
+def _utc_ms(moment: datetime) -> datetime:
+    """Aware UTC with millisecond precision, as BSON stores it (so stored and computed times compare equal)."""
+    if moment.tzinfo is None:
+        raise ValueError(f"the scheduler needs timezone-aware times, got naive {moment!r}")
+    return to_ms(moment)

@@ -1,0 +1,160 @@
+"""The change feed: what was inserted or changed in ``runs`` and ``run_output``, as it happens.
+
+MongoDB change streams need a replica set (the embedded nx-27017 server has
+one); mongomock and a standalone MongoDB have none. Callers never depend on
+the feed for correctness, only for speed: it tells them *what* to read
+again, sooner than polling would. So :meth:`Changes.open` answers None where
+streams do not work, and :meth:`Changes.follow` reports through
+``on_state(False)`` that the caller should poll, then tries again later.
+
+    stop = threading.Event()
+    store.changes.follow("run_output", lambda change: wake(change.run_id), stop=stop,
+                         on_state=lambda streaming: ...)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from bson import ObjectId
+
+from sooner.errors import StoreError
+from sooner.store import schema
+
+if TYPE_CHECKING:
+    from sooner.store import Store
+
+logger = logging.getLogger(__name__)
+
+# What may be followed, by the name callers use.
+KINDS = {"runs": schema.RUNS, "run_output": schema.RUN_OUTPUT}
+OPERATIONS = ("insert", "update", "replace")
+# After a stream fails (or where there is none), try to open one again this often.
+RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Change:
+    """One inserted, updated or replaced document.
+
+    ``run_id`` is the run it concerns: the run itself for ``runs``, the
+    chunk's run for ``run_output`` (None if the stream did not carry it).
+    """
+
+    kind: str
+    operation: str
+    document_id: Any
+    run_id: str | None
+
+
+class ChangeStream:
+    """An open change stream on one collection; close it (or use ``with``) when done."""
+
+    def __init__(self, kind: str, stream: Any) -> None:
+        self.kind = kind
+        self._stream = stream
+
+    def next(self) -> Change | None:
+        """The next change, waiting at most the stream's await time; None if nothing happened.
+
+        Raises StoreError when the stream broke (connection lost, server restarted).
+        """
+        try:
+            event = self._stream.try_next()
+        except Exception as exc:  # pymongo's errors stay inside the store package
+            raise StoreError(f"change stream on {self.kind} ended: {exc}") from None
+        return None if event is None else _change(self.kind, event)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:  # closing a broken stream may fail too; it is gone either way
+            logger.debug("closing the change stream on %s failed", self.kind, exc_info=True)
+
+    def __enter__(self) -> ChangeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Changes:
+    """Change streams on the collections live pages follow (``store.changes``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def open(self, kind: str, *, max_await_ms: int = 500) -> ChangeStream | None:
+        """A change stream of inserts/updates/replaces in ``kind`` (``runs`` or ``run_output``).
+
+        None when the database offers no change streams (mongomock, a
+        standalone MongoDB) or could not open one now: poll instead.
+        """
+        collection = self.store.collection(_collection(kind))
+        pipeline = [{"$match": {"operationType": {"$in": list(OPERATIONS)}}}]
+        try:
+            return ChangeStream(kind, collection.watch(pipeline, max_await_time_ms=max_await_ms))
+        except Exception as exc:  # NotImplementedError (mongomock), OperationFailure (standalone), network errors
+            logger.debug("no change stream on %s: %s", kind, exc)
+            return None
+
+    def follow(self, kind: str, on_change: Callable[[Change], None], *, stop: threading.Event,
+               on_state: Callable[[bool], None] | None = None, retry_s: float = RETRY_S,
+               max_await_ms: int = 500) -> None:
+        """Call ``on_change`` for every change in ``kind`` until ``stop`` is set. Blocks; run it in a thread.
+
+        ``on_state(True)`` is called when a stream is open, ``on_state(False)``
+        when there is none or it broke: the caller should poll until the next
+        ``True``. A new stream is tried every ``retry_s`` seconds.
+        """
+        streaming = False
+        while not stop.is_set():
+            stream = self.open(kind, max_await_ms=max_await_ms)
+            if stream is not None:
+                streaming = True
+                if on_state:
+                    on_state(True)
+                try:
+                    with stream:
+                        while not stop.is_set():
+                            change = stream.next()
+                            if change is not None:
+                                _deliver(on_change, change)
+                    return
+                except StoreError as exc:
+                    logger.info("live updates: %s; polling", exc)
+            elif streaming:
+                logger.info("live updates: change stream on %s unavailable; polling", kind)
+            streaming = False
+            if on_state:
+                on_state(False)
+            stop.wait(retry_s)
+
+
+def _deliver(on_change: Callable[[Change], None], change: Change) -> None:
+    try:
+        on_change(change)
+    except Exception:  # a failing listener must not end the feed for the others
+        logger.exception("change listener failed on %s %s", change.kind, change.document_id)
+
+
+def _collection(kind: str) -> str:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ValueError(f"no change feed for {kind!r}: use one of {', '.join(KINDS)}") from None
+
+
+def _change(kind: str, event: dict[str, Any]) -> Change:
+    document_id = (event.get("documentKey") or {}).get("_id")
+    if kind == "runs":
+        # Run ids are ObjectId hex strings; nx-27017 hands a string key back as an ObjectId.
+        document_id = str(document_id) if isinstance(document_id, ObjectId) else document_id
+        run_id = document_id
+    else:
+        run_id = (event.get("fullDocument") or {}).get("run")
+    return Change(kind=kind, operation=str(event.get("operationType") or ""), document_id=document_id,
+                  run_id=run_id)

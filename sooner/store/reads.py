@@ -1,0 +1,189 @@
+"""Read models: what the web pages, the live hub and the REST API show, each one query the store owns.
+
+``store.reads`` answers with :class:`~sooner.model.Run` values for runs and
+plain dicts for events, deploys and output chunks. Every query here is
+shaped for the embedded nx-27017 server, which sorts and filters fast only
+on single-field indexes (see :mod:`sooner.store.schema`): a job's runs sort
+by ``queued_at`` (``job`` + ``queued_at`` is answered from the ``job``
+index), every other run list by ``_id``; events page by ``t`` and deploys by
+``time``, never by a range on ``_id`` (a collection scan there).
+
+A projected run (``fields=…``) always carries ``_id``, ``job`` and
+``status``; the model leaves the other fields at their defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from sooner.model import Run, RunStatus
+from sooner.store import schema
+
+if TYPE_CHECKING:
+    from sooner.store import Store
+
+T = TypeVar("T")
+
+# What a run's status line needs (the live hub, the dashboard, run_summary).
+SUMMARY_FIELDS = ("job", "status", "worker", "progress", "queued_at", "started_at", "finished_at", "duration_s",
+                  "exit_code", "note", "cancel_requested")
+# What the jobs page's last-run and success-rate columns need.
+STATS_FIELDS = ("job", "status", "queued_at", "duration_s")
+# Runs as list pages show them: everything but the (possibly large) data.
+WITHOUT_DATA = {"data": 0}
+# A job's history: neither data nor long trigger messages.
+HISTORY_PROJECTION = {"data": 0, "trigger.message": 0}
+CHUNK_FIELDS = {"_id": 0, "seq": 1, "stream": 1, "text": 1, "t": 1}
+# Longer ``$in`` lists are asked in batches of this many ids.
+ID_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list, newest first; ``next_before`` is what to pass as ``before`` for the next page."""
+
+    items: list[T]
+    more: bool
+    next_before: datetime | None
+
+
+@dataclass(frozen=True)
+class DashboardRuns:
+    """The dashboard's runs: running (earliest started first), queued (oldest first), the newest ones."""
+
+    running: list[Run]
+    queued: list[Run]
+    recent: list[Run]
+
+
+class Reads:
+    """Read models of runs, output, events and deploys (``store.reads``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._runs = store.collection(schema.RUNS)
+        self._output = store.collection(schema.RUN_OUTPUT)
+        self._deploys = store.collection(schema.DEPLOYS)
+
+    # -- runs ---------------------------------------------------------------
+    def recent_runs(self, limit: int = 15, *, fields: Sequence[str] | None = None) -> list[Run]:
+        """The newest ``limit`` runs (by id, i.e. creation), newest first; only ``fields`` if given."""
+        return self._find_runs({}, _projection(fields), sort=[("_id", -1)], limit=limit)
+
+    def runs_page(self, *, job: str | None = None, status: RunStatus | str | None = None, limit: int = 50,
+                  before: str | None = None, with_data: bool = True) -> list[Run]:
+        """Runs newest first, of ``job`` and in ``status`` if given; ``before`` (a run id) pages backwards.
+
+        A job's runs sort by ``queued_at``, the others by ``_id`` (the order
+        the embedded server can sort from an index). ``with_data=False``
+        leaves out each run's ``data``. ValueError for an unknown status.
+        """
+        query: dict[str, Any] = {}
+        if job:
+            query["job"] = job
+        if status:
+            query["status"] = RunStatus.parse(status).value
+        if before:
+            query["_id"] = {"$lt": before}
+        sort = "queued_at" if job else "_id"
+        return self._find_runs(query, None if with_data else WITHOUT_DATA, sort=[(sort, -1)], limit=limit)
+
+    def runs_by_id(self, ids: Iterable[str], fields: Sequence[str] | None = None) -> dict[str, Run]:
+        """The runs with these ids that exist, by id; only ``fields`` if given."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Run] = {}
+        for start in range(0, len(wanted), ID_BATCH):
+            batch = wanted[start:start + ID_BATCH]
+            found.update((run.id, run) for run in self._find_runs({"_id": {"$in": batch}}, _projection(fields)))
+        return found
+
+    def job_history(self, name: str, limit: int = 50, *, fields: Sequence[str] | None = None) -> list[Run]:
+        """The job's newest runs (by ``queued_at``), without data and trigger messages unless ``fields`` says."""
+        if fields is not None:
+            return self._find_runs({"job": name}, _projection(fields), sort=[("queued_at", -1)], limit=limit)
+        # nx-27017 ignores the nested exclusion: drop the message here too, so every store answers alike.
+        return self._find_runs({"job": name}, HISTORY_PROJECTION, sort=[("queued_at", -1)], limit=limit,
+                               shape=_without_trigger_message)
+
+    def run_statuses(self, ids: Iterable[str]) -> list[Run]:
+        """The status lines (:data:`SUMMARY_FIELDS`) of the runs with these ids that exist."""
+        return list(self.runs_by_id(ids, SUMMARY_FIELDS).values())
+
+    def dashboard_runs(self, *, running: int = 100, queued: int = 20, recent: int = 15) -> DashboardRuns:
+        """What the dashboard shows: running runs, the oldest queued ones and the newest runs."""
+        # Equality on status uses its index; an $in over statuses is a scan on the embedded server.
+        busy = self._find_runs({"status": RunStatus.RUNNING.value}, limit=running)
+        waiting = self._find_runs({"status": RunStatus.QUEUED.value}, sort=[("queued_at", 1)], limit=queued)
+        busy.sort(key=lambda run: (run.started_at is None, run.started_at or datetime.min))
+        return DashboardRuns(running=busy, queued=waiting, recent=self.recent_runs(recent))
+
+    # -- output ---------------------------------------------------------------
+    def output_tail(self, run_id: str, *, before: int | None = None, limit: int = 400) -> tuple[list[dict], bool]:
+        """The run's newest ``limit`` chunks (with seq < ``before`` if given) in seq order, and whether older exist."""
+        query: dict[str, Any] = {"run": run_id}
+        if before is not None:
+            query["seq"] = {"$lt": before}
+        return self._newest_chunks(query, limit)
+
+    def output_between(self, run_id: str, after_seq: int, upto: int, *, newest: int = 5000) -> tuple[list[dict], bool]:
+        """Chunks with ``after_seq`` < seq <= ``upto`` in seq order, at most the ``newest`` of them.
+
+        The flag says whether older chunks of that range were left out.
+        """
+        if upto <= after_seq:
+            return [], False
+        return self._newest_chunks({"run": run_id, "seq": {"$gt": after_seq, "$lte": upto}}, newest)
+
+    # -- events and deploys -----------------------------------------------------
+    def events_page(self, *, name: str | None = None, before_t: datetime | None = None,
+                    limit: int = 50) -> Page[dict]:
+        """A page of events (named ``name`` if given), newest first by ``t``; see :meth:`EventRepo.list`."""
+        events = self.store.events.list(name=name, before=before_t, limit=limit + 1)
+        return _page(events, limit, "t")
+
+    def deploys_page(self, *, before: datetime | None = None, limit: int = 50) -> Page[dict]:
+        """A page of deploys, newest first by ``time``; ``before`` pages back (deploys strictly older)."""
+        query = {"time": {"$lt": before}} if before else {}
+        deploys = self.store.retry(lambda: list(self._deploys.find(query).sort("time", -1).limit(limit + 1)))
+        return _page(deploys, limit, "time")
+
+    # -- helpers ----------------------------------------------------------------
+    def _find_runs(self, query: dict[str, Any], projection: dict[str, Any] | None = None, *,
+                   sort: list[tuple[str, int]] | None = None, limit: int = 0,
+                   shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Run]:
+        def find() -> list[Run]:
+            # A copy: mongomock adds ``_id`` to the projection it is given, which would change these constants.
+            cursor = self._runs.find(query, dict(projection) if projection else None, sort=sort, limit=limit)
+            return [Run.from_doc(shape(doc) if shape else doc) for doc in cursor]
+        return self.store.retry(find)
+
+    def _newest_chunks(self, query: dict[str, Any], limit: int) -> tuple[list[dict], bool]:
+        docs = self.store.retry(lambda: list(self._output.find(query, dict(CHUNK_FIELDS)).sort("seq", -1)
+                                             .limit(limit + 1)))
+        more = len(docs) > limit
+        docs = docs[:limit]
+        docs.reverse()
+        return docs, more
+
+
+def _projection(fields: Sequence[str] | None) -> dict[str, Any] | None:
+    if fields is None:
+        return None
+    # job and status always: a Run without them would read as a queued run of no job.
+    return {"job": 1, "status": 1, **{name: 1 for name in fields}}
+
+
+def _without_trigger_message(doc: dict[str, Any]) -> dict[str, Any]:
+    trigger = doc.get("trigger")
+    if isinstance(trigger, dict):
+        trigger.pop("message", None)
+    return doc
+
+
+def _page(docs: list[dict], limit: int, key: str) -> Page[dict]:
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return Page(items=docs, more=more, next_before=docs[-1][key] if more and docs else None)
