@@ -45,8 +45,9 @@ def progress(current: float, max: float | None = None) -> None:  # noqa: A002 - 
     """Report ``current`` out of ``max`` (a percentage when ``max`` is None).
 
     Over the socket this is a notification (no round trip, so a loop may call
-    it freely); arguments are checked here (ValueError), and the worker has
-    applied every value by the time the script exits.
+    it freely); arguments are checked here (ValueError: not a number, negative,
+    past 64 bits, not finite), and the worker has applied every value by the
+    time the script exits.
     """
     global _unconfirmed
     validate_call("progress", {"current": current, "max": max})
@@ -67,7 +68,10 @@ def emit(event: str, data: Any = None) -> Any:
 
     Over the socket, returns ``{"event": id, "runs": [run ids]}`` (and a
     ``note`` when the chain depth limit stopped it); over stderr, None.
-    Raises :class:`sooner.api_client.RpcCallError` if Sooner refuses the call.
+    Raises :class:`sooner.api_client.RpcCallError` if Sooner refuses the call
+    (code -32602: data the store cannot hold, or over the run's emit rate
+    limit) or could not record it (-32603); the run goes on either way. Over
+    stderr, data is checked here (ValueError), as Sooner would check it.
     """
     global _unconfirmed
     client = _socket()
@@ -75,6 +79,7 @@ def emit(event: str, data: Any = None) -> Any:
         result = client.emit(event, data)
         _unconfirmed = False  # calls are answered in order: earlier notifications are applied
         return result
+    data = validate_call("emit", {"event": event, "data": data}).args["data"]
     payload = "" if data is None else ", " + json.dumps(data, separators=(",", ":"), allow_nan=False)
     _stderr_call(f"emit({json.dumps(event)}{payload})")
     return None

@@ -74,7 +74,9 @@ class SocketClient:
     def call(self, method: str, **params: Any) -> Any:
         """Call ``method`` with named ``params`` and return its result.
 
-        Raises :class:`RpcCallError` if the server answers with an error and
+        Raises :class:`RpcCallError` if the server answers with an error (code
+        -32602 for a call Sooner refuses: bad arguments, a value the store cannot
+        hold, over the emit rate limit; -32603 when it could not record it) and
         :class:`ConnectionError` if it closes the connection.
         """
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,12 +47,17 @@ class Settings:
     web_port: int = field(default=8080, metadata={"doc": "port `sooner web`/`sooner up` listen on"})
     web_trusted_proxies: int = field(default=0, metadata={"doc": "reverse proxies in front whose X-Forwarded-* headers are trusted"})
     secret_key: str | None = field(default=None, metadata={"doc": "signs web sessions; `sooner init` generates one"})
+    web_session_idle_s: float = field(default=8 * 3600.0, metadata={"doc": "a web session ends after this long without a request"})
+    web_session_max_s: float = field(default=14 * 86400.0, metadata={"doc": "a web session ends this long after sign-in, however busy"})
     worker_capacity: int = field(default=4, metadata={"doc": "runs a worker executes at once"})
     heartbeat_s: float = field(default=2.0, metadata={"doc": "worker heartbeat interval"})
     lease_s: float = field(default=30.0, metadata={"doc": "a running run is lost if its worker is silent this long"})
     cancel_grace_s: float = field(default=10.0, metadata={"doc": "SIGTERM→SIGKILL delay when cancelling"})
     shutdown_grace_s: float = field(default=30.0, metadata={"doc": "how long a stopping worker lets runs finish"})
     output_flush_ms: int = field(default=100, metadata={"doc": "longest delay before output reaches the database"})
+    output_max_bytes_per_run: int = field(default=50 * 2 ** 20, metadata={"doc": "a run stores this much output; the rest is counted, not stored"})
+    output_max_line_bytes: int = field(default=2 ** 20, metadata={"doc": "longer lines are cut to this, with a marker"})
+    output_retention_days: float = field(default=30.0, metadata={"doc": "output older than this is removed (0 = kept forever); runs are kept"})
     chain_depth_limit: int = field(default=10, metadata={"doc": "events chained deeper than this start no runs"})
     log_level: str = field(default="warning", metadata={"doc": "debug, info, warning or error"})
     site_dir: Path | None = field(default=None, metadata={"internal": True})
@@ -105,30 +111,71 @@ def load_settings(
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Load settings from a config file (optional), the environment and overrides."""
+    """Load settings from a config file (optional), the environment and overrides.
+
+    ``overrides`` are values of CLI flags; ``flags`` names the flag that set
+    each key (default ``--key-name``), so that an error blames the flag.
+    Every error names where the bad value came from: the file and key, the
+    ``SOONER_*`` variable, or the flag.
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origins: dict[str, _Origin] = {}
     site_dir = None
     if config_path is not None:
-        values.update(_read_config_file(config_path))
+        from_file = _read_config_file(config_path)
+        values.update(from_file)
+        origins.update({key: _Origin("file", str(config_path)) for key in from_file})
         site_dir = config_path.resolve().parent
-    values.update(_read_environment(environ))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.update(_read_environment(environ, origins))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+            flag = (flags or {}).get(key) or "--" + key.replace("_", "-")
+            origins[key] = _Origin("flag", flag, _number_text(value) if _is_number(value) else str(value))
     settings = Settings(**values, site_dir=site_dir)
-    _check_values(settings, str(config_path) if config_path else "environment")
+    _check_values(settings, origins)
     return settings
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where one setting's value came from, so that its error blames that place and not another."""
+
+    kind: str  # "file", "env", "flag" or "default"
+    where: str = ""  # the file's path, or the variable's or flag's name
+    text: str = ""  # what the variable or flag said
+
+    def error(self, key: str, problem: str, value: Any = dataclasses.MISSING) -> ConfigError:
+        """``SOONER_LEASE_S=nan: lease_s must …``, or ``config.json, key 'lease_s': must …, got nan``."""
+        if self.kind in ("env", "flag"):  # the text is shown already; say which setting it is
+            return ConfigError(f"{key} {problem}", source=f"{self.where}={_shown_text(self.text)}")
+        got = "" if value is dataclasses.MISSING else f", got {_shown_value(value)}"
+        return ConfigError(problem + got, source=self.where or None, key=key)
+
+    def describe(self) -> str:
+        """How a message mentions this origin: "from SOONER_HEARTBEAT_S", "by default"."""
+        return f"from {self.where}" if self.where else "by default"
+
+
+_DEFAULT_ORIGIN = _Origin("default")
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("file not found", source=str(path))
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_int=lambda text: _json_int(text, path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read it: {exc.strerror or exc}", source=str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", source=str(path)) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=str(path)) from None
+    except RecursionError:
+        raise ConfigError("invalid JSON: nested too deeply", source=str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError("must hold a JSON object of settings", source=str(path))
     known = {f.name: f for f in config_keys()}
@@ -142,12 +189,21 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def _read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+def _json_int(text: str, path: Path) -> int:
+    # Python refuses to read integers over 4,300 digits with a bare ValueError;
+    # refuse them here, clearly (shorter ones fail the range checks, which name the key).
+    if len(text.lstrip("-")) > 4000:
+        raise ConfigError(f"integer {_shown_text(text)} has too many digits", source=str(path))
+    return int(text)
+
+
+def _read_environment(environ: Mapping[str, str], origins: dict[str, _Origin]) -> dict[str, Any]:
     values = {}
     for f in config_keys():
         name = ENV_PREFIX + f.name.upper()
         if name in environ:
             values[f.name] = _coerce_text(f, environ[name], name)
+            origins[f.name] = _Origin("env", name, _redacted(f.name, environ[name]))
     return values
 
 
@@ -165,7 +221,10 @@ def _coerce_json(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: out of every range, which the checks report
+            return value
     expected = {"str": "a string", "int": "a whole number", "float": "a number"}[kind]
     raise ConfigError(f"must be {expected}, got {json.dumps(value)}", source=source, key=f.name)
 
@@ -174,33 +233,114 @@ def _coerce_text(f: dataclasses.Field[Any], text: str, variable: str) -> Any:
     kind = _base_type(f)
     if kind == "str":
         return text if text or "None" not in str(f.type) else None
+    if kind == "int" and _LONG_INTEGER.match(text):
+        # int() refuses over 4,300 digits; such a number is out of every range,
+        # and the range error shows the variable's own text.
+        return 10 ** _MAX_DIGITS * (-1 if text.strip().startswith("-") else 1)
     try:
         return int(text) if kind == "int" else float(text)
     except ValueError:
         expected = "a whole number" if kind == "int" else "a number"
-        raise ConfigError(f"must be {expected}, got {text!r}", source=variable) from None
+        raise ConfigError(f"must be {expected}, got {(text if len(text) <= 40 else text[:12] + '…')!r}",
+                          source=variable) from None
 
 
-def _check_values(settings: Settings, source: str) -> None:
-    positive = ("max_file_bytes", "worker_capacity", "heartbeat_s", "lease_s", "output_flush_ms", "chain_depth_limit")
-    for key in positive:
-        if getattr(settings, key) <= 0:
-            raise ConfigError(f"must be greater than 0, got {getattr(settings, key)}", source=source, key=key)
-    for key in ("cancel_grace_s", "shutdown_grace_s", "web_trusted_proxies"):
-        if getattr(settings, key) < 0:
-            raise ConfigError("must not be negative", source=source, key=key)
-    if not 0 < settings.web_port < 65536:
-        raise ConfigError(f"must be a port number 1-65535, got {settings.web_port}", source=source, key="web_port")
-    if settings.lease_s <= settings.heartbeat_s:
-        raise ConfigError("must be longer than heartbeat_s", source=source, key="lease_s")
+_MAX_DIGITS = 30
+_LONG_INTEGER = re.compile(r"\s*[+-]?\d{%d,}\s*$" % (_MAX_DIGITS + 1))
+
+# Seconds: (lowest, whether the lowest itself is allowed, highest). Every bound
+# is finite, so NaN and infinity fail too (NaN compares false with everything).
+_SECONDS: dict[str, tuple[float, bool, float]] = {
+    "heartbeat_s": (0.1, True, 3600.0),  # beating faster only burns CPU; slower than an hour looks dead
+    "lease_s": (0.0, False, 86400.0),  # also longer than heartbeat_s, checked below
+    "cancel_grace_s": (0.0, True, 86400.0),
+    "shutdown_grace_s": (0.0, True, 86400.0),
+    "web_session_idle_s": (0.0, False, 366 * 86400.0),
+    "web_session_max_s": (0.0, False, 366 * 86400.0),
+}
+# Whole numbers: (lowest, highest), both allowed.
+_WHOLE: dict[str, tuple[int, int]] = {
+    "max_file_bytes": (1, 15 * 2 ** 20),  # a deployed file is stored as one MongoDB document (16 MiB at most)
+    "worker_capacity": (1, 1000),  # as `sooner worker --capacity`
+    "web_port": (1, 65535),
+    "web_trusted_proxies": (0, 10),  # as `sooner web --trusted-proxies`
+    "output_flush_ms": (1, 60_000),
+    "output_max_bytes_per_run": (1, 2 ** 40),
+    "output_max_line_bytes": (1, 2 ** 30),
+    "chain_depth_limit": (1, 1000),
+}
+
+
+def _check_values(settings: Settings, origins: Mapping[str, _Origin]) -> None:
+    def fail(key: str, problem: str, *value: Any) -> ConfigError:
+        return origins.get(key, _DEFAULT_ORIGIN).error(key, problem, *value)
+
+    for key, (low, low_allowed, high) in _SECONDS.items():
+        value = getattr(settings, key)
+        if not ((low <= value if low_allowed else low < value) and value <= high):
+            span = f"from {low:g} to {high:g}" if low_allowed else f"more than {low:g} and at most {high:g}"
+            raise fail(key, f"must be a finite number of seconds {span}", value)
+    for key, (least, most) in _WHOLE.items():
+        value = getattr(settings, key)
+        if not least <= value <= most:
+            problem = "must be a port number 1-65535" if key == "web_port" else f"must be a whole number from {least} to {most}"
+            raise fail(key, problem, value)
+    _check_lease(settings, origins)
+    days = settings.output_retention_days  # a TTL index takes at most 2**31 - 1 seconds
+    if not 0 <= days <= 24_855:
+        raise fail("output_retention_days", "must be a finite number of days from 0 (keep forever) to 24855", days)
     if settings.log_level.lower() not in _LOG_LEVELS:
-        raise ConfigError(f"must be one of {', '.join(_LOG_LEVELS)}", source=source, key="log_level")
+        raise fail("log_level", f"must be one of {', '.join(_LOG_LEVELS)}", settings.log_level)
     url = settings.mongo_url
     if url is not None and not url.startswith(("mongodb://", "mongodb+srv://", "mongomock://")):
-        raise ConfigError("must start with mongodb://, mongodb+srv:// or mongomock:// (or be null for the embedded default)",
-                          source=source, key="mongo_url")
+        # The URL is not shown: it may hold a password.
+        raise fail("mongo_url", "must start with mongodb://, mongodb+srv:// or mongomock:// "
+                                "(or be null for the embedded default)")
     if not settings.database or any(c in settings.database for c in '/\\. "$'):
-        raise ConfigError(f"not a valid MongoDB database name: {settings.database!r}", source=source, key="database")
+        raise fail("database", "must be a valid MongoDB database name (not empty, none of / \\ . space \" $)",
+                   settings.database)
+
+
+def _check_lease(settings: Settings, origins: Mapping[str, _Origin]) -> None:
+    """lease_s > heartbeat_s; blames the one that was set (lease_s when both were)."""
+    if settings.lease_s > settings.heartbeat_s:
+        return
+    lease, beat = origins.get("lease_s", _DEFAULT_ORIGIN), origins.get("heartbeat_s", _DEFAULT_ORIGIN)
+    if lease.kind == "default" and beat.kind != "default":
+        raise beat.error("heartbeat_s", f"must be shorter than lease_s ({_number_text(settings.lease_s)} "
+                                        f"{lease.describe()})")
+    raise lease.error("lease_s", f"must be longer than heartbeat_s ({_number_text(settings.heartbeat_s)} "
+                                 f"{beat.describe()})")
+
+
+def _redacted(key: str, text: str) -> str:
+    """A variable's text as an error may show it: never a password in a URL, never the secret key."""
+    if key == "secret_key":
+        return "***"
+    return re.sub(r"//[^/@]*@", "//***@", text) if key == "mongo_url" else text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_text(value: Any) -> str:
+    """A number as a message shows it: ``nan``, ``1e+06``, ``5``, ``100000000000… (31 digits)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        digits = str(abs(value))
+        sign = "-" if value < 0 else ""
+        return f"{sign}{digits[:12]}… ({len(digits)} digits)" if len(digits) > 15 else f"{sign}{digits}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown_value(value: Any) -> str:
+    return _number_text(value) if _is_number(value) else json.dumps(value)
+
+
+def _shown_text(text: str) -> str:
+    """What a variable or flag said, short and unambiguous: ``nan``, ``999999999999…``, ``' 5'``."""
+    short = text if len(text) <= 20 else text[:12] + "…"
+    return short if short and short.isprintable() and " " not in short else repr(short)
 
 
 def _suggestion(key: str, known: Mapping[str, Any]) -> str:

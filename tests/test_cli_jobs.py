@@ -8,6 +8,8 @@ import stat
 import pytest
 
 from sooner.config import load_settings
+from sooner.model import Job
+from sooner.model.job_settings import InvalidJobSetting, settings_changes
 from sooner.store import open_store
 
 from conftest import run_sooner
@@ -123,3 +125,25 @@ def test_init_with_examples_deploys_them_disabled_with_hooks(tmp_path):
         from sooner.store.embedded import EmbeddedServer
 
         EmbeddedServer(site / ".sooner").stop()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e309", "-5", "2592001"])
+def test_a_timeout_that_is_not_finite_or_out_of_range_is_one_error_line(site_with_job, value):
+    result = run_sooner("job", "set", "hello.sh", "--timeout", value, cwd=site_with_job)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "sooner: error: timeout: must be a finite number of seconds from 0 to 2592000 (30 days), got "), lines
+
+
+@pytest.mark.parametrize("value, stored", [(0, None), (0.5, 0.5), (2592000, 2592000.0)])
+def test_timeouts_at_the_edges_are_accepted(value, stored):
+    # settings_changes is what the web form calls too
+    assert settings_changes(Job(name="j"), {"timeout_s": value}) == {"timeout_s": stored}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.001, True, "10"])
+def test_settings_changes_refuses_a_timeout_that_is_not_a_finite_number_of_seconds(value):
+    with pytest.raises(InvalidJobSetting) as info:
+        settings_changes(Job(name="j"), {"timeout_s": value})
+    assert info.value.key == "timeout"

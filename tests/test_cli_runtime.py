@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -237,7 +238,7 @@ def test_workers_lists_live_stale_and_stopped_workers(site, store):
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert rows["fresh"].split()[:5] == ["fresh", "box", "4", "2", "gpu,big"] and "stale" not in rows["fresh"]
     assert "2m ago (stale)" in rows["silent"]
-    assert "stopped 0s ago" in rows["gone"]
+    assert re.search(r"stopped \ds ago", rows["gone"])  # the CLI starts a second or so after the stop
     assert rows["fresh"].split()[-1] == "9.9"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +22,8 @@ from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
 from sooner.config import load_settings
-from sooner.deploy.push import (JobChanges, check_push, deploy, parse_push_lines, plan_job_changes, refs_not_deployed,
-                                store_objects)
+from sooner.deploy.push import (GitObjectSizes, JobChanges, check_push, deploy, parse_push_lines, plan_job_changes,
+                                refs_not_deployed, store_objects)
 from sooner.deploy.tree import (EXECUTABLE_MODE, GITLINK_MODE, REGULAR_MODE, SYMLINK_MODE, TREE_MODE, check_name,
                                 check_symlinks, read_tree)
 from sooner.errors import DeployError
@@ -161,6 +162,43 @@ def test_check_name_refuses_names_that_could_escape_or_confuse(name, problem):
                                   b"..hidden", b"a..b"])
 def test_check_name_accepts_spaces_unicode_and_dots(name):
     assert check_name(name, "") == (name.decode(), None)
+
+
+# What git itself takes for ".git" on some filesystem (its is_ntfs_dotgit / is_hfs_dotgit), and near misses.
+DOTGIT_VARIANTS = [".git.", ".GIT.", ".git ", ".git. . ", ".git...", "git~1", "GIT~1", "Git~1 .",
+                   ".git::$INDEX_ALLOCATION", ".git:stream", ".git\\hooks", ".g\u200cit", "\ufeff.GIT"]
+NOT_DOTGIT = [".gitx", ".git.x", "git~2", "git~1x", "a.git", "git", ".gi", "x.git.", ".gitignore", ".g\u00eft"]
+
+
+@pytest.mark.parametrize("name", DOTGIT_VARIANTS)
+def test_check_name_refuses_what_windows_or_macos_take_for_dot_git(name):
+    text, message = check_name(name.encode(), "sub/")
+    assert text is None
+    assert message == f"path {'sub/' + name!r} is a name that Windows or macOS take for '.git', which git reserves"
+
+
+@pytest.mark.parametrize("name", NOT_DOTGIT)
+def test_check_name_accepts_names_that_only_look_like_dot_git(name):
+    assert check_name(name.encode(), "") == (name, None)
+
+
+def test_the_dot_git_rule_agrees_with_git_fsck(tmp_path):
+    # given one tree per name, each holding a folder of that name, in a real repository
+    repo = tmp_path / "oracle.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+
+    def git(*args: str, input: str = "") -> str:
+        return subprocess.run(["git", *args], cwd=repo, input=input.encode(), capture_output=True,
+                              check=True).stdout.decode().strip()
+    inner = git("mktree", input=f"100644 blob {git('hash-object', '-w', '--stdin', input='x')}\tf\n")
+    refused = [".git", ".GIT", *DOTGIT_VARIANTS]
+    trees = {name: git("mktree", input=f"040000 tree {inner}\t{name}\n") for name in refused + NOT_DOTGIT}
+    # when git fsck checks them all
+    report = subprocess.run(["git", "fsck", "--strict", "--no-dangling"], cwd=repo, capture_output=True).stderr
+    flagged = {name for name, sha in trees.items() if f"{sha}: hasDotgit".encode() in report}
+    # then git flags exactly the names that check_name takes for .git
+    assert flagged == {name for name in trees if check_name(name.encode(), "")[0] is None}
+    assert flagged == set(refused)
 
 
 def test_symlinks_inside_the_repository_are_fine():
@@ -352,6 +390,68 @@ def test_max_file_bytes_is_checked_on_every_deploy(deployer):
     deployer()
     with pytest.raises(DeployError, match=r"'a.sh' is 21 bytes, over the limit of 10"):
         deployer(max_file_bytes=10)
+
+
+class ReadRecorder:
+    """A real object store that remembers which objects had their content read."""
+
+    def __init__(self, objects) -> None:
+        self.objects = objects
+        self.read: list[bytes] = []
+
+    def get_raw(self, sha):
+        self.read.append(bytes(sha))
+        return self.objects.get_raw(sha)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["loose", "packed with deltas"])
+def test_an_oversized_file_is_refused_by_its_size_without_reading_its_content(quiet_site, packed):
+    # given a commit with a 3 MB file and a variant of it (repacked, one is stored as a delta of the other)
+    big, long_target = os.urandom(3_000_000), b"a/" * 500_000
+    commit_files(quiet_site, {"a.sh": (SCRIPT, EXEC), "big.bin": (big, FILE)})
+    commit_files(quiet_site, {"a.sh": (SCRIPT, EXEC), "big.bin": (big, FILE), "big2.bin": (big + b"!", FILE),
+                              "link": (long_target, LINK)})
+    bare = quiet_site / "scripts.git"
+    if packed:
+        subprocess.run(["git", "repack", "-adq"], cwd=bare, check=True)
+    repo = Repo(str(bare))
+    try:
+        objects = ReadRecorder(repo.object_store)
+        tree = repo[repo.refs[b"refs/heads/main"]].tree.decode()
+        # when the tree is checked against a 1 MB limit
+        with pytest.raises(DeployError) as caught:
+            read_tree(objects, tree, max_file_bytes=1_000_000, sizes=GitObjectSizes(bare))
+    finally:
+        repo.close()
+    # then both files (and a symlink with a 1 MB target) are refused by their full sizes, none of them read
+    assert "file 'big.bin' is 3,000,000 bytes, over the limit of 1,000,000" in str(caught.value)
+    assert "file 'big2.bin' is 3,000,001 bytes" in str(caught.value)
+    assert "symlink 'link' has a target longer than 4000 bytes" in str(caught.value)
+    big_shas = {Blob.from_string(content).id for content in (big, big + b"!", long_target)}
+    assert big_shas.isdisjoint(objects.read) and objects.read  # trees and a.sh were read
+
+
+def test_object_sizes_come_from_git_including_the_quarantine_and_skip_what_is_missing(quiet_site, tmp_path):
+    commit_files(quiet_site, {"a.sh": (SCRIPT, EXEC)})
+    script = Blob.from_string(SCRIPT).id
+    sizes = GitObjectSizes(quiet_site / "scripts.git")
+    assert sizes([script, b"1" * 40]) == {script: (3, len(SCRIPT))}
+    # an object only in a quarantine (where pre-receive sees a push's objects) is found through it
+    quarantine = tmp_path / "incoming"
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "other.git")], check=True)
+    other = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=tmp_path / "other.git", input=b"new\n",
+                           capture_output=True, check=True).stdout.strip()
+    shutil.copytree(tmp_path / "other.git" / "objects", quarantine)
+    assert GitObjectSizes(quiet_site / "scripts.git")([other]) == {}
+    assert GitObjectSizes(quiet_site / "scripts.git", str(quarantine))([other, script]) == {
+        other: (3, 4), script: (3, len(SCRIPT))}
+
+
+def test_a_deploy_by_hand_refuses_an_oversized_file_by_its_size(deployer):
+    commit_files(deployer.site, {"a.sh": (SCRIPT, EXEC), "big.bin": (b"x" * 2_000_000, FILE)})
+    with pytest.raises(DeployError, match=r"'big.bin' is 2,000,000 bytes, over the limit of 1,000,000"):
+        deployer(max_file_bytes=1_000_000)
+    assert len(deployer.calls) == 0
 
 
 def test_missing_branch_is_a_clear_error(deployer):

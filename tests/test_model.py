@@ -90,6 +90,41 @@ def test_a_run_that_was_claimed_started_reported_progress_and_ended_reads_back_a
     assert ended.progress == Progress(3, 10) and ended.progress.percent == 30
 
 
+def test_a_runs_process_record_reads_and_writes_back_as_stored(any_store):
+    # given a run whose worker recorded its script's process and later confirmed it gone
+    service = RunService(any_store, clock=FakeClock(T0))
+    deployed(any_store)
+    run = service.queue("a.sh", ManualTrigger())
+    service.claim("w1", [], lease_s=30)
+    any_store.runs.mark_started(run.id, pid=99, commit="c1", now=T0, host="h1", pid_started_at=1767614400.25,
+                                pgid=99, supervisor_pid=98, supervisor_started_at=1767614400.2)
+    service.finish(run.id, RunStatus.LOST, note="lost: test")
+    any_store.runs.mark_process_gone(run.id)
+    stored = raw(any_store, schema.RUNS, run.id)
+
+    # when it is read and written back, then nothing is lost or added, and the values are typed
+    ended = Run.from_doc(stored)
+    assert ended.to_doc() == stored and ended.extra == {}
+    assert (ended.host, ended.pid, ended.pid_started_at, ended.pgid) == ("h1", 99, 1767614400.25, 99)
+    assert (ended.supervisor_pid, ended.supervisor_started_at, ended.process_gone) == (98, 1767614400.2, True)
+    # and a run that never started writes none of them
+    assert not {"host", "pgid", "process_gone"} & set(Run(id="r", job="a.sh").to_doc())
+
+
+def test_a_jobs_memory_limit_is_whole_megabytes_and_zero_clears_it(any_store):
+    from sooner.model.job_settings import InvalidJobSetting, settings_changes
+
+    deployed(any_store)
+    job = any_store.jobs.update_settings("a.sh", settings_changes(Job("a.sh"), {"memory_limit_mb": "500"}))
+    assert job.memory_limit_mb == 500 and Job.from_doc(raw(any_store, schema.JOBS, "a.sh")).to_doc() == raw(
+        any_store, schema.JOBS, "a.sh")
+    assert settings_changes(job, {"memory_limit_mb": 0}) == {"memory_limit_mb": None}
+    for bad in (-1, "lots", 1 << 40):
+        with pytest.raises(InvalidJobSetting) as info:
+            settings_changes(job, {"memory_limit_mb": bad})
+        assert info.value.key == "memory_limit_mb"
+
+
 def test_fields_a_run_does_not_know_are_kept():
     stored = {"_id": "r1", "job": "a.sh", "status": "queued", "trigger": {"type": "manual"}, "labels": ["x"]}
     run = Run.from_doc(stored)

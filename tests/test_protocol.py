@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from sooner.errors import ProtocolError
+from sooner.worker.bounds import MAX_ENCODED_BYTES, OutOfBounds
 from sooner.worker.protocol import Call, UnknownMethod, parse_stderr_line, validate_call
+
+
+def nested(levels: int) -> list:
+    """An empty list inside ``levels - 1`` lists: ``levels`` levels deep."""
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
 
 GOOD_LINES = [
     (">>> sooner.progress(50)", Call("progress", {"current": 50, "max": None})),
@@ -36,6 +46,18 @@ GOOD_LINES = [
     (">>> sooner.emit(event='e', data=-3)", Call("emit", {"event": "e", "data": -3})),
     (">>> sooner.emit('e', 'text with ) and # inside')", Call("emit", {"event": "e", "data": "text with ) and # inside"})),
     (">>> sooner.emit('ünïcode', [])", Call("emit", {"event": "ünïcode", "data": []})),
+    # the edges of what the store holds
+    (">>> sooner.progress(9223372036854775807, 9223372036854775807)",
+     Call("progress", {"current": 2**63 - 1, "max": 2**63 - 1})),
+    (">>> sooner.emit('e', [-9223372036854775808, 1.7976931348623157e308])",
+     Call("emit", {"event": "e", "data": [-(2**63), 1.7976931348623157e308]})),
+    (">>> sooner.emit('e', {'a$': 1, '': 2, 'x y': 'nul \\x00 in a value is fine'})",
+     Call("emit", {"event": "e", "data": {"a$": 1, "": 2, "x y": "nul \x00 in a value is fine"}})),
+    (">>> sooner.emit('e', " + "[" * 32 + "]" * 32 + ")", Call("emit", {"event": "e", "data": nested(32)})),
+    # JSON's spelling of a character beyond the BMP (what json.dumps writes) is that character, not two surrogates
+    ('>>> sooner.emit("\\ud83d\\ude00", {"\\ud83d\\ude00": "x\\ud83d\\ude00"})',
+     Call("emit", {"event": "\U0001f600", "data": {"\U0001f600": "x\U0001f600"}})),
+    (">>> sooner.emit('e', '" + "x" * 65536 + "')", Call("emit", {"event": "e", "data": "x" * 65536})),
 ]
 
 BAD_LINES = [
@@ -72,6 +94,25 @@ BAD_LINES = [
     (">>> sooner.emit('e', {1, 2})", "set, which JSON cannot hold"),
     (">>> sooner.emit('e', b'raw')", "bytes, which JSON cannot hold"),
     (">>> sooner.emit('e', [1e999])", "data[0] must be finite"),
+    (">>> sooner.progress(100000000000000000000, 10)",
+     "progress: current must be a whole number within 64 bits (-9223372036854775808 to 9223372036854775807), "
+     "got 100000000000000000000"),
+    (">>> sooner.progress(5, 9223372036854775808)", "progress: max must be a whole number within 64 bits"),
+    (">>> sooner.progress(" + "9" * 4000 + ")", "got an integer of 13288 bits"),
+    (">>> sooner.emit('e', {'a': [1, {'b': -9223372036854775809}]})",
+     'emit: data["a"][1]["b"] must be a whole number within 64 bits'),
+    (">>> sooner.emit('e', {'$set': 1})", 'emit: data key "$set" must not start with "$"'),
+    (">>> sooner.emit('e', {'a': {'b.c': 1}})", 'emit: data["a"] key "b.c" must not contain "."'),
+    (">>> sooner.emit('e', {'a\\x00b': 1})", 'emit: data key "a\\u0000b" must not contain NUL'),
+    (">>> sooner.emit('e', ['\\ud800'])", "emit: data[0] is not valid Unicode (a lone surrogate)"),
+    (">>> sooner.emit('e', {'\\udfff': 1})", 'emit: data key "\\udfff" is not valid Unicode'),
+    (">>> sooner.emit('\\ud800')", "emit: event name is not valid Unicode"),
+    (">>> sooner.emit('e', ['\\ude00\\ud83d'])", "emit: data[0] is not valid Unicode (a lone surrogate)"),
+    (">>> sooner.emit('e', {'\\ud83d\\ude00': 1, '\U0001f600': 2})", 'emit: data has the key "\U0001f600" twice'),
+    (">>> sooner.emit('e', 1j)", "data is a complex, which JSON cannot hold"),
+    (">>> sooner.emit('e', '" + "x" * 65537 + "')", "emit: data is too long: 65537 bytes, at most 65536"),
+    (">>> sooner.emit('e', ['" + "é" * 32769 + "'])", "emit: data[0] is too long: 65538 bytes"),
+    (">>> sooner.emit('e', " + "[" * 33 + "]" * 33 + ")", "is nested too deeply: more than 32 levels"),
     (">>> sooner.emit(\"unterminated)", "not a valid call: unterminated string"),
     (">>> sooner.emit('e'", "not a valid call"),
     (">>> sooner.progress", "not a single call"),
@@ -168,3 +209,38 @@ def test_validate_call_rejects_data_nested_beyond_the_recursion_limit() -> None:
 
     with pytest.raises(ProtocolError, match="nested too deeply"):
         validate_call("emit", ["e", data])
+
+
+def test_data_whose_json_is_over_the_limit_is_refused_as_a_whole() -> None:
+    # given data of many strings, each within bounds, whose JSON (as SOONER_DATA carries it) is too large
+    data = {f"k{i}": "x" * 60000 for i in range(2)}
+
+    with pytest.raises(OutOfBounds) as caught:
+        validate_call("emit", ["e", data])
+
+    assert caught.value.path == "data" and caught.value.rule.startswith("is too large: ")
+    assert f"bytes as JSON, at most {MAX_ENCODED_BYTES}" in str(caught.value)
+
+
+def test_non_ascii_text_counts_as_the_json_a_hooked_run_receives() -> None:
+    # given 20,000 "é" (40,000 bytes of UTF-8, 120,000 of ASCII-escaped JSON)
+    with pytest.raises(OutOfBounds, match="is too large: 120002 bytes as JSON"):
+        validate_call("emit", ["e", "é" * 20000])
+
+    assert validate_call("emit", ["e", "é" * 10000]).args["data"] == "é" * 10000
+
+
+def test_a_refusal_names_the_path_and_shortens_a_long_one() -> None:
+    # given a bad value under long keys, deep down
+    data: object = 2**64
+    for i in range(20):
+        data = {f"key-{i}-" + "z" * 40: data}
+
+    with pytest.raises(OutOfBounds) as caught:
+        validate_call("emit", ["e", data])
+
+    path = caught.value.path
+    assert path.startswith('data["key-19-zzzzzzzzzzzzzz..."]["key-18-')
+    assert path.endswith('["key-0-zzzzzzzzzzzzzzz..."]')
+    assert '["key-9-' not in path and "...zzz" in path
+    assert len(caught.value.path) <= 100 and len(str(caught.value)) < 300

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,3 +224,68 @@ def test_a_hostile_tree_is_refused_at_push_and_by_hand(site, clone):
                                     "path '.git' is a '.git' entry")
     assert set(jobs_of(site)) == {"hello.sh"}
     assert sorted(p.name for p in (site / "scripts-working-copy").iterdir()) == [".git", "hello.sh"]
+
+
+def _commit_with_folders(clone: Path, names: list[str]) -> str:
+    """A commit on HEAD whose root holds, beside hello.sh, a folder (with a hook-like script) per name; made by git."""
+    def plumb(*args: str, input: str) -> str:
+        return subprocess.run(["git", *args], cwd=clone, input=input.encode(), capture_output=True,
+                              check=True).stdout.decode().strip()
+    script = plumb("hash-object", "-w", "--stdin", input=SCRIPT)
+    folder = plumb("mktree", input=f"100755 blob {script}\tpost-checkout\n")
+    entries = [f"100755 blob {script}\thello.sh"] + [f"040000 tree {folder}\t{name}" for name in names]
+    tree = plumb("mktree", input="\n".join(entries) + "\n")
+    return plumb("commit-tree", tree, "-p", "HEAD", "-m", "dot-git look-alikes", input="")
+
+
+def test_folders_that_windows_or_macos_take_for_dot_git_are_refused_at_push_and_by_hand(site, clone):
+    # given a deployed site, and a commit adding folders git itself would never check out
+    add_script(clone, "hello.sh")
+    commit_and_push(clone)
+    before = head(clone)
+    names = [".git.", ".GIT.", ".git  ", ".git. .", "git~1", ".g\u200cit"]
+    pushed = _commit_with_folders(clone, names)
+    # when it is pushed, then the pre-receive hook refuses it, naming each one
+    result = git("push", "origin", f"{pushed}:refs/heads/main", cwd=clone, check=False)
+    assert result.returncode != 0 and "pre-receive hook declined" in result.stderr
+    for name in names:
+        assert f"path {name!r} is a name that Windows or macOS take for '.git'" in result.stderr
+    assert git("rev-parse", "main", cwd=site / "scripts.git").stdout.strip() == before
+    # and a deploy of it by hand (the ref moved behind the hooks' back) refuses too
+    bare = site / "scripts.git"
+    git("push", "-q", str(bare), f"{pushed}:refs/heads/incoming", cwd=clone)  # objects only: not the deployed branch
+    git("update-ref", "refs/heads/main", pushed, cwd=bare)
+    deployed = run_sooner("deploy", cwd=site)
+    assert deployed.returncode == 1 and "path '.git.' is a name that Windows or macOS take for '.git'" in deployed.stderr
+    assert sorted(p.name for p in (site / "scripts-working-copy").iterdir()) == [".git", "hello.sh"]
+
+
+def _measure_pre_receive(site: Path, tmp_path: Path) -> Path:
+    """Run the installed pre-receive hook's Python under a parent that records its peak RSS; returns that file."""
+    probe, out = tmp_path / "maxrss.py", tmp_path / "maxrss.txt"
+    probe.write_text("import resource, subprocess, sys\n"
+                     "code = subprocess.call(sys.argv[2:])\n"
+                     "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+                     "open(sys.argv[1], 'a').write(f'{peak}\\n')\n"
+                     "sys.exit(code)\n")
+    hook = site / "scripts.git" / "hooks" / "pre-receive"
+    text = hook.read_text()
+    python = text.split("exec '", 1)[1].split("'", 1)[0]
+    hook.write_text(text.replace(f"exec '{python}' -m", f"exec '{python}' '{probe}' '{out}' '{python}' -m"))
+    return out
+
+
+def test_an_oversized_push_is_refused_by_size_with_bounded_memory(site, clone, tmp_path):
+    # given a site with a 4 MB limit whose pre-receive hook reports its peak memory
+    set_config(site, max_file_bytes=4_000_000)
+    peaks = _measure_pre_receive(site, tmp_path)
+    add_script(clone, "hello.sh")
+    commit_and_push(clone)
+    # when a 48 MB file (incompressible) is pushed
+    (clone / "big.bin").write_bytes(os.urandom(48_000_000))
+    output = commit_and_push(clone, "big")
+    # then it is refused by size, and the check used about as much memory as for the small push
+    assert "file 'big.bin' is 48,000,000 bytes, over the limit of 4,000,000 (max_file_bytes)" in output
+    assert "pre-receive hook declined" in output
+    small_kb, big_kb = (int(line) for line in peaks.read_text().split())
+    assert big_kb < small_kb + 16_000, f"the check grew from {small_kb} kB to {big_kb} kB for a 48 MB file"

@@ -19,7 +19,8 @@ import pytest
 
 from sooner import api_client
 from sooner.api_client import RpcCallError, SocketClient, connect_from_env
-from sooner.errors import ProtocolError
+from sooner.errors import ProtocolError, StoreError
+from sooner.worker.calls import CallNotRecorded
 from sooner.worker.protocol import Call
 from sooner.worker.rpc import LineReader, RpcServer
 
@@ -44,6 +45,8 @@ class Recorder:
             return call.args["data"]
         if call.method == "emit" and call.args["event"] == "unserialisable":
             return object()
+        if call.method == "emit" and call.args["event"] == "unrecorded":
+            raise CallNotRecorded("emit 'unrecorded'", StoreError("cannot reach the database"))
         with self.lock:
             self.calls.append(call)
         return None
@@ -177,7 +180,13 @@ ERROR_CASES = [
     (b'{"jsonrpc":"2.0","method":"emit","params":{"event":""},"id":7}', -32602, 7),
     (b'{"jsonrpc":"2.0","method":"emit","params":[1, 2, 3],"id":7}', -32602, 7),
     (b'{"jsonrpc":"2.0","method":"emit","params":["bad"],"id":7}', -32602, 7),
+    (b'{"jsonrpc":"2.0","method":"progress","params":[100000000000000000000, 10],"id":7}', -32602, 7),
+    (b'{"jsonrpc":"2.0","method":"progress","params":[1e400],"id":7}', -32602, 7),
+    (b'{"jsonrpc":"2.0","method":"emit","params":["e", {"$where": 1}],"id":7}', -32602, 7),
+    (b'{"jsonrpc":"2.0","method":"emit","params":["e", ["\\ud800"]],"id":7}', -32602, 7),
+    (b'{"jsonrpc":"2.0","method":"emit","params":["e", [-9223372036854775809]],"id":7}', -32602, 7),
     (b'{"jsonrpc":"2.0","method":"emit","params":["boom"],"id":7}', -32603, 7),
+    (b'{"jsonrpc":"2.0","method":"emit","params":["unrecorded"],"id":7}', -32603, 7),
     (b'{"jsonrpc":"2.0","method":"emit","params":["unserialisable"],"id":7}', -32603, 7),
     (b'{"jsonrpc":"2.0","method":"emit","params":["e", ' + b"[" * 100_000 + b"]" * 100_000 + b'],"id":7}', -32700, None),
 ]
@@ -208,6 +217,29 @@ def test_invalid_params_error_carries_the_validation_message(make_client: Callab
 
     assert response["error"]["code"] == -32602
     assert "max must be a finite non-negative number" in response["error"]["message"]
+
+
+def test_a_value_beyond_what_the_store_holds_is_invalid_params_naming_it(
+    make_client: Callable[[], RawClient]
+) -> None:
+    client = make_client()
+
+    big = client.call("progress", [10**20, 10], 1)
+    key = client.call("emit", ["e", {"rows": [{"a.b": 1}]}], 2)
+
+    assert big["error"] == {"code": -32602, "message": "Invalid params: progress: current must be a whole number "
+                            "within 64 bits (-9223372036854775808 to 9223372036854775807), got 100000000000000000000"}
+    assert key["error"]["message"] == 'Invalid params: emit: data["rows"][0] key "a.b" must not contain "."'
+
+
+def test_a_call_the_store_did_not_record_is_an_internal_error_saying_so(make_client: Callable[[], RawClient]) -> None:
+    client = make_client()
+
+    response = client.call("emit", ["unrecorded"], 3)
+
+    assert response == {"jsonrpc": "2.0", "id": 3, "error": {
+        "code": -32603, "message": "Internal error: emit 'unrecorded' was not recorded: cannot reach the database"}}
+    assert client.call("progress", [3], 4)["result"] is True
 
 
 def test_handler_result_is_returned_when_it_is_json(make_client: Callable[[], RawClient]) -> None:

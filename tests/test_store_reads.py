@@ -196,6 +196,65 @@ def test_output_between_keeps_the_newest_chunks_of_a_range(any_store):
     assert any_store.reads.output_between("r1", 9, 20) == ([], False)
 
 
+def sized(store, run_id: str, texts: list[str]) -> None:
+    store.output.append(run_id, [(seq, "stdout", text, T0) for seq, text in enumerate(texts)])
+
+
+def test_output_after_pages_by_seq_within_a_byte_budget(any_store):
+    # given chunks whose JSON weighs 100, 100, 300, 100 and 100 bytes (an "é" is six bytes: "\u00e9")
+    weights = [100, 100, 300, 100, 100]
+    overhead = reads.chunk_bytes({"seq": 0, "text": ""})
+    sized(any_store, "r1", ["x" * (w - overhead) if seq != 2 else "é" * ((w - overhead) // 6) + "x" * ((w - overhead) % 6)
+                            for seq, w in enumerate(weights)])
+    assert [reads.chunk_bytes(c) for c in any_store.output.read("r1")] == weights
+    # when pages of at most 250 bytes are read, by next_after
+    pages, after = [], -1
+    while True:
+        page = any_store.reads.output_after("r1", after, max_bytes=250)
+        pages.append(([c["seq"] for c in page.chunks], page.more))
+        if not page.more:
+            break
+        after = page.next_after
+    # then each page stays within the budget, except a single chunk larger than it, and all come once in order
+    assert pages == [([0, 1], True), ([2], True), ([3, 4], False)]
+    # and limit counts chunks; past the end, or for no output, the page is empty and says where it is
+    assert [c["seq"] for c in any_store.reads.output_after("r1", 0, limit=2).chunks] == [1, 2]
+    assert any_store.reads.output_after("r1", 4) == reads.OutputPage([], False, 4)
+    assert any_store.reads.output_after("nothing") == reads.OutputPage([], False, -1)
+
+
+def test_output_after_reads_many_small_chunks_across_its_batches(any_store):
+    chunks(any_store, "r1", 300)
+    page = any_store.reads.output_after("r1", 10, limit=200)
+    assert [c["seq"] for c in page.chunks] == list(range(11, 211)) and page.more and page.next_after == 210
+    rest = any_store.reads.output_after("r1", page.next_after, limit=200)
+    assert [c["seq"] for c in rest.chunks] == list(range(211, 300)) and not rest.more
+
+
+def test_output_tail_stays_within_a_byte_budget_and_keeps_the_newest_chunk(any_store):
+    chunks(any_store, "r1", 40)
+    one = reads.chunk_bytes(any_store.output.read("r1")[-1])
+    tail, more = any_store.reads.output_tail("r1", max_bytes=one * 3)
+    assert ([c["seq"] for c in tail], more) == ([37, 38, 39], True)
+    assert [c["seq"] for c in any_store.reads.output_tail("r1", max_bytes=1)[0]] == [39]
+    whole, none_older = any_store.reads.output_tail("r1", limit=100)
+    assert [c["seq"] for c in whole] == list(range(40)) and not none_older
+
+
+def test_output_removed_means_a_finished_run_past_the_retention_without_chunks(any_store, service, clock):
+    # given (retention 30 days) a run finished with its output gone, one with output, and a running one
+    gone, kept, running = queue(service), queue(service), queue(service)
+    for run in (gone, kept):
+        finish(service, run)
+    start(service, running)
+    chunks(any_store, kept.id, 1)
+    gone, kept, running = (any_store.runs.get(r.id) for r in (gone, kept, running))
+    # then only the finished run without chunks, once it is older than the retention, counts as removed
+    later = clock.now() + timedelta(days=31)
+    assert [any_store.reads.output_removed(r, later) for r in (gone, kept, running)] == [True, False, False]
+    assert any_store.reads.output_removed(gone, clock.now() + timedelta(days=29)) is False
+
+
 # -- events and deploys ----------------------------------------------------------------------
 def test_events_page_by_time_and_the_event_list_follows_the_same_rule(any_store):
     # given five events a second apart, recorded out of time order, two of them named "b"

@@ -72,3 +72,21 @@ def test_up_creates_a_site_runs_a_pushed_job_and_stops_cleanly_on_ctrl_c(tmp_pat
     assert store.runs.list(status="running") == []
     store.close()
     EmbeddedServer(site / ".sooner").stop()
+
+
+def test_up_on_a_busy_port_says_so_in_one_line_before_claiming_anything_is_up(tmp_path: Path):
+    # given another server listening on the port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # when `sooner up` is asked to use it
+        result = run_sooner("up", str(tmp_path / "site"), "--port", str(port), cwd=tmp_path)
+    # then it fails with one clear line, never printing a password or "Sooner is up"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"127.0.0.1:{port} is in use" in result.stderr
+    assert "Sooner is up" not in result.stdout and "password" not in result.stdout
+    try:
+        EmbeddedServer(load_settings(tmp_path / "site" / "config.json").state_dir).stop()
+    except Exception:  # noqa: BLE001 - no site or no server: nothing to stop
+        pass

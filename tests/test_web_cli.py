@@ -1,19 +1,25 @@
-"""``sooner user …`` and ``sooner token …`` (in-process, on mongomock), plus the RunStats cache."""
+"""``sooner user …`` and ``sooner token …`` (in-process, on mongomock), the RunStats cache, and ``sooner web``
+refusing an address that is taken (a real process and a real socket)."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import socket
 
 import pytest
 from argon2 import PasswordHasher
 from click.testing import CliRunner
 
 from sooner.cli import main
+from sooner.errors import SoonerError
 from sooner.model import ManualTrigger, RunStatus
 from sooner.runs.service import RunService
 from sooner.store import Store
+from sooner.webapp.server import check_can_listen
 from sooner.webapp.stats import RunStats
+
+from conftest import run_sooner
 
 _counter = itertools.count()
 
@@ -92,3 +98,43 @@ def test_run_stats_follow_new_runs_and_status_changes(mock_store):
     # then the stats follow both changes
     got = stats.get(["a.sh"])["a.sh"]
     assert got.last.status is RunStatus.SUCCEEDED and got.success_rate == 0.5 and not got.failing
+
+
+# --- `sooner web` on an address that is taken ---------------------------------------------------------------------
+
+@pytest.fixture
+def taken_port():
+    """A port on 127.0.0.1 that a real listening socket of this test holds."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+def test_sooner_web_on_a_taken_port_fails_with_one_line_before_claiming_anything(taken_port, tmp_path):
+    # given a port another server listens on; when `sooner web` is started on it
+    result = run_sooner("web", "--port", str(taken_port), cwd=tmp_path,
+                        env={"SOONER_CONFIG": "", "SOONER_MONGO_URL": f"mongomock://web-{os.getpid()}"})
+    # then it exits 1 with one clear line, and never said the UI was up
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"sooner: error: 127.0.0.1:{taken_port} is in use (Address already in use): "
+        "stop the other server or set web_port"]
+
+
+def test_the_address_check_passes_once_the_port_is_free_again():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    with pytest.raises(SoonerError, match=rf"127\.0\.0\.1:{port} is in use"):
+        check_can_listen("127.0.0.1", port)
+    holder.close()
+    check_can_listen("127.0.0.1", port)
+
+
+def test_an_address_that_is_not_this_machine_s_is_named_as_such():
+    with pytest.raises(SoonerError, match=r"cannot listen on 192\.0\.2\.1:8080 \(Cannot assign requested address\)"):
+        check_can_listen("192.0.2.1", 8080)

@@ -10,15 +10,21 @@ import html
 import re
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
+from urllib.parse import urlencode
 
 import pytest
 from argon2 import PasswordHasher
 from bson import ObjectId
 
 from sooner.config import load_settings
+from sooner.site import init_site
+from sooner.store import open_store
+from sooner.store.embedded import EmbeddedServer
 from sooner.webapp import create_app
+from sooner.webapp.testing import WebServer
 
 from conftest import signed_in
+from test_web_sessions import Browser
 
 ADMIN_PASSWORD = "admin-password"
 VIEWER_PASSWORD = "viewer-password"
@@ -357,3 +363,57 @@ def test_search_reads_only_a_window_of_the_view_and_says_so(web, monkeypatch):
     page = login(web).get("/queues/pages?q=page/1").text
     assert "looked through the first 15 entries" in page
     assert [int(n) for n in urls(page)] == [19, 18, 17, 16, 15]
+
+
+# -- data keys with '-' or a space -------------------------------------------------------------
+
+def fill_odd_keys(store, n: int = 12):
+    """``n`` entries whose data keys hold a '-' and a space, valued so that each key gives another order."""
+    queue = store.queues("pages")
+    for i in range(n):
+        queue.put({"url": f"https://example.com/page/{i}", "my-key": (i * 5) % n, "my key": (i * 7) % n})
+    return queue
+
+
+def order_by(key: str, n: int = 12) -> list[int]:
+    factor = 5 if key == "my-key" else 7
+    return sorted(range(n), key=lambda i: (i * factor) % n)
+
+
+@pytest.mark.parametrize("key", ["my-key", "my key"])
+def test_sorting_on_a_data_key_with_a_dash_or_a_space_works(web, key):
+    queue = fill_odd_keys(web.store)
+    response = login(web).get("/queues/pages", query_string={"sort": f"data.{key}", "dir": "asc"})
+    assert response.status_code == 200, response.text
+    assert [int(n) for n in urls(response.text)] == order_by(key)
+    if web.kind == "embedded":  # its SQLite index names allow letters, digits and '_' only
+        assert f"data.{key} cannot have an index on this database" in html.unescape(response.text)
+        assert queue.ensure_sort_index(f"data.{key}") == "unindexable"
+
+
+@pytest.fixture(scope="module")
+def served_site(tmp_path_factory):
+    """`sooner web` as a real process on a site's embedded database, with an admin and the odd-keyed queue."""
+    root = tmp_path_factory.mktemp("queues-http")
+    settings = init_site(root / "site")
+    store = open_store(settings)
+    store.users.add("admin", ADMIN_PASSWORD, admin=True)
+    fill_odd_keys(store)
+    web = WebServer(root / "site" / "config.json", root / "web.log")
+    try:
+        web.wait_ready()
+        yield web.base_url
+    finally:  # a server that failed to start is stopped too
+        web.stop()
+        store.close()
+        EmbeddedServer(settings.state_dir).stop()
+
+
+@pytest.mark.parametrize("key", ["my-key", "my key"])
+def test_sorting_on_a_data_key_with_a_dash_or_a_space_works_through_the_http_server(served_site, key):
+    browser = Browser(served_site)
+    assert browser.sign_in("admin", ADMIN_PASSWORD, "/queues/").status == 302
+    for direction, expected in (("asc", order_by(key)), ("desc", order_by(key)[::-1])):
+        page = browser.get("/queues/pages?" + urlencode({"sort": f"data.{key}", "dir": direction}))
+        assert page.status == 200, page.text
+        assert [int(n) for n in urls(page.text)] == expected

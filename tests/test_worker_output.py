@@ -11,6 +11,7 @@ import hashlib
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -18,15 +19,16 @@ import pytest
 
 from conftest import wait_for
 from sooner.clock import FakeClock
-from sooner.config import Settings
+from sooner.config import Settings, load_settings
 from sooner.model import FINISHED, ManualTrigger, Run
 from sooner.runs.service import RunService
-from sooner.store.output import MAX_CHUNK_CHARS
+from sooner.store import open_store
+from sooner.store.output import MAX_CHUNK_CHARS, OutputPolicy
 from sooner.worker.calls import CallHandler
 from sooner.worker.loop import Worker
 from sooner.worker.output import OutputWriter
 from sooner.worker.protocol import MAX_LINE_BYTES, Call
-from sooner.worker.streams import StreamDecoder
+from sooner.worker.streams import StreamDecoder, size_text
 from sooner.worker.testing import deploy_files
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -34,8 +36,14 @@ PY = f"#!{sys.executable}\n"
 
 
 @pytest.fixture
-def store(embedded_store):
-    return embedded_store
+def store(embedded_site):
+    """The embedded server, with room for the 50 MB test's output and its last stderr line."""
+    settings = load_settings(embedded_site / "config.json", environ={}, overrides={
+        "database": f"t{uuid.uuid4().hex[:12]}", "output_max_bytes_per_run": 64 * 1024 * 1024})
+    store = open_store(settings)
+    yield store
+    store.client.drop_database(settings.database)
+    store.close()
 
 
 @pytest.fixture
@@ -97,17 +105,20 @@ def test_fifty_megabytes_arrive_whole_and_in_order_in_bounded_memory(store, work
     assert max(peak) - peak[0] < 100e6
 
 
-def test_a_single_ten_megabyte_line_is_split_into_chunks(store, worker):
+def test_a_single_ten_megabyte_line_is_cut_to_the_line_limit_in_chunks(store, worker):
     deploy_files(store, {"line.py": PY + "import sys\nsys.stdout.write('y' * 10_000_000)\n"
                                          "sys.stderr.write('>>> sooner.' + 'z' * 3_000_000)\n"})
     run = run_job(store, "line.py")
     chunks = chunks_of(store, run.id)
     stdout = "".join(c["text"] for c in chunks if c["stream"] == "stdout")
-    assert stdout == "y" * 10_000_000 and all(len(c["text"]) <= MAX_CHUNK_CHARS for c in chunks)
+    assert stdout == "y" * MAX_LINE_BYTES + "\n" and all(len(c["text"]) <= MAX_CHUNK_CHARS for c in chunks)
     # an endless "call" on stderr is passed on as text with a note, never held whole
     stderr = "".join(c["text"] for c in chunks if c["stream"] == "stderr")
-    assert stderr == ">>> sooner." + "z" * 3_000_000
-    assert "sooner: ignored malformed call: call too long" in store.output.text(run.id)
+    assert stderr == (">>> sooner." + "z" * 3_000_000)[:MAX_LINE_BYTES] + "\n"
+    system = store.output.text(run.id)
+    assert "sooner: line truncated: 9.5 MB, kept the first 1 MB" in system
+    assert "sooner: ignored malformed call: call too long" in system
+    assert run.status == "succeeded"
 
 
 def test_binary_output_is_stored_with_replacement_characters(store, worker):
@@ -138,7 +149,7 @@ def test_a_background_process_holding_the_pipes_does_not_keep_the_run_open(store
     deploy_files(store, {"leaves.sh": "#!/bin/sh\necho parent done\nsleep 60 &\nexit 0\n"})
     run = run_job(store, "leaves.sh", timeout=15)
     assert run.status == "succeeded" and run.duration_s < 5
-    assert "still hold its output open; killing its process group" in store.output.text(run.id)
+    assert "still hold its output open" in store.output.text(run.id)
 
 
 # -- units -------------------------------------------------------------------------
@@ -147,9 +158,10 @@ def test_a_background_process_holding_the_pipes_does_not_keep_the_run_open(store
 class FakeOutputRepo:
     """Records appended batches; ``gate`` (when set) blocks appends, like a slow database."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: OutputPolicy | None = None) -> None:
         self.batches: list[list[tuple]] = []
         self.gate: threading.Event | None = None
+        self.policy = policy or OutputPolicy.from_settings()
 
     def append(self, run_id: str, chunks) -> None:
         if self.gate is not None:
@@ -158,8 +170,8 @@ class FakeOutputRepo:
 
 
 class FakeStore:
-    def __init__(self) -> None:
-        self.output = FakeOutputRepo()
+    def __init__(self, policy: OutputPolicy | None = None) -> None:
+        self.output = FakeOutputRepo(policy)
         self.runs = self
         self.progress: list[tuple] = []
 
@@ -228,16 +240,101 @@ def test_decoder_finds_calls_split_across_reads_and_keeps_other_text():
     assert text == {"stdout": "é", "stderr": "plain\n>> not\n  >>> sooner.progress(1)\n"}
 
 
-def test_decoder_passes_on_an_overlong_call_line():
-    store = FakeStore()
+def decoded(store: FakeStore) -> list[tuple[str, str]]:
+    """What was written, as (stream, text), consecutive text of one stream joined."""
+    entries: list[tuple[str, str]] = []
+    for _, stream, text, _ in (c for batch in store.output.batches for c in batch):
+        if entries and entries[-1][0] == stream:
+            entries[-1] = (stream, entries[-1][1] + text)
+        else:
+            entries.append((stream, text))
+    return entries
+
+
+def limited(max_bytes_per_run: int = 2 ** 30, max_line_bytes: int = 2 ** 30) -> FakeStore:
+    return FakeStore(OutputPolicy(max_bytes_per_run=max_bytes_per_run, max_line_bytes=max_line_bytes,
+                                  retention_days=30))
+
+
+def test_decoder_passes_on_an_overlong_call_line_with_its_note_after_it():
+    store = limited()
     writer = OutputWriter(store, "r1", flush_s=1)
     decoder = StreamDecoder(writer, lambda call: pytest.fail("no call expected"))
     decoder.stderr(b">>> sooner.progress(" + b"1" * (MAX_LINE_BYTES + 10))
     decoder.stderr(b"2)\nnext\n")
     decoder.close()
     writer.flush()
-    stderr = "".join(c[2] for b in store.output.batches for c in b if c[1] == "stderr")
-    assert stderr == ">>> sooner.progress(" + "1" * (MAX_LINE_BYTES + 10) + "2)\nnext\n"
+    assert decoded(store) == [("stderr", ">>> sooner.progress(" + "1" * (MAX_LINE_BYTES + 10) + "2)\n"),
+                              ("system", f"sooner: ignored malformed call: call too long: over {MAX_LINE_BYTES} bytes\n"),
+                              ("stderr", "next\n")]
+
+
+def test_decoder_notes_a_malformed_call_after_its_line_even_when_it_is_cut():
+    store = limited(max_line_bytes=16)
+    writer = OutputWriter(store, "r1", flush_s=1)
+    decoder = StreamDecoder(writer, lambda call: pytest.fail("no call expected"))
+    decoder.stderr(b'>>> sooner.progress("not a number")\nok\n')
+    decoder.close()
+    writer.flush()
+    (_, first), (_, notes), (_, rest) = decoded(store)
+    assert first == ">>> sooner.progr\n" and rest == "ok\n"
+    assert notes.startswith("sooner: line truncated: 35 bytes, kept the first 16 bytes\nsooner: ignored malformed call: ")
+
+
+def test_decoder_cuts_lines_on_whole_characters_split_across_reads():
+    store = limited(max_line_bytes=5)
+    writer = OutputWriter(store, "r1", flush_s=1)
+    decoder = StreamDecoder(writer, lambda call: None)
+    data = "aé€xyz\n".encode()  # 1 + 2 + 3 + 3 bytes: 5 bytes would split the euro sign
+    for i in range(len(data)):
+        decoder.stdout(data[i:i + 1])
+    decoder.close()
+    writer.flush()
+    assert decoded(store) == [("stdout", "aé\n"), ("system", "sooner: line truncated: 9 bytes, kept the first 5 bytes\n")]
+
+
+def test_decoder_counts_both_streams_and_its_notes_towards_the_run_limit_and_keeps_calling():
+    # given a run limit of 30 bytes and a handler that records calls
+    store = limited(max_bytes_per_run=30, max_line_bytes=8)
+    writer = OutputWriter(store, "r1", flush_s=1)
+    calls: list[Call] = []
+    decoder = StreamDecoder(writer, calls.append)
+    # when 8 bytes go to stdout, a 12-byte line is cut to 8 (its marker counts too), and more follows
+    decoder.stdout(b"1234567\n")
+    decoder.stderr(b"abcdefghijkl\n")
+    decoder.stderr(b">>> sooner.progress(1, 2)\n")
+    decoder.stdout(b"after the limit\n")
+    decoder.stderr(b">>> sooner.emit(oops)\n>>> sooner.progress(2, 2)\n")
+    decoder.close()
+    writer.flush()
+    # then storing stops at the limit (passed here by the marker), and the rest is counted: 16 + 22 bytes
+    marker = "sooner: line truncated: 12 bytes, kept the first 8 bytes\n"
+    assert decoded(store) == [
+        ("stdout", "1234567\n"), ("stderr", "abcdefgh\n"),
+        ("system", marker + "sooner: output limit of 30 bytes reached; the rest is not stored (its size is given at "
+                            "the end)\nsooner: output limit of 30 bytes reached: 38 bytes (38 bytes) more were not stored\n")]
+    assert decoder.stored_bytes == 8 + 9 + len(marker) and decoder.dropped_bytes == 16 + 22
+    # and calls past the limit still went through; the malformed one's line and note were left out
+    assert calls == [Call("progress", {"current": 1, "max": 2}), Call("progress", {"current": 2, "max": 2})]
+
+
+def test_decoder_ends_a_line_cut_by_the_run_limit():
+    store = limited(max_bytes_per_run=4)
+    writer = OutputWriter(store, "r1", flush_s=1)
+    decoder = StreamDecoder(writer, lambda call: None)
+    decoder.stdout(b"ab")
+    decoder.stdout(b"cdef\n")
+    decoder.close()
+    writer.flush()
+    assert decoded(store)[0] == ("stdout", "abcd\n")
+    assert decoder.dropped_bytes == 3
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1 KB"), (5000, "4.9 KB"),
+                                        (2 ** 20, "1 MB"), (int(3.2 * 2 ** 20), "3.2 MB"), (50 * 2 ** 20, "50 MB"),
+                                        (3 * 2 ** 30, "3 GB")])
+def test_sizes_read_as_the_notes_say_them(size, text):
+    assert size_text(size) == text
 
 
 def test_progress_writes_are_throttled_and_the_last_value_is_kept():

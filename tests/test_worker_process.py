@@ -111,6 +111,19 @@ def test_a_second_worker_with_a_live_name_is_refused(store, spawn_worker):
     assert "a worker named 'same' is already running" in second.stderr.read()
 
 
+def test_a_worker_killed_with_sigkill_is_restarted_at_once_under_its_name(store, spawn_worker):
+    # given a worker whose heartbeat stays fresh for 30 s (its lease), killed with SIGKILL
+    first = spawn_worker("again", extra_env={"SOONER_LEASE_S": "30"})
+    first.kill()
+    first.wait(10)
+    assert store.workers.get("again").heartbeat_age(store.clock.now()) < 30
+    # when it is restarted under the same name on the same host, then the dead pid does not hold the name
+    second = spawn_worker("again", extra_env={"SOONER_LEASE_S": "30"})
+    assert store.workers.get("again").pid == second.pid
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(15) == 0
+
+
 def test_cancel_command_cancels_queued_and_running_runs(store, spawn_worker, tmp_path):
     deploy_files(store, {"wait.sh": "#!/bin/sh\necho started\nsleep 30\n"})
     queued = start(store, "wait.sh", target="nobody")

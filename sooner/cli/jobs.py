@@ -93,6 +93,8 @@ def job_disable(app: AppContext, name: str) -> None:
 @click.option("--hook", "hooks", multiple=True, help="Also run when this event is emitted (repeatable).")
 @click.option("--no-hook", "no_hooks", multiple=True, help="Stop running on this event (repeatable).")
 @click.option("--timeout", "timeout_s", type=float, help="Kill a run after this many seconds; 0 = no limit.")
+@click.option("--memory-limit", "memory_limit_mb", type=int, metavar="MB",
+              help="Kill a run whose processes together hold more than this much memory (RSS); 0 = no limit.")
 @click.option("--overlap", type=click.Choice([o.value for o in Overlap]),
               help="When it fires while a run is queued/running: allow, skip (default) or queue.")
 @click.option("--missed", type=click.Choice([m.value for m in Missed]),

@@ -27,28 +27,21 @@ from sooner.cli import AppContext, main, pass_app
 from sooner.cli.output import ago, duration, echo_table
 from sooner.errors import SoonerError
 from sooner.model import ManualTrigger, Progress, Run, RunStatus
+from sooner.model.data import check_data, check_run_data, load_json
 
 FOLLOW_POLL_S = 0.05
 STATUS_EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.TIMED_OUT: 124, RunStatus.CANCELLED: 130, RunStatus.LOST: 75}
 PROGRESS_LINE_EVERY_S = 1.0  # without a TTY, progress lines at most this often
 
 
-class InvalidData(SoonerError, ValueError):
-    """A JSON option or argument given on the command line is not valid JSON."""
+def parse_json(text: str | None, what: str, check: Callable[[Any, str], Any] = check_run_data) -> Any:
+    """Parse a JSON option or argument and check it is data Sooner can store (:mod:`sooner.model.data`).
 
-    def __init__(self, what: str, text: str, reason: str) -> None:
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        super().__init__(f"{what} is not valid JSON ({reason}): {shown!r}")
-
-
-def parse_json(text: str | None, what: str) -> Any:
-    """Parse a JSON value from the command line; InvalidData names the option and the problem."""
+    :class:`~sooner.model.data.InvalidData` names the option and the problem.
+    """
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidData(what, text, f"{exc.msg} at column {exc.colno}") from None
+    return check(load_json(text, what), what)
 
 
 def current_user() -> str:
@@ -99,6 +92,10 @@ def scheduler_command(app: AppContext, once: bool) -> None:
 @pass_app
 def run_command(app: AppContext, name: str, data_text: str | None, follow: bool, worker: str | None) -> None:
     """Queue a run of job NAME now (even a disabled one); print its id."""
+    from sooner.model.job_settings import validate_worker_name
+
+    if worker is not None:  # '' or 'a b' would make a run that no worker ever claims
+        validate_worker_name(worker, "--worker", "worker name or tag")
     data = parse_json(data_text, "--data")
     job = app.store.jobs.get(name)
     run = app.runs.queue(job, ManualTrigger(author=current_user()), data=data, target=worker)
@@ -158,7 +155,16 @@ def logs_command(app: AppContext, run_id: str, follow: bool) -> None:
     if follow:
         _follow(store, run.id)
         return
-    _print_chunks(store.output.read(run.id))
+    if store.reads.output_removed(run, store.clock.now()):
+        days = store.output.policy.retention_days
+        _system(f"output older than {days:g} days was removed (retention)")
+    after = -1
+    while True:  # page by seq, so a huge log is never held in memory whole
+        page = store.reads.output_after(run.id, after)
+        _print_chunks(page.chunks)
+        if not page.more or not page.chunks:
+            break
+        after = page.next_after
     if run.finished:
         _system(_ending(run))
 
@@ -282,6 +288,9 @@ def _duration(run: Run, now: datetime) -> str | None:
 @pass_app
 def emit_command(app: AppContext, event: str, data_text: str | None) -> None:
     """Emit EVENT: every enabled job hooked to it gets a run."""
+    from sooner.model.job_settings import validate_event_name
+
+    validate_event_name(event, "EVENT")
     data = parse_json(data_text, "--data")
     store = app.store
     emitted = app.runs.emit(event, data, source={"type": "cli", "author": current_user()})
@@ -309,7 +318,7 @@ def queue_group() -> None:
 @pass_app
 def queue_put(app: AppContext, name: str, data_text: str, status: str) -> None:
     """Add an entry with DATA_JSON to queue NAME; print its id."""
-    data = parse_json(data_text, "DATA_JSON")
+    data = parse_json(data_text, "DATA_JSON", check_data)
     click.echo(str(app.store.queues(name).put(data, status=status)["_id"]))
 
 
@@ -356,7 +365,7 @@ def queue_claim(app: AppContext, name: str, status_from: str, status_to: str) ->
 @pass_app
 def queue_update(app: AppContext, name: str, entry_id: str, status: str | None, data_text: str | None) -> None:
     """Change the status and/or data of entry ID of queue NAME; print it as JSON."""
-    data = parse_json(data_text, "--data")
+    data = parse_json(data_text, "--data", check_data)
     if status is None and data_text is None:
         raise click.UsageError("nothing to change: give --status and/or --data")
     entry = app.store.queues(name).update(entry_id, status=status, data=data)

@@ -26,15 +26,16 @@ from sooner.errors import SoonerError
 def web_command(app: AppContext, host: str | None, port: int | None, threads: int, trusted_proxies: int | None,
                 access_log: bool) -> None:
     """Serve the web UI (gunicorn, one process, threads) until Ctrl-C."""
-    from sooner.webapp.server import serve
+    from sooner.webapp.server import check_can_listen, serve
 
     settings = app.settings
+    host = host or settings.web_host
+    port = port or settings.web_port
+    check_can_listen(host, port)  # before anything is said or started: a taken port is one clear line
     store = app.store  # fail now, clearly, if there is no site or database
     if store.users.count() == 0:
         click.echo("No web user exists yet: create one with `sooner user add NAME --admin`.", err=True)
     app.close()
-    host = host or settings.web_host
-    port = port or settings.web_port
     click.echo(f"Sooner web UI on http://{host}:{port}  (Ctrl-C stops it)", err=True)
     serve(settings, host, port, threads=threads, trusted_proxies=trusted_proxies, access_log=access_log)
 
@@ -97,14 +98,14 @@ def user_remove(app: AppContext, name: str) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
 @pass_app
 def user_passwd(app: AppContext, name: str, password_stdin: bool) -> None:
-    """Set a user's password (its other sessions end)."""
+    """Set a user's password (the user's web sessions end)."""
     from sooner.store.users import UserNotFound
 
     store = app.store
     if store.users.get(name) is None:
         raise UserNotFound(name)
-    store.users.set_password(name, _read_password(password_stdin, "New password"))
-    click.echo(f"changed the password of {name}")
+    ended = store.users.set_password(name, _read_password(password_stdin, "New password"))
+    click.echo(f"changed the password of {name} ({_sessions_ended(ended)})")
 
 
 @user_group.command("role")
@@ -112,11 +113,15 @@ def user_passwd(app: AppContext, name: str, password_stdin: bool) -> None:
 @click.argument("role", type=click.Choice(["viewer", "admin"]))
 @pass_app
 def user_role(app: AppContext, name: str, role: str) -> None:
-    """Make a user a viewer or an admin."""
+    """Make a user a viewer or an admin (the user's web sessions end)."""
     from sooner.store.users import Role
 
-    app.store.users.set_role(name, Role(role))
-    click.echo(f"{name} is now {role}")
+    ended = app.store.users.set_role(name, Role(role))
+    click.echo(f"{name} is now {role} ({_sessions_ended(ended)})")
+
+
+def _sessions_ended(count: int) -> str:
+    return f"{count} web session{'' if count == 1 else 's'} ended"
 
 
 @main.group("token")

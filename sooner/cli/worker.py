@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -10,9 +11,11 @@ import threading
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from sooner.cli import AppContext, main, pass_app
 from sooner.model import RunStatus
+from sooner.model.job_settings import validate_worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,10 @@ def worker_command(app: AppContext, name: str | None, capacity: int | None, tags
     """
     from sooner.worker.loop import Worker
 
-    worker = Worker(app.store, app.settings, name or socket.gethostname(), capacity, service=app.runs, tags=
-                    [t.strip() for t in tags.split(",")], cache=cache_dir)
+    name = _worker_name(name)
+    tag_list = [validate_worker_name(tag, _option_source("tags", "--tags", "SOONER_WORKER_TAGS"), "tag")
+                for tag in (t.strip() for t in tags.split(",")) if tag]
+    worker = Worker(app.store, app.settings, name, capacity, service=app.runs, tags=tag_list, cache=cache_dir)
     worker.register()
     stop, hurry = threading.Event(), threading.Event()
 
@@ -56,6 +61,25 @@ def worker_command(app: AppContext, name: str | None, capacity: int | None, tags
         click.echo(f"worker {worker.name}: another process took this name; stopped", err=True)
         raise SystemExit(1)
     click.echo(f"worker {worker.name} stopped")
+
+
+def _worker_name(name: str | None) -> str:
+    """The name from -n, else SOONER_WORKER_NAME, else the host name; an empty or invalid one is an error.
+
+    Click ignores an empty variable, so ``SOONER_WORKER_NAME=''`` is looked
+    up here: it must not quietly become the host name.
+    """
+    if name is None and "SOONER_WORKER_NAME" in os.environ:
+        return validate_worker_name(os.environ["SOONER_WORKER_NAME"], "SOONER_WORKER_NAME")
+    if name is None:
+        return validate_worker_name(socket.gethostname(), "the host name (give one with -n NAME)")
+    return validate_worker_name(name, _option_source("name", "-n/--name", "SOONER_WORKER_NAME"))
+
+
+def _option_source(param: str, flag: str, variable: str) -> str:
+    """How an error names an option's value: the flag, or the variable it came from."""
+    source = click.get_current_context().get_parameter_source(param)
+    return variable if source is ParameterSource.ENVIRONMENT else flag
 
 
 @main.command("cancel")

@@ -23,11 +23,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, cast
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, Mapping, cast
 
 from dulwich.errors import ObjectFormatException
 from dulwich.objects import Commit, parse_tree
@@ -149,7 +150,8 @@ def deploy(settings: Settings, connect: Callable[[], Store], *, clock: Callable[
             objects = ObjectCache(repo.object_store)
             indexed = indexed_files(settings.working_copy_path)
             tree = read_tree(objects, commit.tree.decode(), max_file_bytes=settings.max_file_bytes,
-                             label=commit_sha[:7], known_sizes=known_sizes(indexed))
+                             label=commit_sha[:7], known_sizes=known_sizes(indexed),
+                             sizes=GitObjectSizes(settings.repo_path))
             report = _apply(settings, connect(), objects, commit, tree, indexed)
         finally:
             repo.close()
@@ -299,7 +301,7 @@ def check_push(settings: Settings, updates: Iterable[tuple[str, str, str]], quar
             if new == ZERO_SHA:
                 problems.append(f"branch '{settings.branch}' is the one this site deploys; it cannot be deleted")
                 continue
-            problems.extend(_check_commit(repo, new, settings))
+            problems.extend(_check_commit(repo, new, settings, GitObjectSizes(settings.repo_path, quarantine)))
         if not exists and not any(ref == deployed for _, _, ref in updates):
             other = next((ref for _, new, ref in updates if ref.startswith("refs/heads/") and new != ZERO_SHA), None)
             if other:
@@ -311,7 +313,7 @@ def check_push(settings: Settings, updates: Iterable[tuple[str, str, str]], quar
         repo.close()
 
 
-def _check_commit(repo: Repo, sha: str, settings: Settings) -> list[str]:
+def _check_commit(repo: Repo, sha: str, settings: Settings, sizes: GitObjectSizes) -> list[str]:
     try:
         commit = repo.object_store[cast("ObjectID", sha.encode())]
     except KeyError:
@@ -319,10 +321,51 @@ def _check_commit(repo: Repo, sha: str, settings: Settings) -> list[str]:
     if not isinstance(commit, Commit):
         return [f"{sha[:7]} is not a commit; branch '{settings.branch}' must point to a commit"]
     try:
-        read_tree(repo.object_store, commit.tree.decode(), max_file_bytes=settings.max_file_bytes, label=sha[:7])
+        read_tree(repo.object_store, commit.tree.decode(), max_file_bytes=settings.max_file_bytes, label=sha[:7],
+                  sizes=sizes)
     except DeployError as exc:
         return [f"push rejected: {exc}"]
     return []
+
+
+class GitObjectSizes:
+    """Objects' types and sizes from ``git cat-file --batch-check``, which reads only their headers.
+
+    dulwich has no such call: its ``get_raw`` inflates a whole object, so a
+    200 MB file would be read (and held several times over) just to learn it
+    is too big. git answers from a loose object's first bytes or a pack entry's
+    header (and a delta's first bytes). ``quarantine`` is git's
+    GIT_QUARANTINE_PATH, where pre-receive sees the pushed objects. When git
+    cannot run, nothing is answered and the tree reader reads content instead.
+    """
+
+    def __init__(self, repo_path: Path, quarantine: str | None = None) -> None:
+        self.repo_path = repo_path
+        self.quarantine = quarantine
+
+    def __call__(self, shas: Collection[bytes]) -> dict[bytes, tuple[int, int]]:
+        env = {k: v for k, v in os.environ.items() if k not in _GIT_OBJECT_ENV}
+        if self.quarantine:
+            env["GIT_OBJECT_DIRECTORY"] = os.path.abspath(self.quarantine)
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = os.path.abspath(self.repo_path / "objects")
+        command = ["git", "--git-dir", str(self.repo_path), "cat-file",
+                   "--batch-check=%(objectname) %(objecttype) %(objectsize)"]
+        try:
+            result = subprocess.run(command, input=b"".join(sha + b"\n" for sha in shas), env=env,
+                                    capture_output=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            logger.warning("cannot read object sizes with git (%s); reading the objects instead", exc)
+            return {}
+        sizes = {}
+        for line in result.stdout.splitlines():
+            sha, kind, size = (line.split() + [b"", b""])[:3]  # "<sha> missing" for what is not there
+            if kind in _GIT_TYPES:
+                sizes[sha] = (_GIT_TYPES[kind], int(size))
+        return sizes
+
+
+_GIT_TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
+_GIT_OBJECT_ENV = ("GIT_DIR", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_QUARANTINE_PATH")
 
 
 def parse_push_lines(lines: Iterable[str]) -> list[tuple[str, str, str]]:

@@ -5,8 +5,10 @@ whole tree, collects every problem and raises one :class:`DeployError` naming
 each path and what is wrong with it. Refused:
 
 - names that git itself would never write (``.``, ``..``, ``/`` inside a
-  name, ``.git`` in any case), empty names, duplicates, names that are not
-  UTF-8 or contain control characters, names or paths too long to create;
+  name, ``.git`` in any case and every name that NTFS or HFS+ take for it,
+  such as ``.git.``, ``.git `` or ``git~1``: :func:`is_dotgit`), empty names,
+  duplicates, names that are not UTF-8 or contain control characters, names
+  or paths too long to create;
 - files bigger than ``max_file_bytes``;
 - symlinks that are absolute or whose target, resolved from the link's folder
   (following the other symlinks of the tree), leaves the repository or
@@ -23,9 +25,10 @@ to an executable script (that script is a job under its own name).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Protocol, cast
+from typing import TYPE_CHECKING, Collection, Mapping, Protocol, cast
 
 from dulwich.errors import ObjectFormatException
 from dulwich.objects import parse_tree
@@ -48,6 +51,13 @@ MAX_PATH_BYTES = 4000  # under PATH_MAX once the working copy's own path is adde
 MAX_SYMLINK_HOPS = 40  # what Linux allows before ELOOP
 MAX_PROBLEMS_SHOWN = 10
 
+# NTFS drops trailing dots and spaces, knows .git by its short name git~1, and
+# opens an alternate data stream after ':' (".git::$INDEX_ALLOCATION" is the
+# folder itself); git checks only the first backslash-separated segment.
+_NTFS_DOTGIT = re.compile(r"(?:\.git|git~1)[. ]*(?:[\\/:]|\Z)", re.IGNORECASE | re.ASCII)
+# Code points HFS+ ignores when it compares names (git's utf8.c next_hfs_char).
+_HFS_IGNORED = dict.fromkeys([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF])
+
 _BLOB, _TREE = 3, 2
 _SHA_BYTES = 20
 
@@ -56,6 +66,12 @@ class ObjectSource(Protocol):
     """What the reader needs from a dulwich object store."""
 
     def get_raw(self, name: ObjectID) -> tuple[int, bytes]: ...
+
+
+class ObjectSizes(Protocol):
+    """Type number and size of objects from their headers, without their content (shas not found are left out)."""
+
+    def __call__(self, shas: Collection[bytes]) -> Mapping[bytes, tuple[int, int]]: ...
 
 
 @dataclass(frozen=True)
@@ -93,14 +109,17 @@ class DeployTree:
 
 
 def read_tree(objects: ObjectSource, tree_sha: str, *, max_file_bytes: int, label: str = "",
-              known_sizes: Mapping[str, int] | None = None) -> DeployTree:
+              known_sizes: Mapping[str, int] | None = None, sizes: ObjectSizes | None = None) -> DeployTree:
     """Walk and check the whole tree; raise one DeployError listing every problem.
 
     ``label`` (e.g. the short commit sha) is put in the message.
     ``known_sizes`` maps blob shas to sizes already known (the working copy's
-    index records them), so unchanged files are not read again.
+    index records them), so unchanged files are not read again. ``sizes``
+    reads the other files' sizes from their object headers, so a file over
+    the limit is refused without its content ever being read (without it,
+    each blob is read whole to learn its size).
     """
-    reader = _TreeReader(objects, max_file_bytes)
+    reader = _TreeReader(objects, max_file_bytes, sizes)
     reader.sizes.update((sha.encode(), size) for sha, size in (known_sizes or {}).items())
     tree = reader.read(tree_sha)
     reader.problems.extend(check_symlinks(tree.symlinks))
@@ -131,12 +150,27 @@ def check_name(name: bytes, parent: str) -> tuple[str | None, str | None]:
         return None, f"path {shown} contains '/' inside one tree entry name, which could escape its folder"
     if text.lower() == ".git":
         return None, f"path {shown} is a '.git' entry, which git reserves"
+    if is_dotgit(text):
+        return None, f"path {shown} is a name that Windows or macOS take for '.git', which git reserves"
     control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
     if control is not None:
         return None, f"path {shown} contains a control character (U+{ord(control):04X})"
     if len(name) > MAX_NAME_BYTES:
         return None, f"path {shown} has a name longer than {MAX_NAME_BYTES} bytes"
     return text, None
+
+
+def is_dotgit(name: str) -> bool:
+    """True if ``name`` is ``.git`` on some filesystem git supports: what git fsck calls ``hasDotgit``.
+
+    That is ``.git`` in any case, and also what NTFS takes for it (trailing dots
+    and spaces, the short name ``git~1``, a ``:stream`` suffix, a backslash
+    after it) and what HFS+ takes for it (with invisible code points such as
+    U+200C inside). Either could reach the working copy's ``.git`` when the
+    tree is checked out there, so git refuses them everywhere.
+    """
+    folded = name.translate(_HFS_IGNORED)
+    return (folded.isascii() and folded.lower() == ".git") or _NTFS_DOTGIT.match(name) is not None
 
 
 def check_symlinks(symlinks: dict[str, str]) -> list[str]:
@@ -169,7 +203,7 @@ def _resolve_symlink(path: str, target: str, symlinks: dict[str, str]) -> str | 
                 return "points outside the repository"
             parts.pop()
             continue
-        if part.lower() == ".git":
+        if is_dotgit(part):
             return "points into .git"
         parts.append(part)
         link = symlinks.get("/".join(parts))
@@ -185,11 +219,14 @@ def _resolve_symlink(path: str, target: str, symlinks: dict[str, str]) -> str | 
 class _TreeReader:
     """Iterative walk (hostile trees can be deep) collecting files, trees and problems."""
 
-    def __init__(self, objects: ObjectSource, max_file_bytes: int) -> None:
+    def __init__(self, objects: ObjectSource, max_file_bytes: int, sizes: ObjectSizes | None = None) -> None:
         self.objects = objects
         self.max_file_bytes = max_file_bytes
         self.problems: list[str] = []
-        self.sizes: dict[bytes, int] = {}
+        self.sizes: dict[bytes, int] = {}  # blob sha -> size, known beforehand
+        self._size_source = sizes
+        self._headers: Mapping[bytes, tuple[int, int]] = {}  # sha -> (type number, size) from the object headers
+        self._files: list[tuple[str, int, bytes]] = []  # (path, mode, sha) of the files and symlinks found
         self._parsed: dict[bytes, list[tuple[bytes, int, bytes]] | None] = {}
 
     def read(self, root_sha: str) -> DeployTree:
@@ -219,10 +256,19 @@ class _TreeReader:
                 elif mode == TREE_MODE:
                     stack.append((entry_sha, path + "/"))
                 else:
-                    self._add_file(result, path, mode, entry_sha)
+                    self._note_file(path, mode, entry_sha)
             result.trees[sha.decode()] = stored
-        result.files = dict(sorted(result.files.items()))
+        self._add_files(result)
         return result
+
+    def _add_files(self, result: DeployTree) -> None:
+        """Check the files found, sizes first: all their headers are read in one go, before any content."""
+        unknown = {sha for _path, _mode, sha in self._files if sha not in self.sizes}
+        if self._size_source is not None and unknown:
+            self._headers = self._size_source(unknown)
+        for path, mode, sha in self._files:
+            self._add_file(result, path, mode, sha)
+        result.files = dict(sorted(result.files.items()))
 
     def _parse(self, sha: bytes, prefix: str) -> list[tuple[bytes, int, bytes]] | None:
         if sha in self._parsed:
@@ -240,15 +286,16 @@ class _TreeReader:
         self._parsed[sha] = entries
         return entries
 
-    def _add_file(self, result: DeployTree, path: str, mode: int, sha: bytes) -> None:
+    def _note_file(self, path: str, mode: int, sha: bytes) -> None:
+        """Check an entry's mode; a file or symlink is kept for when the sizes are known."""
         if mode == GITLINK_MODE:
             self.problems.append(f"path {path!r} is a submodule; submodules are not supported (copy the files in)")
-            return
-        if mode in _LEGACY_REGULAR_MODES:
-            mode = REGULAR_MODE
-        if mode not in (EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE):
+        elif mode in (EXECUTABLE_MODE, REGULAR_MODE, SYMLINK_MODE, *_LEGACY_REGULAR_MODES):
+            self._files.append((path, REGULAR_MODE if mode in _LEGACY_REGULAR_MODES else mode, sha))
+        else:
             self.problems.append(f"path {path!r} has an unsupported mode {mode:o}")
-            return
+
+    def _add_file(self, result: DeployTree, path: str, mode: int, sha: bytes) -> None:
         size: int | None
         if mode == SYMLINK_MODE:
             target = self._symlink_target(path, sha)
@@ -268,16 +315,26 @@ class _TreeReader:
 
     def _blob_size(self, path: str, sha: bytes) -> int | None:
         if sha not in self.sizes:
-            kind, raw = self._get(sha, repr(path))
+            kind: int | None
+            if sha in self._headers:
+                kind, size = self._headers[sha]
+            else:  # no header source: the content is read to learn its size
+                kind, raw = self._get(sha, repr(path))
+                size = len(raw)
             if kind is None:
                 return None
             if kind != _BLOB:
                 self.problems.append(f"path {path!r} is not a file object")
                 return None
-            self.sizes[sha] = len(raw)
+            self.sizes[sha] = size
         return self.sizes[sha]
 
     def _symlink_target(self, path: str, sha: bytes) -> str | None:
+        header_kind, size = self._headers.get(sha, (_BLOB, 0))
+        if header_kind != _BLOB or size > MAX_PATH_BYTES:  # refused before its content is read
+            what = "is not a file object" if header_kind != _BLOB else f"has a target longer than {MAX_PATH_BYTES} bytes"
+            self.problems.append(f"symlink {path!r} {what}")
+            return None
         kind, raw = self._get(sha, repr(path))
         if kind is None:
             return None

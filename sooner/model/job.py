@@ -47,13 +47,14 @@ JOB_DEFAULTS: dict[str, Any] = {
     "worker": None,
     "hooks": [],
     "timeout_s": None,
+    "memory_limit_mb": None,
     "retry": RetryPolicy().to_doc(),
     "overlap": Overlap.SKIP.value,
     "missed": Missed.SKIP.value,
 }
 
-_FIELDS = ("enabled", "schedule", "timezone", "worker", "hooks", "timeout_s", "retry", "overlap", "missed",
-           "deleted", "new", "commit", "blob", "created_at", "updated_at", "deleted_at", "scheduler_state")
+_FIELDS = ("enabled", "schedule", "timezone", "worker", "hooks", "timeout_s", "memory_limit_mb", "retry", "overlap",
+           "missed", "deleted", "new", "commit", "blob", "created_at", "updated_at", "deleted_at", "scheduler_state")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Job:
     worker: str | None = None
     hooks: tuple[str, ...] = ()
     timeout_s: float | None = None
+    # Resident memory (MB) the run's whole process tree may use; over it the run is killed and fails.
+    memory_limit_mb: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     overlap: Overlap = Overlap.SKIP
     missed: Missed = Missed.SKIP
@@ -96,6 +99,7 @@ class Job:
             name=str(doc["_id"]), enabled=bool(values["enabled"]), schedule=values["schedule"] or None,
             timezone=values["timezone"] or "UTC", worker=values["worker"] or None,
             hooks=tuple(values["hooks"] or ()), timeout_s=_number(values["timeout_s"]),
+            memory_limit_mb=_whole(values["memory_limit_mb"]),
             retry=RetryPolicy.from_doc(values["retry"]), overlap=_enum(Overlap, values["overlap"], Overlap.SKIP),
             missed=_enum(Missed, values["missed"], Missed.SKIP), deleted=bool(values.get("deleted")),
             new=bool(values.get("new")), commit=values.get("commit"), blob=values.get("blob"),
@@ -108,7 +112,8 @@ class Job:
         return {
             "_id": self.name, "enabled": self.enabled, "schedule": self.schedule, "timezone": self.timezone,
             "worker": self.worker, "hooks": list(self.hooks), "timeout_s": self.timeout_s,
-            "retry": self.retry.to_doc(), "overlap": self.overlap.value, "missed": self.missed.value,
+            "memory_limit_mb": self.memory_limit_mb, "retry": self.retry.to_doc(), "overlap": self.overlap.value,
+            "missed": self.missed.value,
             "deleted": self.deleted, "new": self.new, "commit": self.commit, "blob": self.blob,
             "created_at": self.created_at, "updated_at": self.updated_at,
             # Written only once set, as the repository does (a new job has neither).
@@ -120,6 +125,10 @@ class Job:
 
 def _number(value: Any) -> float | None:
     return float(value) if value not in (None, "") else None
+
+
+def _whole(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 def _enum(enum: Any, value: Any, default: Any) -> Any:

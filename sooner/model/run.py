@@ -40,9 +40,11 @@ class Progress:
         return cls(current, maximum)  # ints stay ints: the API shows 3/10, not 3.0/10.0
 
 
+# What a later worker on the same host needs to find and verify the run's processes (written once set).
+_PROCESS_FIELDS = ("host", "pid_started_at", "pgid", "supervisor_pid", "supervisor_started_at", "process_gone")
 _FIELDS = ("fire_kind", "job", "status", "trigger", "data", "commit", "target", "worker", "pid", "exit_code", "progress",
            "attempt", "depth", "timeout_s", "queued_at", "not_before", "started_at", "finished_at", "claimed_at",
-           "lease_until", "cancel_requested", "cancelled_by", "note", "duration_s", "scheduled_for")
+           "lease_until", "cancel_requested", "cancelled_by", "note", "duration_s", "scheduled_for", *_PROCESS_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,15 @@ class Run:
     cancelled_by: str | None = None
     note: str | None = None
     duration_s: float | None = None
+    # The script's process, recorded when it starts: host, its create time (psutil's, epoch seconds),
+    # its process group, and the run's supervisor process (see sooner.worker.supervise).
+    host: str | None = None
+    pid_started_at: float | None = None
+    pgid: int | None = None
+    supervisor_pid: int | None = None
+    supervisor_started_at: float | None = None
+    # A worker on ``host`` confirmed that no process of the run is left (so its retry need not wait).
+    process_gone: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -107,7 +118,9 @@ class Run:
             not_before=doc.get("not_before"), started_at=doc.get("started_at"), finished_at=doc.get("finished_at"),
             claimed_at=doc.get("claimed_at"), lease_until=doc.get("lease_until"),
             cancel_requested=bool(doc.get("cancel_requested")), cancelled_by=doc.get("cancelled_by"),
-            note=doc.get("note"), duration_s=doc.get("duration_s"),
+            note=doc.get("note"), duration_s=doc.get("duration_s"), host=doc.get("host"),
+            pid_started_at=doc.get("pid_started_at"), pgid=doc.get("pgid"), supervisor_pid=doc.get("supervisor_pid"),
+            supervisor_started_at=doc.get("supervisor_started_at"), process_gone=bool(doc.get("process_gone")),
             extra={k: v for k, v in doc.items() if k != "_id" and k not in _FIELDS},
         )
 
@@ -120,9 +133,10 @@ class Run:
             "not_before": self.not_before, "started_at": self.started_at, "finished_at": self.finished_at,
             "lease_until": self.lease_until, "cancel_requested": self.cancel_requested, "note": self.note,
         }
-        for name in ("claimed_at", "cancelled_by", "duration_s"):
-            if getattr(self, name) is not None:
-                doc[name] = getattr(self, name)
+        for name in ("claimed_at", "cancelled_by", "duration_s", *_PROCESS_FIELDS):
+            value = getattr(self, name)
+            if value is not None and value is not False:  # process_gone is written once true
+                doc[name] = value
         scheduled_for = getattr(self.trigger, "scheduled_for", None)
         if scheduled_for is not None:
             # The unique one_run_per_fire index: one run per (job, scheduled_for, fire_kind).

@@ -5,7 +5,8 @@ every listener of its registry, in order, with a :class:`RunEnded`. The
 default registry, :data:`LISTENERS`, holds (in this order):
 
 1. ``retry`` -- a failed, timed-out or lost run is queued again per its job's
-   retry policy;
+   retry policy (a lost run's retry also waits until its old process is
+   certainly dead, see :func:`old_process_grace_s`);
 2. ``release-waiting`` -- the oldest ``waiting`` run of the job (overlap
    ``queue``) may go now;
 3. ``emit-outcome`` -- ``job:<name>:succeeded`` / ``job:<name>:failed`` is
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
-from sooner.model import Job, RetryTrigger, Run
+from sooner.model import Job, RetryTrigger, Run, RunStatus
 
 if TYPE_CHECKING:
     from sooner.runs.service import RunService
@@ -104,7 +105,7 @@ def retry_per_policy(ended: RunEnded) -> None:
     run, job = ended.run, ended.job
     if not run.status.failed or job is None or not job.retry.allows(run.attempt):
         return
-    delay = job.retry.delay_after(run.attempt)
+    delay = max(job.retry.delay_after(run.attempt), old_process_grace_s(ended))
     retry = ended.service.queue(
         job, RetryTrigger(source=run.id, previous_status=run.status.value), data=run.data, target=run.target,
         depth=run.depth, attempt=run.attempt + 1, not_before=ended.now + timedelta(seconds=delay), now=ended.now)
@@ -113,6 +114,22 @@ def retry_per_policy(ended: RunEnded) -> None:
     retrying = f"retrying as run {retry.id} (attempt {retry.attempt} of {job.retry.attempts + 1}) in {delay:.0f}s"
     # Keep why the run ended (lost lease, timeout …) in front of the retry notice.
     ended.service.store.runs.add_note(run.id, f"{run.note}; {retrying}" if run.note else retrying)
+
+
+def old_process_grace_s(ended: RunEnded) -> float:
+    """Seconds a lost run's retry must wait so it never runs beside the run's old process.
+
+    A run is marked lost once its lease has expired, or when its worker restarts under the
+    same name (from another host that needs the old heartbeat, and so the lease, to be
+    expired). A worker that could not renew a lease SIGTERMs the script when the lease
+    expires and SIGKILLs it ``cancel_grace_s`` later, so ``cancel_grace_s`` after ``now``
+    (which is past the lease's expiry) the old process is dead. No wait is needed once a
+    worker on the run's host confirmed its processes gone (``process_gone``).
+    """
+    run = ended.run
+    if run.status is not RunStatus.LOST or run.process_gone:
+        return 0.0
+    return ended.service.settings.cancel_grace_s
 
 
 def release_waiting(ended: RunEnded) -> None:

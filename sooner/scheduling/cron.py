@@ -3,16 +3,20 @@
 Every part of Sooner (scheduler, CLI, web UI) computes fire times with the
 functions here, so there is one cron semantics everywhere:
 
-* Standard crontab as implemented by croniter: 5 fields
-  (``minute hour day-of-month month day-of-week``), or 6 fields where the
-  **6th (last) field is seconds** (croniter's default, ``second_at_beginning``
-  off), plus the aliases ``@hourly @daily @midnight @weekly @monthly @yearly
-  @annually``.  Day-of-week 0 and 7 are both Sunday.  When day-of-month and
-  day-of-week are both restricted they combine with OR (Vixie cron); note
-  that croniter, unlike cronie, also ORs them when one starts with ``*``
-  (``*/2``), and we follow croniter.  croniter extensions ``L``, ``#`` and
-  ``W`` work; ``@reboot``, hashed ``H`` and random ``R`` values and the 7th
-  (year) field are rejected.
+* Fields as Debian cron (cronie) reads them: 5 fields
+  (``minute hour day-of-month month day-of-week``) with ``*``, ``*/n``,
+  ``a``, ``a-b``, ``a-b/n``, lists and three-letter names; day-of-week 0 and
+  7 are both Sunday; day-of-month and day-of-week combine with AND when
+  either starts with ``*`` (``*/2`` too) and with OR otherwise.  Beyond
+  cronie: a 6th field of **seconds, last**; the aliases ``@hourly @daily
+  @midnight @weekly @monthly @yearly @annually`` in any case; ``N/n``
+  (``N-max/n``); ``?`` for ``*`` in the day fields; and cronsim's ``L`` and
+  ``LW`` (day of month), ``5L`` and ``5#3`` (day of week).  Rejected:
+  ``@reboot``, hashed/random values (``H``, ``R``, ``~``), reversed ranges
+  (cronie silently never runs them, or reads day-of-week ``5-0`` as
+  ``5-7``) and a 7th (year) field.  The engine is cronsim, fed naive wall
+  times so that DST stays ours (below); its one divergence from cronie, a
+  stepped single-value range (``5-5/10`` is ``5``), is rewritten first.
 * Expressions are evaluated on the wall clock of the job's IANA timezone and
   each matching wall-clock time is mapped to real instants (UTC) with the
   DST behaviour people know from Vixie cron / cronie:
@@ -30,10 +34,14 @@ functions here, so there is one cron semantics everywhere:
   (and ``@hourly``).  Anything else -- ``2``, ``1,13``, ``1-3``,
   ``8-18/2`` -- names fixed hours.  Unlike cronie we ignore the minute field
   (cronie also treats ``*/5 2 * * *`` as a wildcard job): the contract is
-  that a job with a fixed hour fires once in the repeated hour.
+  that a job with a fixed hour fires once in the repeated hour.  Also unlike
+  cronie, the skipped-time rule holds for wildcard jobs too (cronie's
+  wildcard jobs do not catch up skipped minutes: its ``30 * * * *`` drops
+  02:30 on a spring-forward day, ours fires it at 03:00), and several
+  skipped times give one fire (cronie runs a fixed job once per time).
 
 Results are always strictly increasing in real time.  All functions are
-pure: no I/O, no global state.
+pure: no I/O; the only state is a cache of validated expressions.
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from itertools import islice
+from typing import NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cron_descriptor import Options, get_description
-from croniter import CroniterBadDateError, CroniterError, croniter
+from cronsim import CronSim, CronSimError
 
 from sooner.errors import ScheduleError
 
@@ -63,22 +73,54 @@ ALIASES: dict[str, str] = {
     "@annually": "0 0 1 1 *",
 }
 
-# (name, lowest, highest) in croniter's field order: seconds come last.
-_FIELDS: tuple[tuple[str, int, int], ...] = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day-of-month", 1, 31),
-    ("month", 1, 12),
-    ("day-of-week", 0, 7),
-    ("second", 0, 59),
-)
-_HOUR = 1
+_MONTH_NAMES = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+_DAY_NAMES = "sun mon tue wed thu fri sat".split()
 
-# croniter's own syntax for hashed (H) and random (R) values; both depend on
+
+@dataclass(frozen=True)
+class _Field:
+    """One field as written by the user (seconds last): its range and extra forms."""
+
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()
+    extras: tuple[str, ...] = ()
+
+    def reason(self, value: str) -> str:
+        """Say why ``value`` is not a valid field, for an error message."""
+        numbers = [int(n) for n in re.findall(r"(?<![/#\w])\d+", value)]  # not steps, not n in 5#n
+        if any(not self.low <= n <= self.high for n in numbers):
+            return f"values must be within {self.low}-{self.high}"
+        if any(int(a) > int(b) for a, b in re.findall(r"(?<![/#\w])(\d+)-(\d+)", value)):
+            return f"ranges must run from low to high, as in {self.low}-{self.high}"
+        forms = [*(["names"] if self.names else []), "ranges", "lists", "steps", *self.extras]
+        return f"expected numbers within {self.low}-{self.high}, {', '.join(forms[:-1])} or {forms[-1]}"
+
+    def value_of(self, text: str) -> int | None:
+        """A number or name as a number, or None if it is neither."""
+        if text.isdigit():
+            return int(text)
+        lowered = text.lower()
+        return self.names.index(lowered) + self.low if lowered in self.names else None
+
+
+_FIELDS: tuple[_Field, ...] = (
+    _Field("minute", 0, 59),
+    _Field("hour", 0, 23),
+    _Field("day-of-month", 1, 31, extras=("L", "LW")),
+    _Field("month", 1, 12, names=tuple(_MONTH_NAMES)),
+    _Field("day-of-week", 0, 7, names=tuple(_DAY_NAMES), extras=("5L", "5#3")),
+    _Field("second", 0, 59),
+)
+_HOUR, _DAY_FIELDS = 1, (2, 4)
+
+# croniter's syntax for hashed (H) and random (R) values; both depend on
 # state outside the expression, so two processes would disagree on fire times.
 _HASHED = re.compile(r"^[hr](\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
+_STEPPED_RANGE = re.compile(r"^(\w+)-(\w+)/\d+$")
 
-# Any moment that matches; used to check that an expression can ever fire.
+# Any moment; used to check that an expression can ever fire.
 _PROBE_START = datetime(2000, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -92,27 +134,43 @@ def validate_cron(expr: str) -> str:
     """
     if not isinstance(expr, str):
         raise ScheduleError(f"invalid cron expression {expr!r}: expected a string")
+    return _compile(expr).normalised
+
+
+@dataclass(frozen=True)
+class _Cron:
+    """A validated expression: as the user wrote it, and in the engine's form."""
+
+    normalised: str
+    engine: str  # cronsim's field order: a 6th (seconds) field comes first
+    wildcard_hour: bool
+
+
+@lru_cache(maxsize=1024)
+def _compile(expr: str) -> _Cron:
+    """Validate and translate ``expr`` once; the scheduler asks for it every tick."""
     fields = expr.split()
     normalised = " ".join(fields)
     if not fields:
         raise ScheduleError(f"invalid cron expression {normalised!r}: it is empty")
     if len(fields) == 1 and fields[0].startswith("@"):
-        return _validate_alias(normalised)
+        alias = _validate_alias(normalised)
+        return _Cron(alias, _to_engine(ALIASES[alias].split()), hour_is_wildcard(alias))
     if len(fields) not in (5, 6):
         hint = " (a year field is not supported)" if len(fields) == 7 else ""
         raise ScheduleError(
             f"invalid cron expression {normalised!r}: expected 5 or 6 fields, "
             f"got {len(fields)}{hint}"
         )
-    for index, value in enumerate(fields):
+    for field, value in zip(_FIELDS, fields):
         if _HASHED.match(value):
             raise ScheduleError(
-                f"invalid cron expression {normalised!r}: {_FIELDS[index][0]} field "
+                f"invalid cron expression {normalised!r}: {field.name} field "
                 f"{value!r}: hashed (H) and random (R) values are not supported"
             )
+    engine = _to_engine(fields)
     _check_fields(normalised, fields)
-    _check_can_fire(normalised)
-    return normalised
+    return _Cron(normalised, engine, hour_is_wildcard(normalised))
 
 
 def _validate_alias(alias: str) -> str:
@@ -131,49 +189,58 @@ def _validate_alias(alias: str) -> str:
     )
 
 
+def _to_engine(fields: list[str]) -> str:
+    """Translate Sooner's fields (seconds last) into a cronsim expression (seconds first)."""
+    translated = [_engine_field(index, value) for index, value in enumerate(fields)]
+    return " ".join(translated[5:] + translated[:5])
+
+
+def _engine_field(index: int, value: str) -> str:
+    """One field in cronsim's syntax, where it differs from Sooner's."""
+    if value == "?" and index in _DAY_FIELDS:
+        return "*"
+    terms = value.split(",")
+    for position, term in enumerate(terms):
+        # cronsim reads a stepped single-value range ``5-5/10`` as ``5/10``
+        # (5, 15, ...); cronie as 5.  The step of a one-value range is moot.
+        match = _STEPPED_RANGE.match(term)
+        if match:
+            first, last = (_FIELDS[index].value_of(end) for end in match.groups())
+            if first is not None and first == last:
+                terms[position] = term.partition("/")[0]
+    return ",".join(terms)
+
+
 def _check_fields(normalised: str, fields: list[str]) -> None:
-    """Raise a ScheduleError naming the first field croniter rejects."""
+    """Raise a ScheduleError naming the first bad field, or saying it never fires."""
     try:
-        croniter.expand(normalised)
+        next(CronSim(_to_engine(fields), _PROBE_START))
         return
-    except CroniterError as whole_error:
-        overall = _croniter_reason(str(whole_error))
+    except (CronSimError, ValueError):
+        pass
+    except StopIteration:  # cronsim found no match within 50 years
+        _never_fires(normalised)
     for index, value in enumerate(fields):
         alone = ["*"] * len(fields)
         alone[index] = value
         try:
-            croniter.expand(" ".join(alone))
-        except CroniterError as error:
-            name, low, high = _FIELDS[index]
-            reason = _croniter_reason(str(error))
-            if "out of" in reason:  # croniter says "out of range" or "out of bands"
-                reason = f"values must be within {low}-{high}"
-            elif not reason:
-                reason = f"expected numbers within {low}-{high}, ranges, lists or steps"
+            CronSim(_to_engine(alone), _PROBE_START)
+        except (CronSimError, ValueError):
+            field = _FIELDS[index]
             raise ScheduleError(
-                f"invalid cron expression {normalised!r}: {name} field {value!r} "
-                f"is invalid ({reason})"
+                f"invalid cron expression {normalised!r}: {field.name} field {value!r} "
+                f"is invalid ({field.reason(value)})"
             ) from None
-    raise ScheduleError(f"invalid cron expression {normalised!r}: {overall or 'not accepted'}")
+    # Every field is fine alone: cronsim refused a day that no month has.
+    _never_fires(normalised)
 
 
-def _croniter_reason(message: str) -> str:
-    """Strip croniter's ``[expr] is not acceptable`` boilerplate from a message."""
-    reason = re.sub(r"^\[.*?\]\s*(is not acceptable)?[.,]?\s*", "", message.strip())
-    reason = re.sub(r" in field \d+", "", reason).strip()  # croniter's numbering, not ours
-    # croniter wraps unexpected ValueErrors in a traceback; keep the last line.
-    return reason.splitlines()[-1].strip() if reason else ""
-
-
-def _check_can_fire(normalised: str) -> None:
+def _never_fires(normalised: str) -> NoReturn:
     """Reject expressions such as ``0 0 30 2 *`` that match no date at all."""
-    try:
-        croniter(normalised, _PROBE_START).get_next(datetime)
-    except CroniterBadDateError:
-        raise ScheduleError(
-            f"invalid cron expression {normalised!r}: it never fires "
-            "(no date matches its day-of-month, month and day-of-week fields)"
-        ) from None
+    raise ScheduleError(
+        f"invalid cron expression {normalised!r}: it never fires "
+        "(no date matches its day-of-month, month and day-of-week fields)"
+    )
 
 
 def validate_timezone(name: str) -> str:
@@ -211,7 +278,7 @@ def next_fires(expr: str, tz: str, after: datetime, n: int = 5) -> list[datetime
 
     ``after`` must be timezone-aware (any zone).  Results are aware datetimes
     in the job's timezone ``tz``, strictly increasing; fewer than ``n`` when
-    the schedule runs out (croniter gives up after 50 years without a match).
+    the schedule runs out (the engine gives up after 50 years without a match).
     Raises ScheduleError for an invalid expression or timezone.
 
     Compare results in UTC: Python compares two datetimes that share a tzinfo
@@ -259,15 +326,12 @@ def last_fire_at_or_before(expr: str, tz: str, when: datetime) -> datetime | Non
         upper = when_utc.replace(tzinfo=None) + max(_fold_offsets(local)) + _MICROSECOND
     except OverflowError:
         upper = datetime.max  # ``when`` is at the end of time
-    cron = croniter(schedule.cron, upper)
-    while True:
-        try:
-            wall = cron.get_prev(datetime)
-        except (CroniterBadDateError, ValueError, OverflowError):
-            return None
+    for wall in _wall_times(schedule.cron, upper, reverse=True):
         instants = schedule.instants(wall)
         if instants[0] <= when_utc:
             break
+    else:
+        return None
     # The answer lies between instants[0] and ``when``; walk forward to it.
     latest = instants[0]
     for instant in _iter_fires(schedule, latest):
@@ -289,7 +353,7 @@ def hour_is_wildcard(expr: str) -> bool:
 
 @dataclass(frozen=True)
 class _Schedule:
-    """A validated expression in croniter's form, with its zone and hour kind."""
+    """A validated expression in the engine's form, with its zone and hour kind."""
 
     cron: str
     zone: ZoneInfo
@@ -297,13 +361,16 @@ class _Schedule:
 
     @classmethod
     def parse(cls, expr: str, tz: str) -> _Schedule:
-        """Validate ``expr`` and ``tz``; raise ScheduleError if either is bad."""
-        normalised = validate_cron(expr)
-        return cls(
-            cron=ALIASES.get(normalised, normalised),
-            zone=ZoneInfo(validate_timezone(tz)),
-            wildcard_hour=hour_is_wildcard(normalised),
-        )
+        """Validate ``expr`` and ``tz``; raise ScheduleError if either is bad.
+
+        Cheap after the first call for an expression (``_compile`` is cached,
+        ZoneInfo caches zones).
+        """
+        if not isinstance(expr, str):
+            validate_cron(expr)  # raises
+        compiled = _compile(expr)
+        return cls(cron=compiled.engine, zone=ZoneInfo(validate_timezone(tz)),
+                   wildcard_hour=compiled.wildcard_hour)
 
     def instants(self, wall: datetime) -> list[datetime]:
         """Map a naive wall-clock time to its fire instants (UTC), sorted.
@@ -340,7 +407,7 @@ def _fold_offsets(local: datetime) -> tuple[timedelta, timedelta]:
 def _iter_fires(schedule: _Schedule, after_utc: datetime) -> Iterator[datetime]:
     """Yield fire instants (UTC) strictly after ``after_utc``, strictly increasing.
 
-    Wall-clock candidates come from croniter on naive local time; each maps to
+    Wall-clock candidates come from the engine on naive local time; each maps to
     one or two instants.  Instants wait in a heap until no later candidate can
     produce an earlier instant: the earliest instant a wall time maps to never
     decreases as wall time increases.
@@ -371,14 +438,17 @@ def _iter_fires(schedule: _Schedule, after_utc: datetime) -> Iterator[datetime]:
             yield instant
 
 
-def _wall_times(cron_expr: str, start: datetime) -> Iterator[datetime]:
-    """Yield naive wall-clock times matching the expression, strictly after ``start``."""
-    cron = croniter(cron_expr, start)
+def _wall_times(engine_expr: str, start: datetime, reverse: bool = False) -> Iterator[datetime]:
+    """Yield naive wall-clock times matching, strictly after ``start`` (before, if ``reverse``).
+
+    cronsim is given naive times, so it applies no DST rules of its own.
+    """
+    times = CronSim(engine_expr, start, reverse=reverse)
     while True:
         try:
-            yield cron.get_next(datetime)
-        except (CroniterBadDateError, ValueError, OverflowError):
-            return  # no match within croniter's horizon, or past year 9999
+            yield next(times)
+        except (StopIteration, OverflowError, ValueError):
+            return  # no match within cronsim's 50 years, or past year 1 or 9999
 
 
 def _transition(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:

@@ -91,6 +91,7 @@ class Scheduler:
         """Expire lost runs, then fire every due trigger; returns the runs created for them."""
         now = _utc_ms(now or self.clock.now())
         self.expire_leases(now)
+        self.store.output.prune_expired(now)  # retention where no TTL index does it (at most hourly)
         self.store.jobs.clear_trigger_states()
         fired: list[Run] = []
         upcoming: list[datetime] = []

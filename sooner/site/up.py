@@ -96,7 +96,12 @@ def run_up(settings: Settings, config_path: Path, host: str, port: int, worker_n
     """Run everything until interrupted; returns the exit code."""
     from sooner.store import open_store
     from sooner.store.embedded import EmbeddedServer
+    from sooner.webapp.server import check_can_listen
 
+    from sooner.model.job_settings import validate_worker_name
+
+    validate_worker_name(worker_name, "-n/--worker-name")  # before anything claims to be up
+    check_can_listen(host, port)
     store = open_store(settings)
     ensure_first_admin(store, echo)
     store.close()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pymongo.database import Database
 
     from sooner.config import Settings
+    from sooner.store.output import OutputPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Store:
     """
 
     def __init__(self, url: str, database: str = "sooner", *, embedded: EmbeddedServer | None = None,
-                 retry_attempts: int = 4, clock: Clock = SYSTEM_CLOCK) -> None:
+                 retry_attempts: int = 4, clock: Clock = SYSTEM_CLOCK, output_policy: OutputPolicy | None = None) -> None:
         from sooner.store.changes import Changes
         from sooner.store.deploys import DeployRepo, ObjectRepo
         from sooner.store.events import EventRepo
@@ -51,6 +52,7 @@ class Store:
         from sooner.store.queues import QueueRepo
         from sooner.store.reads import Reads
         from sooner.store.runs import RunRepo
+        from sooner.store.sessions import SessionRepo
         from sooner.store.users import TokenRepo, UserRepo
         from sooner.store.workers import WorkerRepo
 
@@ -66,11 +68,12 @@ class Store:
         self.deploys = DeployRepo(self)
         self.objects = ObjectRepo(self)
         self.runs = RunRepo(self)
-        self.output = OutputRepo(self)
+        self.output = OutputRepo(self, output_policy)  # its retention shapes an index: see ensure_retention
         self.events = EventRepo(self)
         self.workers = WorkerRepo(self)
         self.queues = QueueRepo(self)
         self.users, self.tokens = UserRepo(self), TokenRepo(self)
+        self.sessions = SessionRepo(self)
         self.reads = Reads(self)
         self.changes = Changes(self)
 
@@ -170,7 +173,11 @@ def open_store(settings: Settings, *, create_indexes: bool = True, retry_attempt
                clock: Clock = SYSTEM_CLOCK) -> Store:
     """Connect to the configured database and make sure its indexes exist."""
     url, embedded = resolve_url(settings)
-    store = Store(url, settings.database, embedded=embedded, retry_attempts=retry_attempts, clock=clock)
+    from sooner.store.output import OutputPolicy
+
+    store = Store(url, settings.database, embedded=embedded, retry_attempts=retry_attempts, clock=clock,
+                  output_policy=OutputPolicy.from_settings(settings))
     if create_indexes:
         store.ensure_indexes()
+        store.output.ensure_retention()
     return store

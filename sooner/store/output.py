@@ -1,33 +1,72 @@
-"""The ``run_output`` collection: a run's output as numbered chunks.
+"""The ``run_output`` collection: a run's output as numbered chunks, kept for a while.
 
 A chunk holds consecutive text of one stream (stdout, stderr or system); the
 whole output of a run is its chunks in ``seq`` order. Writers number chunks
 themselves (one writer per run: its worker), so readers can ask for
 "everything after seq N" and never miss or repeat a line across reconnects.
+
+The store's :class:`OutputPolicy` (the ``output_*`` settings) says how much a
+run may store, which the worker enforces (:mod:`sooner.worker.streams`), and
+how long chunks are kept. Retention goes by each chunk's ``t``, so it applies
+to runs from before the setting too; runs' own documents are never removed.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING, Iterable
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Iterable
 
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from sooner.store import schema
 
 if TYPE_CHECKING:
+    from sooner.config import Settings
     from sooner.store import Store
 
-# Keep each chunk document small enough to stream and render in pieces.
-MAX_CHUNK_CHARS = 256 * 1024
+# Keep each chunk document small enough to stream and render in pieces, and its JSON (at most 6 bytes
+# per character, "\u001b") within one output page's budget (store.reads.OUTPUT_PAGE_BYTES, 1 MB).
+MAX_CHUNK_CHARS = 160 * 1024
+# How often prune_expired does its work; MongoDB's own TTL monitor runs every 60 s.
+PRUNE_EVERY = timedelta(hours=1)
+_MARKER = "output_retention"  # the META document remembering how the index on t was last shaped
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """How much of a run's output is stored and for how long: the ``output_*`` settings."""
+
+    max_bytes_per_run: int
+    max_line_bytes: int
+    retention_days: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> OutputPolicy:
+        """The policy of ``settings`` (the defaults without)."""
+        if settings is None:
+            from sooner.config import Settings
+
+            settings = Settings()
+        return cls(settings.output_max_bytes_per_run, settings.output_max_line_bytes, settings.output_retention_days)
+
+    @property
+    def retention(self) -> timedelta | None:
+        """How long chunks are kept; None = forever."""
+        return timedelta(days=self.retention_days) if self.retention_days > 0 else None
 
 
 class OutputRepo:
-    """Domain operations on ``run_output``."""
+    """Domain operations on ``run_output``, under the store's :class:`OutputPolicy`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: OutputPolicy | None = None) -> None:
         self.store = store
+        self.policy = policy or OutputPolicy.from_settings()
         self.collection = store.collection(schema.RUN_OUTPUT)
+        self._pruned_at: datetime | None = None
 
     def append(self, run_id: str, chunks: Iterable[tuple[int, str, str, datetime | None]]) -> None:
         """Insert chunks (seq, stream, text, t). A chunk already stored (a retried batch) is skipped."""
@@ -59,3 +98,95 @@ class OutputRepo:
     def text(self, run_id: str) -> str:
         """The whole output as one string (for tests and downloads of small runs)."""
         return "".join(chunk["text"] for chunk in self.read(run_id))
+
+    # -- retention ---------------------------------------------------------------
+    def prune(self, older_than: datetime, *, batch: int = 1000) -> int:
+        """Delete every chunk written before ``older_than``, of any run; returns how many.
+
+        Oldest first, ``batch`` at a time. A chunk without a date (never written
+        by Sooner) counts as old. Runs' documents are kept.
+        """
+        # Found through the index on t and deleted by _id: a range filter on t is a whole-collection scan
+        # on the embedded server (118 ms at 100,000 chunks), a sort on it with a limit is not (under 1 ms).
+        removed = 0
+        while True:
+            docs = self.store.retry(lambda: list(self.collection.find({}, {"_id": 1, "t": 1}).sort("t", 1)
+                                                 .limit(batch)))
+            old = [doc["_id"] for doc in docs if not isinstance(doc.get("t"), datetime) or doc["t"] < older_than]
+            if old:
+                self.store.retry(lambda: self.collection.delete_many({"_id": {"$in": old}}))
+                removed += len(old)
+            if len(old) < batch:
+                return removed
+
+    def prune_expired(self, now: datetime) -> int:
+        """Apply the retention: :meth:`prune` what is older than it, at most once per :data:`PRUNE_EVERY`.
+
+        Cheap to call on every loop iteration (the scheduler's tick); returns
+        how many chunks were removed (0 when not due or kept forever).
+        """
+        retention = self.policy.retention
+        if retention is None or (self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY):
+            return 0
+        self._pruned_at = now
+        removed = self.prune(now - retention)
+        if removed:
+            logger.info("removed %d output chunks older than %g days", removed, self.policy.retention_days)
+        return removed
+
+    def ensure_retention(self, *, server_sweeps: bool | None = None) -> None:
+        """Shape the index on ``t`` for the retention (``open_store`` calls it); once per setting.
+
+        Where the server expires documents in the background (MongoDB's TTL
+        monitor), it is a TTL index whose ``expireAfterSeconds`` is the
+        retention, changed with ``collMod`` (or dropped and created again where
+        that does not take) when the setting changes. nx-27017 honours TTL
+        indexes by purging on every read of the collection, a scan that doubles
+        the cost of each output read, and mongomock never expires anything:
+        there the index is plain and :meth:`prune_expired` removes old chunks.
+        ``server_sweeps`` answers the question instead of the server (tests).
+        """
+        retention = self.policy.retention
+        if retention is not None and server_sweeps is None:
+            server_sweeps = self._server_sweeps()
+        ttl_s = max(1, int(retention.total_seconds())) if retention is not None and server_sweeps else 0
+        meta = self.store.collection(schema.META)
+        if self.store.retry(lambda: meta.find_one({"_id": _MARKER, "ttl_s": ttl_s})):
+            return
+        self.store.retry(lambda: self._shape_age_index(ttl_s or None))
+        self.store.retry(lambda: meta.update_one({"_id": _MARKER}, {"$set": {"ttl_s": ttl_s}}, upsert=True))
+
+    def _shape_age_index(self, ttl_s: int | None) -> None:
+        existing = self._age_index()
+        if existing is not None and existing.get("expireAfterSeconds") == ttl_s:
+            return
+        if existing is not None and ttl_s is not None and "expireAfterSeconds" in existing:
+            try:
+                self.collection.database.command("collMod", self.collection.name,
+                                                 index={"name": existing["name"], "expireAfterSeconds": ttl_s})
+            except OperationFailure as exc:
+                logger.info("collMod refused (%s); dropping and creating the index on t instead", exc)
+            existing = self._age_index()
+            if existing is not None and existing.get("expireAfterSeconds") == ttl_s:
+                return
+        if existing is not None:
+            self.collection.drop_index(existing["name"])
+        options = {} if ttl_s is None else {"expireAfterSeconds": ttl_s}
+        self.collection.create_index(schema.RUN_OUTPUT_AGE, **options)
+
+    def _age_index(self) -> dict[str, Any] | None:
+        wanted = [(key, int(order)) for key, order in schema.RUN_OUTPUT_AGE]
+        for index in self.collection.list_indexes():
+            if [(key, int(order)) for key, order in index["key"].items()] == wanted:
+                return dict(index)
+        return None
+
+    def _server_sweeps(self) -> bool:
+        """Whether the server expires TTL documents in the background: a real MongoDB, not nx-27017 or mongomock."""
+        if self.store.is_mongomock:
+            return False
+        try:
+            status = self.store.retry(lambda: self.collection.database.command("serverStatus"))
+        except OperationFailure:  # not allowed to ask (no clusterMonitor role): only a real MongoDB checks roles
+            return True
+        return status.get("process") != "nx_27017"

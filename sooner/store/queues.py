@@ -7,6 +7,7 @@ browse them in the web UI.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -17,7 +18,7 @@ import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ReturnDocument
-from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 from sooner.errors import SoonerError, StoreError
 from sooner.store import schema
@@ -25,12 +26,15 @@ from sooner.store import schema
 if TYPE_CHECKING:
     from sooner.store import Store
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 QUERY_BUDGET_S = 2.0  # a browsing query gives up after this (a slow filter on a big queue)
 MAX_DATA_INDEXES = 6  # single-field indexes on data.<key> per queue, created for sorting
 SEARCH_WINDOW = 20_000  # a search reads at most this many entries of the view per text column
 ESTIMATE_MAX_AGE_S = 30.0
+UNINDEXABLE_MAX_AGE_S = 300.0  # how long a refused index on a field is not asked for again
 
 # No '-': the embedded nx-27017 server refuses collection names with one, and a
 # queue must work the same on every store.
@@ -219,10 +223,15 @@ class Queue:
         return self.store.queues.cached(("indexes", self.name), max_age_s, compute)
 
     def ensure_sort_index(self, field: str, *, max_data_indexes: int = MAX_DATA_INDEXES) -> str:
-        """Make sorting by ``field`` fast: returns "indexed" (already was), "created" or "limit".
+        """Make sorting by ``field`` fast: returns "indexed" (already was), "created", "limit" or "unindexable".
 
         Only flat ``data.<key>`` fields get new indexes, at most
         ``max_data_indexes`` per queue, because every index slows down writes.
+        "unindexable": the database refused an index on the field's name (the
+        embedded server names indexes after fields and allows only letters,
+        digits and '_' in them, so a key with '-' or a space has none); the
+        sort still works, without an index. That answer is remembered for
+        ``UNINDEXABLE_MAX_AGE_S``.
         """
         from sooner.store.queue_filters import is_field
 
@@ -236,8 +245,15 @@ class Queue:
             raise ValueError(f"not an indexable queue field: {field!r}")
         elif sum(1 for name in indexed if name.startswith("data.")) >= max_data_indexes:
             return "limit"
+        elif self.store.queues.peek(("unindexable", self.name, field), UNINDEXABLE_MAX_AGE_S):
+            return "unindexable"
         else:
-            self.store.retry(lambda: self.collection.create_index([(field, pymongo.ASCENDING)]))
+            try:
+                self.store.retry(lambda: self.collection.create_index([(field, pymongo.ASCENDING)]))
+            except OperationFailure as exc:
+                logger.info("queue %s: no index on %s (the database refused it: %s)", self.name, field, exc)
+                self.store.queues.remember(("unindexable", self.name, field), True)
+                return "unindexable"
         self.store.queues.forget(("indexes", self.name))
         return "created"
 
@@ -376,6 +392,12 @@ class QueueRepo:
             self._cache.clear()
         self._cache[key] = (now, value)
         return value
+
+    def remember(self, key: Any, value: Any) -> None:
+        """Keep ``value`` under ``key`` from now on, as :meth:`cached` would have."""
+        if len(self._cache) > 1000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic(), value)
 
     def forget(self, key: Any) -> None:
         self._cache.pop(key, None)

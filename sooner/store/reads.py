@@ -14,6 +14,7 @@ A projected run (``fields=…``) always carries ``_id``, ``job`` and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,14 @@ HISTORY_PROJECTION = {"data": 0, "trigger.message": 0}
 CHUNK_FIELDS = {"_id": 0, "seq": 1, "stream": 1, "text": 1, "t": 1}
 # Longer ``$in`` lists are asked in batches of this many ids.
 ID_BATCH = 500
+# An output page (the API, the web's JSON pages) carries at most this much JSON of chunks.
+OUTPUT_PAGE_BYTES = 1024 * 1024
+# Output pages read chunks this many at first, doubling up to MAX_BATCH: enough for pages of small
+# chunks in a few queries, while a page of big ones (up to 160K characters each) reads little it drops.
+FIRST_BATCH = 8
+MAX_BATCH = 512
+# What a chunk's JSON carries besides its text: {"seq": …, "stream": "stdout", "text": …}.
+CHUNK_JSON_BYTES = 48
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,15 @@ class Page(Generic[T]):
     items: list[T]
     more: bool
     next_before: datetime | None
+
+
+@dataclass(frozen=True)
+class OutputPage:
+    """Output chunks in seq order; ``more``: later ones exist, read them with ``after=next_after``."""
+
+    chunks: list[dict]
+    more: bool
+    next_after: int
 
 
 @dataclass(frozen=True)
@@ -121,12 +139,63 @@ class Reads:
         return DashboardRuns(running=busy, queued=waiting, recent=self.recent_runs(recent))
 
     # -- output ---------------------------------------------------------------
-    def output_tail(self, run_id: str, *, before: int | None = None, limit: int = 400) -> tuple[list[dict], bool]:
-        """The run's newest ``limit`` chunks (with seq < ``before`` if given) in seq order, and whether older exist."""
-        query: dict[str, Any] = {"run": run_id}
-        if before is not None:
-            query["seq"] = {"$lt": before}
-        return self._newest_chunks(query, limit)
+    def output_after(self, run_id: str, after_seq: int = -1, *, limit: int = 1000,
+                     max_bytes: int = OUTPUT_PAGE_BYTES) -> OutputPage:
+        """The chunks with seq > ``after_seq`` in seq order: at most ``limit``, and at most ``max_bytes``.
+
+        The size is what the chunks weigh as JSON (:func:`chunk_bytes`); a page
+        always holds at least one chunk if there is one, so paging by
+        ``next_after`` always progresses (a chunk is at most
+        :data:`~sooner.store.output.MAX_CHUNK_CHARS`). The chunks are read a
+        few at a time, so a page of a huge output never loads more than it keeps.
+        """
+        kept: list[dict] = []
+        size, batch, cursor = 0, FIRST_BATCH, after_seq
+        while True:
+            want = min(batch, limit - len(kept) + 1)
+            docs = self._chunks({"run": run_id, "seq": {"$gt": cursor}}, 1, want)
+            for doc in docs:
+                weight = chunk_bytes(doc)
+                if kept and (len(kept) >= limit or size + weight > max_bytes):
+                    return OutputPage(kept, True, kept[-1]["seq"])
+                kept.append(doc)
+                size += weight
+            if len(docs) < want:
+                return OutputPage(kept, False, kept[-1]["seq"] if kept else after_seq)
+            cursor, batch = docs[-1]["seq"], min(batch * 2, MAX_BATCH)
+
+    def output_tail(self, run_id: str, *, before: int | None = None, limit: int = 400,
+                    max_bytes: int | None = None) -> tuple[list[dict], bool]:
+        """The run's newest chunks (with seq < ``before`` if given) in seq order, and whether older exist.
+
+        At most ``limit`` chunks and ``max_bytes`` (as :meth:`output_after` counts, and always the newest chunk).
+        """
+        kept: list[dict] = []
+        size, batch, upper = 0, FIRST_BATCH, before
+        while True:
+            want = min(batch, limit - len(kept) + 1)
+            query: dict[str, Any] = {"run": run_id}
+            if upper is not None:
+                query["seq"] = {"$lt": upper}
+            docs = self._chunks(query, -1, want)
+            for doc in docs:
+                weight = chunk_bytes(doc)
+                if kept and (len(kept) >= limit or (max_bytes is not None and size + weight > max_bytes)):
+                    kept.reverse()
+                    return kept, True
+                kept.append(doc)
+                size += weight
+            if len(docs) < want:
+                kept.reverse()
+                return kept, False
+            upper, batch = docs[-1]["seq"], min(batch * 2, MAX_BATCH)
+
+    def output_removed(self, run: Run, now: datetime) -> bool:
+        """Whether the retention removed this run's output: it finished longer ago than that and has no chunks."""
+        retention = self.store.output.policy.retention
+        if retention is None or not run.finished or run.finished_at is None or run.finished_at > now - retention:
+            return False
+        return self.store.retry(lambda: self._output.find_one({"run": run.id}, {"_id": 1})) is None
 
     def output_between(self, run_id: str, after_seq: int, upto: int, *, newest: int = 5000) -> tuple[list[dict], bool]:
         """Chunks with ``after_seq`` < seq <= ``upto`` in seq order, at most the ``newest`` of them.
@@ -160,6 +229,10 @@ class Reads:
             return [Run.from_doc(shape(doc) if shape else doc) for doc in cursor]
         return self.store.retry(find)
 
+    def _chunks(self, query: dict[str, Any], order: int, limit: int) -> list[dict]:
+        return self.store.retry(lambda: list(self._output.find(query, dict(CHUNK_FIELDS)).sort("seq", order)
+                                             .limit(limit)))
+
     def _newest_chunks(self, query: dict[str, Any], limit: int) -> tuple[list[dict], bool]:
         docs = self.store.retry(lambda: list(self._output.find(query, dict(CHUNK_FIELDS)).sort("seq", -1)
                                              .limit(limit + 1)))
@@ -167,6 +240,11 @@ class Reads:
         docs = docs[:limit]
         docs.reverse()
         return docs, more
+
+
+def chunk_bytes(chunk: dict[str, Any]) -> int:
+    """What a chunk weighs in a JSON answer: its text as JSON encodes it (``\\u00e9``, ``\\n``) and its fields."""
+    return len(json.dumps(chunk.get("text", ""))) + CHUNK_JSON_BYTES + len(str(chunk.get("seq", "")))
 
 
 def _projection(fields: Sequence[str] | None) -> dict[str, Any] | None:

@@ -80,9 +80,34 @@ class RunRepo:
             return_document=ReturnDocument.AFTER))
         return Run.from_doc(doc) if doc else None
 
-    def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None) -> None:
-        """The script's process exists. Changes ``pid``, ``started_at``, ``commit``."""
-        self._update(run_id, {"pid": pid, "started_at": now or self.store.clock.now(), "commit": commit})
+    def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None,
+                     host: str | None = None, pid_started_at: float | None = None, pgid: int | None = None,
+                     supervisor_pid: int | None = None, supervisor_started_at: float | None = None) -> None:
+        """The script's process exists. Changes ``pid``, ``started_at``, ``commit`` and what identifies the process.
+
+        ``host``, ``pid_started_at`` (the process's create time, epoch seconds), ``pgid``,
+        ``supervisor_pid`` and ``supervisor_started_at`` let a later worker on that host verify a
+        pid before it kills anything (a pid alone may have been recycled); those given are set.
+        """
+        fields: dict[str, Any] = {"pid": pid, "started_at": now or self.store.clock.now(), "commit": commit}
+        identity = {"host": host, "pid_started_at": pid_started_at, "pgid": pgid, "supervisor_pid": supervisor_pid,
+                    "supervisor_started_at": supervisor_started_at}
+        fields.update({name: value for name, value in identity.items() if value is not None})
+        self._update(run_id, fields)
+
+    def mark_process_gone(self, run_id: str) -> None:
+        """A worker on the run's host confirmed none of its processes is left. Sets ``process_gone``."""
+        self._update(run_id, {"process_gone": True})
+
+    def lost_on_host(self, host: str) -> builtins.list[Run]:
+        """Lost runs whose processes on ``host`` nobody has confirmed gone yet (``process_gone`` unset)."""
+        # Status comes from its index; host and process_gone are checked here (lost runs are few;
+        # the embedded server scans the collection for a status + other field filter).
+        fields = ("job", "status", "worker", "host", "pid", "pid_started_at", "pgid", "supervisor_pid",
+                  "supervisor_started_at", "process_gone")
+        docs = self.store.retry(lambda: list(self.collection.find({"status": RunStatus.LOST.value},
+                                                                  dict.fromkeys(fields, 1))))
+        return [Run.from_doc(d) for d in docs if d.get("host") == host and not d.get("process_gone")]
 
     def set_progress(self, run_id: str, current: float, maximum: float) -> None:
         """Changes ``progress`` to {current, max}."""

@@ -73,8 +73,10 @@ def validate_password(password: str) -> str:
 class UserRepo:
     """Domain operations on ``users``: ``_id`` = name, ``hash``, ``role``, ``epoch``, timestamps.
 
-    ``epoch`` grows with every password or role change; web sessions remember
-    it and end when it no longer matches.
+    ``epoch`` grows with every password or role change, which also deletes the
+    user's web sessions (``store.sessions``); a session remembers the epoch it
+    began in, and the web refuses it when the two differ, so a session that a
+    change raced with ends too.
     """
 
     def __init__(self, store: Store) -> None:
@@ -105,21 +107,25 @@ class UserRepo:
         return len(self.store.retry(lambda: list(self.collection.find({}, {"_id": 1}).limit(1000))))
 
     def remove(self, name: str) -> None:
-        """Delete the user and its API tokens."""
+        """Delete the user, its API tokens and its web sessions."""
         result = self.store.retry(lambda: self.collection.delete_one({"_id": name}))
         if result.deleted_count == 0:
             raise UserNotFound(name)
         self.store.tokens.remove_for_user(name)
+        self.store.sessions.revoke_user(name)
 
-    def set_password(self, name: str, password: str) -> None:
-        """Changes ``hash``, ``password_changed_at`` and ``epoch`` (ends the user's web sessions)."""
+    def set_password(self, name: str, password: str) -> int:
+        """Changes ``hash``, ``password_changed_at`` and ``epoch``, and ends the user's web sessions
+        (returns how many)."""
         validate_password(password)
         self._change(name, {"$set": {"hash": _passwords.hash(password), "password_changed_at": self.store.clock.now()},
                             "$inc": {"epoch": 1}})
+        return self.store.sessions.revoke_user(name)
 
-    def set_role(self, name: str, role: Role) -> None:
-        """Changes ``role`` and ``epoch``."""
+    def set_role(self, name: str, role: Role | str) -> int:
+        """Changes ``role`` and ``epoch``, and ends the user's web sessions (returns how many)."""
         self._change(name, {"$set": {"role": Role(role).value}, "$inc": {"epoch": 1}})
+        return self.store.sessions.revoke_user(name)
 
     def authenticate(self, name: str, password: str) -> dict:
         """The user if the password matches, else AuthError (the same message whatever was wrong)."""

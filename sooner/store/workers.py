@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +26,19 @@ class WorkerRepo:
         self.collection = store.collection(schema.WORKERS)
 
     def register(self, name: str, *, instance: str, host: str, pid: int, capacity: int, tags: builtins.list[str],
-                 version: str, stale_after_s: float, now: datetime | None = None) -> Worker:
+                 version: str, stale_after_s: float, now: datetime | None = None, pid_started_at: float | None = None,
+                 holder_gone: Callable[[Worker], bool] | None = None) -> Worker:
         """Take the name for this process, unless a live process (fresh heartbeat) holds it.
 
+        A holder for which ``holder_gone(holder)`` is true is replaced even with a fresh heartbeat
+        (the caller checks the holder's pid and ``pid_started_at`` when it ran on the same host);
+        the swap is conditional on the holder's ``instance``, so two starters cannot both win.
         Sets every field; raises WorkerError naming the live holder.
         """
         now = now or self.store.clock.now()
-        fields = {"instance": instance, "host": host, "pid": pid, "capacity": capacity, "tags": tags,
-                  "version": version, "started_at": now, "heartbeat_at": now, "stopped_at": None,
-                  "running": [], "cpu_percent": None, "rss_bytes": None}
+        fields = {"instance": instance, "host": host, "pid": pid, "pid_started_at": pid_started_at,
+                  "capacity": capacity, "tags": tags, "version": version, "started_at": now, "heartbeat_at": now,
+                  "stopped_at": None, "running": [], "cpu_percent": None, "rss_bytes": None}
         try:
             self.store.retry(lambda: self.collection.insert_one({"_id": name, **fields}))
             return Worker.from_doc({"_id": name, **fields})
@@ -44,8 +49,14 @@ class WorkerRepo:
             {"_id": name, "$or": [{"heartbeat_at": {"$lt": stale}}, {"stopped_at": {"$ne": None}},
                                   {"instance": instance}]},
             {"$set": fields}, return_document=ReturnDocument.AFTER))
+        holder = self.get(name) if taken is None else None
+        if holder is not None and holder.instance and holder_gone is not None and holder_gone(holder):
+            dead = holder.instance
+            taken = self.store.retry(lambda: self.collection.find_one_and_update(
+                {"_id": name, "instance": dead}, {"$set": fields}, return_document=ReturnDocument.AFTER))
+            holder = self.get(name) if taken is None else None
         if taken is None:
-            holder = self.get(name) or Worker(name)
+            holder = holder or Worker(name)
             age = holder.heartbeat_age(now) or 0
             raise WorkerError(f"a worker named {name!r} is already running on {holder.host} "
                               f"(pid {holder.pid}, heartbeat {age:.0f}s ago); choose another name with -n, "

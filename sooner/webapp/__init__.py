@@ -87,7 +87,8 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=bool(secure_cookies if secure_cookies is not None
                                    else getattr(settings, "web_secure_cookies", False)),
-        PERMANENT_SESSION_LIFETIME=timedelta(days=14),
+        # The browser drops the cookie at the session's absolute end; the server enforces both lifetimes.
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.web_session_max_s),
         MAX_CONTENT_LENGTH=4 * 1024 * 1024,
         SEND_FILE_MAX_AGE_DEFAULT=3600,
         TEMPLATES_AUTO_RELOAD=False,

@@ -5,7 +5,7 @@ GET  /api/jobs/<name>                one job
 POST /api/jobs/<name>/runs           start a run; body ``{"data": <any JSON>}`` (optional)   [admin]
 GET  /api/runs?job=&status=&limit=   newest runs
 GET  /api/runs/<id>                  one run
-GET  /api/runs/<id>/output?after=N   output chunks after seq N
+GET  /api/runs/<id>/output?after=N   output chunks after seq N, at most 1 MB (``more``, ``next_after``)
 POST /api/runs/<id>/cancel           cancel a run                                           [admin]
 POST /api/events/<name>              emit an event; body ``{"data": <any JSON>}`` (optional) [admin]
 
@@ -25,6 +25,7 @@ from sooner.model import ApiTrigger, Job, Run, RunStatus
 from sooner.model.job_settings import InvalidJobSetting
 from sooner.webapp.context import admin_required, json_error, user_name, web_now, web_runs, web_state, web_store
 from sooner.webapp.formatting import iso
+from sooner.store.reads import OUTPUT_PAGE_BYTES
 from sooner.webapp.runs import chunk_json
 from sooner.webapp.views import run_summary
 
@@ -135,13 +136,17 @@ def run(run_id: str) -> ResponseReturnValue:
 
 @bp.get("/runs/<run_id>/output")
 def run_output(run_id: str) -> ResponseReturnValue:
+    """Chunks after seq ``after``: at most ``limit`` and :data:`OUTPUT_PAGE_BYTES`; page on with ``next_after``."""
     store = web_store()
-    found = store.runs.get(run_id)
+    found = store.runs.get(run_id)  # before the chunks: a finished status then means nothing follows them
     after = request.args.get("after", -1, type=int)
     limit = min(max(request.args.get("limit", 1000, type=int) or 1000, 1), 5000)
-    chunks = store.output.read(found.id, after_seq=after, limit=limit + 1)
-    return {"run": found.id, "status": found.status.value, "chunks": [chunk_json(c) for c in chunks[:limit]],
-            "more": len(chunks) > limit}
+    page = store.reads.output_after(found.id, after, limit=limit, max_bytes=OUTPUT_PAGE_BYTES)
+    answer = {"run": found.id, "status": found.status.value, "chunks": [chunk_json(c) for c in page.chunks],
+              "more": page.more, "next_after": page.next_after}
+    if not page.chunks and after < 0:
+        answer["removed_by_retention"] = store.reads.output_removed(found, web_now())
+    return answer
 
 
 @bp.post("/runs/<run_id>/cancel")

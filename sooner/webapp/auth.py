@@ -1,21 +1,33 @@
-"""Who may do what: sign-in, sessions, CSRF, API tokens and the account page.
+"""Who may do what: sign-in, sessions, throttling, CSRF, API tokens and the account page.
 
-Every request except the login page and static files needs a user: browsers
-get one from the signed session cookie (HttpOnly, SameSite=Lax, Secure when
-the request came over https), ``/api/`` clients from an ``Authorization:
-Bearer`` token and nothing else (so cookies never authorise API calls, which
-therefore need no CSRF token). Every other state-changing request must carry
-the session's CSRF token in a ``csrf_token`` form field or an
+Every request except the login page, ``/healthz`` and static files needs a
+user. ``/api/`` clients prove who they are with an ``Authorization: Bearer``
+token and nothing else, so cookies never authorise API calls, and those calls
+need no CSRF token. Browsers use a session cookie (HttpOnly, SameSite=Lax,
+Secure when the request came over https). Every other state-changing request
+must carry the session's CSRF token, in a ``csrf_token`` form field or an
 ``X-CSRF-Token`` header.
+
+Sessions live in the database (:mod:`sooner.store.sessions`), and the cookie
+carries only the session's random id. Each request, and each Socket.IO
+connect, finds the session and checks three things: the idle lifetime
+(``web_session_idle_s``), the absolute one (``web_session_max_s``), and that
+the user's ``epoch`` is still the one the session began with. Signing out ends
+the session. A password or role change ends all of the user's sessions.
+
+Throttling (:class:`~sooner.webapp.throttle.AuthThrottle`, one per app)
+bounds hash work and backs failures off exponentially; see
+:mod:`sooner.webapp.throttle`.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
+import math
 import secrets
-import threading
-import time
-from collections import defaultdict, deque
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, flash, g, redirect, render_template, request, session, url_for)
@@ -23,12 +35,15 @@ from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 
 from sooner.errors import AuthError, SoonerError
-from sooner.webapp.context import current_user, json_error, user_name, wants_json, web_store
+from sooner.webapp.context import current_user, json_error, user_name, wants_json, web_state, web_store
 from sooner.webapp.errors import error_response
+from sooner.webapp.throttle import AuthThrottle
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
-PUBLIC_ENDPOINTS = {"auth.login", "static", "health"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "views.health"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -47,39 +62,38 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
 
 
-class LoginThrottle:
-    """Refuses sign-in for a while after repeated failures for one (address, name)."""
-
-    def __init__(self, failures: int = 5, window_s: float = 300.0) -> None:
-        self.failures = failures
-        self.window_s = window_s
-        self._seen: dict[tuple[str, str], deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def blocked(self, key: tuple[str, str]) -> bool:
-        with self._lock:
-            times = self._seen.get(key)
-            now = time.monotonic()
-            while times and now - times[0] > self.window_s:
-                times.popleft()
-            return times is not None and len(times) >= self.failures
-
-    def failed(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._seen[key].append(time.monotonic())
-            if len(self._seen) > 10_000:  # bounded memory under a spray of names
-                self._seen.clear()
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._seen.pop(key, None)
+def web_throttle() -> AuthThrottle:
+    throttle = web_state().throttle
+    if throttle is None:
+        raise RuntimeError("the auth throttle is made by sooner.webapp.auth.register()")
+    return throttle
 
 
-_throttle = LoginThrottle()
+def client_address() -> str:
+    """The client's address as throttles count it; an IPv6 address by its /64, which one host usually holds."""
+    text = request.remote_addr or ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
 
+
+def retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+# -- sessions ---------------------------------------------------------------------------------------
 
 def csrf_token() -> str:
-    """This session's CSRF token (created on first use)."""
+    """This session's CSRF token: the signed-in session's, else one kept in the anonymous cookie."""
+    web_session = g.get("web_session")
+    if web_session is not None:
+        return web_session["csrf"]
     token = session.get("csrf")
     if not token:
         token = session["csrf"] = secrets.token_urlsafe(32)
@@ -90,26 +104,71 @@ def _public_user(user: dict) -> dict:
     return {k: v for k, v in user.items() if k != "hash"}
 
 
+def live_session() -> tuple[dict, dict] | None:
+    """(session, user) for the request's cookie if the session is live and the user's epoch still matches."""
+    sid = session.get("sid")
+    if not sid:
+        return None
+    state = web_state()
+    store, idle_s = state.store, state.settings.web_session_idle_s
+    now = store.clock.now()
+    document = store.sessions.find_live(sid, idle_s=idle_s, now=now)
+    if document is None:
+        return None
+    user = store.users.get(document["user"])
+    if user is None or user.get("epoch") != document.get("epoch"):  # a change raced with this session
+        store.sessions.revoke(sid)
+        return None
+    store.sessions.touch(document, now=now, resolution_s=min(60.0, idle_s / 10))
+    return document, user
+
+
+def start_session(user: dict) -> None:
+    """Sign ``user`` in with a new session (a session id from before sign-in is never kept)."""
+    state = web_state()
+    if session.get("sid"):
+        state.store.sessions.revoke(session["sid"])
+    sid, document = state.store.sessions.create(user["_id"], user.get("epoch", 1),
+                                                max_s=state.settings.web_session_max_s)
+    session.clear()
+    session.permanent = True
+    session["sid"] = sid
+    g.web_session, g.user = document, _public_user(user)
+
+
 def load_user() -> None:
     """Set ``g.user`` from a Bearer token (``/api/``) or the session cookie (everything else)."""
-    g.user = None
-    g.auth_error = None
-    store = web_store()
+    g.user = g.web_session = g.auth_error = g.retry_after = None
     if request.path.startswith("/api/"):
         header = request.headers.get("Authorization", "")
         if header[:7].lower() == "bearer ":
-            try:
-                g.user = _public_user(store.tokens.authenticate(header[7:].strip()))
-            except AuthError as exc:
-                g.auth_error = str(exc)
+            _authenticate_token(header[7:].strip())
         return
-    name = session.get("uid")
-    if name:
-        user = store.users.get(name)
-        if user is not None and user.get("epoch") == session.get("epoch"):
-            g.user = _public_user(user)
-        else:  # user removed, or password/role changed since sign-in
-            session.clear()
+    found = live_session()
+    if found is not None:
+        g.web_session, user = found
+        g.user = _public_user(user)
+    elif session.get("sid"):  # ended, expired, or the user changed or was removed
+        session.clear()
+
+
+def _authenticate_token(token: str) -> None:
+    throttle, address = web_throttle(), client_address()
+    wait = throttle.token_wait(address)
+    if wait > 0:
+        g.auth_error, g.retry_after = f"too many invalid API tokens from this address: try again in " \
+                                      f"{retry_after(wait)} s", wait
+        return
+    if not throttle.token_slots.try_acquire():
+        g.auth_error, g.retry_after = "the server is busy checking other API tokens: try again in a second", 1.0
+        return
+    try:
+        g.user = _public_user(web_store().tokens.authenticate(token))
+    except AuthError as exc:
+        throttle.token_failed(address)
+        g.auth_error = str(exc)
+    finally:
+        throttle.token_slots.release()
 
 
 def guard() -> ResponseReturnValue | None:
@@ -118,10 +177,7 @@ def guard() -> ResponseReturnValue | None:
         return _check_csrf() if request.endpoint == "auth.login" else None
     if request.path.startswith("/api/"):
         if current_user() is None:
-            response = json_error(401, g.auth_error or "authentication required: send 'Authorization: Bearer <token>' "
-                                                       "(create one with `sooner token create USER`)")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="sooner"'
-            return response
+            return _api_refusal()
         return None
     if current_user() is None:
         if wants_json():
@@ -130,11 +186,23 @@ def guard() -> ResponseReturnValue | None:
     return _check_csrf()
 
 
+def _api_refusal() -> ResponseReturnValue:
+    if g.retry_after:
+        response = json_error(429, g.auth_error)
+        response.headers["Retry-After"] = retry_after(g.retry_after)
+        return response
+    response = json_error(401, g.auth_error or "authentication required: send 'Authorization: Bearer <token>' "
+                                               "(create one with `sooner token create USER`)")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="sooner"'
+    return response
+
+
 def _check_csrf() -> ResponseReturnValue | None:
     if request.method in SAFE_METHODS:
         return None
     sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
-    expected = session.get("csrf") or ""
+    web_session = g.get("web_session")
+    expected = (web_session["csrf"] if web_session is not None else session.get("csrf")) or ""
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         return error_response(400, "CSRF token missing or invalid: reload the page and try again")
     return None
@@ -155,6 +223,44 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+# -- routes -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a password was not checked or not accepted: 401 (wrong) or 429 (throttled, busy: ``wait`` s)."""
+
+    status: int
+    message: str
+    wait: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": retry_after(self.wait)} if self.wait is not None else {}
+
+
+BUSY = "the server is busy checking other sign-ins: try again in a moment"
+
+
+def check_password(name: str, password: str) -> dict | Refusal:
+    """The user if ``password`` is ``name``'s, else a :class:`Refusal`; throttled per address and account."""
+    throttle, address = web_throttle(), client_address()
+    if (wait := throttle.login_wait(address, name)) > 0:
+        return Refusal(429, f"too many failed attempts: try again in {retry_after(wait)} s", wait)
+    if not throttle.password_slots.try_acquire():
+        return Refusal(429, BUSY, 1.0)
+    try:
+        # Again with the slot held: attempts that queued for a slot meanwhile must not all be checked.
+        if (wait := throttle.login_wait(address, name)) > 0:
+            return Refusal(429, f"too many failed attempts: try again in {retry_after(wait)} s", wait)
+        user = web_store().users.authenticate(name, password)
+    except AuthError as exc:
+        throttle.login_failed(address, name)
+        return Refusal(401, str(exc))
+    finally:
+        throttle.password_slots.release()
+    throttle.login_succeeded(address, name)
+    return user
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
     store = web_store()
@@ -163,25 +269,20 @@ def login() -> ResponseReturnValue:
             return redirect(safe_next(request.args.get("next")))
         return render_template("login.html", no_users=store.users.count() == 0, next=request.args.get("next", ""))
     name = request.form.get("username", "").strip()
-    key = (request.remote_addr or "", name)
-    if _throttle.blocked(key):
-        return render_template("login.html", error="too many failed attempts; wait a few minutes",
-                               username=name, next=request.form.get("next", "")), 429
-    try:
-        user = store.users.authenticate(name, request.form.get("password", ""))
-    except AuthError as exc:
-        _throttle.failed(key)
-        return render_template("login.html", error=str(exc), username=name, next=request.form.get("next", ""),
-                               no_users=store.users.count() == 0), 401
-    _throttle.succeeded(key)
-    session.clear()
-    session.permanent = True
-    session.update({"uid": user["_id"], "epoch": user.get("epoch"), "csrf": secrets.token_urlsafe(32)})
+    outcome = check_password(name, request.form.get("password", ""))
+    if isinstance(outcome, Refusal):
+        page = render_template("login.html", error=outcome.message, username=name, next=request.form.get("next", ""),
+                               no_users=outcome.status == 401 and store.users.count() == 0)
+        return page, outcome.status, outcome.headers()
+    start_session(outcome)
     return redirect(safe_next(request.form.get("next")))
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    sid = session.get("sid")
+    if sid:
+        web_store().sessions.revoke(sid)
     session.clear()
     return redirect(url_for("auth.login"))
 
@@ -213,26 +314,35 @@ def revoke_token(token_id: str) -> ResponseReturnValue:
 def change_password() -> ResponseReturnValue:
     store = web_store()
     name = user_name()
-    try:
-        store.users.authenticate(name, request.form.get("current", ""))
-    except AuthError:
-        flash("current password is wrong", "error")
+    outcome = check_password(name, request.form.get("current", ""))
+    if isinstance(outcome, Refusal):
+        flash("current password is wrong" if outcome.status == 401 else outcome.message, "error")
         return redirect(url_for("auth.account"))
     new = request.form.get("new", "")
     if new != request.form.get("confirm", ""):
         flash("the new passwords differ", "error")
         return redirect(url_for("auth.account"))
+    slots = web_throttle().password_slots
+    if not slots.try_acquire():
+        flash(BUSY, "error")
+        return redirect(url_for("auth.account"))
     try:
-        store.users.set_password(name, new)
+        store.users.set_password(name, new)  # ends every session of the user, this one too
     except SoonerError as exc:
         flash(str(exc), "error")
         return redirect(url_for("auth.account"))
-    session["epoch"] = (store.users.get(name) or {}).get("epoch")
+    finally:
+        slots.release()
+    start_session(store.users.get(name) or outcome)
     flash("password changed; other sessions are signed out")
     return redirect(url_for("auth.account"))
 
 
 def register(app: Flask) -> None:
+    from sooner.webapp.context import EXTENSION
+
+    state = app.extensions[EXTENSION]
+    state.throttle = AuthThrottle(state.store.clock)
     app.session_interface = SessionInterface()
     app.before_request(load_user)
     app.before_request(guard)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sooner.config import Settings
     from sooner.runs.service import RunService
     from sooner.store import Store
+    from sooner.webapp.throttle import AuthThrottle
     from sooner.webapp.live import LiveHub
     from sooner.webapp.stats import FireCache, RunStats
 
@@ -33,10 +34,11 @@ EXTENSION = "sooner"
 
 @dataclass
 class WebState:
-    """Everything one web app instance holds: settings, store, run service, caches and the live hub.
+    """Everything one web app instance holds: settings, store, run service, caches, the live hub and the
+    sign-in throttle.
 
     ``runs`` is the one way the web changes a run (start, cancel, emit);
-    ``store.clock`` is the web's time, so a test's fake clock reaches the pages too.
+    ``store.clock`` is the web's time, so a test's fake clock reaches the pages (and the throttle) too.
     """
 
     settings: Settings
@@ -45,6 +47,7 @@ class WebState:
     stats: RunStats
     fires: FireCache
     hub: LiveHub | None = None
+    throttle: AuthThrottle | None = None  # made by sooner.webapp.auth.register()
     owns_store: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

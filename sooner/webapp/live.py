@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from flask import request, session
+from flask import request
 from flask_socketio import SocketIO
 
 from sooner.webapp.views import build_snapshot, run_summary
@@ -298,13 +298,10 @@ def register(socketio: SocketIO, hub: LiveHub) -> None:
 
     @socketio.on("connect")
     def connect(auth: Any = None) -> bool:
-        from sooner.webapp.context import web_store
+        from sooner.webapp.auth import live_session
 
-        name = session.get("uid")
-        user = web_store().users.get(name) if name else None
-        if user is None or user.get("epoch") != session.get("epoch"):
-            return False  # refused: the client sees a connect_error
-        return True
+        # The same check as every HTTP request: a live session whose user's epoch still matches.
+        return live_session() is not None  # False refuses: the client sees a connect_error
 
     @socketio.on("disconnect")
     def disconnect(reason: Any = None) -> None:

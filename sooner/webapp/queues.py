@@ -140,6 +140,9 @@ def _prepare_sort(queue: Queue, view: QueueView, columns: list[Column]) -> list[
     if outcome == "limit":
         return [f"{view.sort} has no index (this queue already has the most indexed data columns allowed): "
                 "sorting by it may be slow on a big queue."]
+    if outcome == "unindexable":
+        return [f"{view.sort} cannot have an index on this database (its name has characters other than "
+                "letters, digits and '_'): sorting by it may be slow on a big queue."]
     return []
 
 

@@ -1,9 +1,11 @@
 """Runs: the run page (output tail + live updates), output pages as JSON, log download, cancel and re-run.
 
-A run page embeds the newest output (at most ``INITIAL_CHARS``); older
+A run page embeds the newest output (at most ``INITIAL_BYTES``); older
 chunks load on demand ("load earlier") from ``/runs/<id>/output?before=SEQ``,
 and the live tail arrives over Socket.IO from the last embedded seq on, so a
-run with a million lines opens as fast as one with ten.
+run with a million lines opens as fast as one with ten. Every output page is
+bounded in bytes (``OUTPUT_PAGE_BYTES``), and the log download streams the
+output a few megabytes at a time.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from flask.typing import ResponseReturnValue
 
 from sooner.errors import SoonerError
 from sooner.model import EventTrigger, ManualTrigger, Run, RunStatus
+from sooner.store.reads import OUTPUT_PAGE_BYTES
 from sooner.webapp.context import admin_required, json_error, user_name, wants_json, web_now, web_runs, web_store
 from sooner.webapp.views import run_summary
 
 bp = Blueprint("runs", __name__)
 
 INITIAL_CHUNKS = 400
-INITIAL_CHARS = 200_000
+INITIAL_BYTES = 200_000
 PAGE_CHUNKS = 400
-DOWNLOAD_BATCH = 1000
+DOWNLOAD_BATCH_BYTES = 4 * OUTPUT_PAGE_BYTES
 LIST_PAGE = 50
 
 
@@ -33,22 +36,13 @@ def chunk_json(chunk: dict) -> dict[str, Any]:
 
 
 def output_tail(run_id: str, *, before: int | None = None, limit: int = INITIAL_CHUNKS,
-                max_chars: int = INITIAL_CHARS) -> tuple[list[dict], bool]:
+                max_bytes: int = INITIAL_BYTES) -> tuple[list[dict], bool]:
     """The newest chunks (before seq ``before`` if given), oldest first, and whether older ones exist.
 
-    At most ``max_chars`` of text (but always the newest chunk), so a page with huge lines stays small.
+    At most ``max_bytes`` of JSON (but always the newest chunk), so a page with huge lines stays small.
     """
-    docs, more = web_store().reads.output_tail(run_id, before=before, limit=limit)
-    kept: list[dict] = []
-    size = 0
-    for doc in reversed(docs):  # newest first
-        size += len(doc.get("text", ""))
-        if kept and size > max_chars:
-            more = True
-            break
-        kept.append(chunk_json(doc))
-    kept.reverse()
-    return kept, more
+    docs, more = web_store().reads.output_tail(run_id, before=before, limit=limit, max_bytes=max_bytes)
+    return [chunk_json(doc) for doc in docs], more
 
 
 @bp.get("/runs")
@@ -73,6 +67,9 @@ def detail(run_id: str) -> ResponseReturnValue:
     trigger = run.trigger
     event = store.events.get(trigger.event_id) if isinstance(trigger, EventTrigger) and trigger.event_id else None
     now = web_now()
+    if not chunks and store.reads.output_removed(run, now):
+        flash(f"Output older than {store.output.policy.retention_days:g} days was removed (retention); "
+              "the run's record is kept.", "info")
     summary = run_summary(run, now)
     return render_template("run.html", run=run, job=job, event=event, summary=summary, now=now,
                            initial={"run": run.id, "chunks": chunks, "more": more, "status": summary})
@@ -86,9 +83,11 @@ def output(run_id: str) -> ResponseReturnValue:
     limit = min(max(request.args.get("limit", PAGE_CHUNKS, type=int) or PAGE_CHUNKS, 1), 2000)
     after = request.args.get("after", type=int)
     if after is not None:
-        chunks = [chunk_json(c) for c in store.output.read(run.id, after_seq=after, limit=limit + 1)]
-        return {"run": run.id, "chunks": chunks[:limit], "more": len(chunks) > limit}
-    chunks, more = output_tail(run.id, before=request.args.get("before", type=int), limit=limit)
+        page = store.reads.output_after(run.id, after, limit=limit, max_bytes=OUTPUT_PAGE_BYTES)
+        return {"run": run.id, "chunks": [chunk_json(c) for c in page.chunks], "more": page.more,
+                "next_after": page.next_after}
+    chunks, more = output_tail(run.id, before=request.args.get("before", type=int), limit=limit,
+                               max_bytes=OUTPUT_PAGE_BYTES)
     return {"run": run.id, "chunks": chunks, "more": more}
 
 
@@ -101,12 +100,11 @@ def download(run_id: str) -> ResponseReturnValue:
     def generate() -> Iterator[str]:
         after = -1
         while True:
-            chunks = store.output.read(run.id, after_seq=after, limit=DOWNLOAD_BATCH)
-            for chunk in chunks:
-                yield chunk.get("text", "")
-            if len(chunks) < DOWNLOAD_BATCH:
+            page = store.reads.output_after(run.id, after, limit=5000, max_bytes=DOWNLOAD_BATCH_BYTES)
+            yield "".join(chunk.get("text", "") for chunk in page.chunks)
+            if not page.more:
                 return
-            after = chunks[-1]["seq"]
+            after = page.next_after
 
     disposition = "inline" if request.args.get("inline") else "attachment"
     return Response(generate(), mimetype="text/plain", headers={

@@ -15,12 +15,16 @@ its database connection are created in the worker, after the fork.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from gunicorn.app.base import BaseApplication
+
+from sooner.errors import SoonerError
 
 if TYPE_CHECKING:
     from sooner.config import Settings
@@ -49,6 +53,30 @@ class _Gunicorn(BaseApplication):
 
         self.arbiter = Arbiter(self)
         self.arbiter.run()
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail with one clear SoonerError unless this process could listen on ``host:port`` now.
+
+    gunicorn, given an address in use, logs an error and retries every second
+    for five seconds before giving up; checking first turns that into one line.
+    The probe binds as gunicorn does (SO_REUSEADDR: connections of a server that
+    just stopped, in TIME_WAIT, do not count) and closes at once.
+    """
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SoonerError(f"cannot listen on {shown} ({exc.strerror}): check web_host") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SoonerError(f"{shown} is in use ({exc.strerror}): stop the other server or set web_port") from None
+            raise SoonerError(f"cannot listen on {shown} ({exc.strerror}): check web_host and web_port") from None
 
 
 def gunicorn_options(settings: Settings, host: str, port: int, *, threads: int = DEFAULT_THREADS,
@@ -81,12 +109,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     Blocks; call it from the **main thread** of its process (gunicorn's
     arbiter installs signal handlers). It forks one worker process that
     builds the app with :func:`create_app` and opens its own store.
-    ``on_ready`` runs in the worker once the app is built.
+    ``on_ready`` runs in the worker once the app is built. An address that
+    is taken is a SoonerError before anything starts
+    (:func:`check_can_listen`).
     """
     from sooner.webapp import create_app
 
     host = host or settings.web_host
     port = port or settings.web_port
+    check_can_listen(host, port)
 
     def load_app() -> Any:
         app, _socketio = create_app(settings, trusted_proxies=trusted_proxies)

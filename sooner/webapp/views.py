@@ -87,6 +87,7 @@ def dashboard() -> ResponseReturnValue:
 
 @bp.get("/healthz")
 def health() -> ResponseReturnValue:
+    """For load balancers: public (``auth.PUBLIC_ENDPOINTS``), and it says nothing but that the server answers."""
     return {"ok": True}
 
 

@@ -7,13 +7,24 @@ load. :meth:`Worker.run_forever` is the small loop around them: claim while
 there is room, otherwise wait for a run to finish or the next poll, heartbeat
 every ``heartbeat_s``; when asked to stop it lets running runs finish for
 ``shutdown_grace_s``, cancels the rest and unregisters.
+
+Under :meth:`Worker.run_forever` each run is fenced by its lease: a script
+whose lease this worker could not renew is stopped when the lease expires, so
+a retry that waits for the expiry (plus ``cancel_grace_s``) never runs beside
+it. :meth:`Worker.register` cleans up after a predecessor on the same host:
+it kills the verified processes of runs it left (see
+:func:`sooner.worker.supervise.stop_recorded`) and removes socket
+directories no live run uses.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +39,9 @@ from sooner.clock import Clock
 from sooner.errors import StoreError
 from sooner.model import Run, RunStatus, Worker as WorkerRecord
 from sooner.runs.service import RunService
+from sooner.worker.rpc import SOCKET_NAME
 from sooner.worker.runner import ActiveRun, Runner
+from sooner.worker.supervise import process_matching, stop_recorded
 from sooner.worker.tree import TreeCache, default_cache_dir
 
 if TYPE_CHECKING:
@@ -40,6 +53,10 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.025  # how often an idle worker looks for queued runs
 STORE_BACKOFF_S = 1.0  # pause after the database failed in the loop
 SHUTDOWN_NOTE = "worker shut down"
+SOCKET_DIR_PREFIX = "sooner-rpc-"
+# A socket directory without its socket may be one a run is creating right now.
+EMPTY_SOCKET_DIR_AGE_S = 60.0
+BIND_TO_LISTEN_S = 5.0
 
 
 def cache_dir_for(settings: Settings) -> Path:
@@ -73,8 +90,9 @@ class Worker:
         self.host = host or socket.gethostname()
         self.instance = uuid.uuid4().hex
         self.trees = TreeCache(store, Path(cache) if cache else cache_dir_for(settings))
-        self.runner = runner or Runner(store, settings, name, self.trees, service=self.service)
+        self.runner = runner or Runner(store, settings, name, self.trees, service=self.service, host=self.host)
         self.lost_name = False
+        self._fencing = False  # set by run_forever: runs stop when their lease could not be renewed
         self.registered = False
         self.finished = threading.Event()  # set whenever a run ends (a slot is free)
         self._active: dict[str, ActiveRun] = {}
@@ -88,18 +106,47 @@ class Worker:
         """Take the worker's name in ``workers``; WorkerError if a live worker holds it."""
         doc = self.store.workers.register(
             self.name, instance=self.instance, host=self.host, pid=os.getpid(), capacity=self.capacity,
-            tags=self.tags, version=__version__, stale_after_s=self.settings.lease_s, now=self.clock.now())
+            tags=self.tags, version=__version__, stale_after_s=self.settings.lease_s, now=self.clock.now(),
+            pid_started_at=self._process.create_time(), holder_gone=self._holder_gone)
         self.registered = True
         self._recover_orphans()
+        self._stop_lost_runs()
+        remove_stale_socket_dirs(self.runner.socket_dir)
         return doc
 
+    def _holder_gone(self, holder: WorkerRecord) -> bool:
+        """Whether the process holding our name is certainly dead: it ran on this host and its pid is gone."""
+        if holder.host != self.host or holder.pid is None:
+            return False
+        started = holder.extra.get("pid_started_at")
+        return process_matching(holder.pid, started if isinstance(started, (int, float)) else None) is None
+
     def _recover_orphans(self) -> None:
-        # Runs still marked running under this name belong to a predecessor that died
-        # (a live one would have kept the name): end them now instead of after their lease.
+        # Runs still marked running under this name belong to a predecessor that died (a live
+        # one would have kept the name): kill what is left of them here, then end them now
+        # instead of after their lease. Taking the name from another host needed its heartbeat
+        # to be older than the lease, so its leases have expired and it fenced its scripts.
         for run in self.store.runs.running(worker=self.name):
             if run.id not in self._active:
                 logger.warning("run %s was running on the previous worker %s; marking it lost", run.id, self.name)
+                if run.host == self.host and self._stop_processes(run):
+                    self.store.runs.mark_process_gone(run.id)
                 self.service.finish(run.id, RunStatus.LOST, note=f"worker {self.name} restarted while it ran")
+
+    def _stop_lost_runs(self) -> None:
+        """Kill verified processes of this host's lost runs (their worker died or was cut off)."""
+        for run in self.store.runs.lost_on_host(self.host):
+            if self._stop_processes(run):
+                self.store.runs.mark_process_gone(run.id)
+
+    def _stop_processes(self, run: Run) -> bool:
+        """Kill what still runs of ``run`` on this host; True when none of its recorded processes is left."""
+        killed, gone = stop_recorded(run.id, (run.supervisor_pid, run.supervisor_started_at),
+                                     (run.pid, run.pid_started_at), run.pgid)
+        if killed:
+            logger.warning("run %s: killed processes %s its worker left%s", run.id, killed,
+                           "" if gone else " (some survive)")
+        return gone
 
     def unregister(self) -> None:
         if self.registered:
@@ -125,6 +172,7 @@ class Worker:
         """Claim one queued run this worker may take and start it (non-blocking); None if none or full."""
         if self.lost_name or not self.has_room():
             return None
+        claimed_at = time.monotonic()
         run = self._claim()
         if run is None:
             return None
@@ -134,6 +182,8 @@ class Worker:
             logger.error("cannot start run %s: %s", run.id, exc)
             self.service.finish(run.id, RunStatus.FAILED, note=f"worker {self.name} could not start it: {exc}")
             return run
+        if self._fencing:
+            active.renewed(claimed_at)
         with self._lock:
             self._active[run.id] = active
         active.start()
@@ -158,8 +208,12 @@ class Worker:
     def heartbeat(self) -> bool:
         """Renew leases, apply cancel requests, record load. False if another process took the name."""
         running = self.running
-        now = self.clock.now()
+        now, renewing = self.clock.now(), time.monotonic()
         self.store.runs.renew_leases(self.name, running, self.settings.lease_s, now=now)
+        if self._fencing:
+            for run_id in running:
+                if (renewed := self.active(run_id)) is not None:
+                    renewed.renewed(renewing)
         states = self.store.runs.still_running(self.name, running)
         for run_id in running:
             active, state = self.active(run_id), states.get(run_id)
@@ -203,6 +257,8 @@ class Worker:
 
         ``hurry_event`` (a second Ctrl-C) cancels running runs without waiting for the grace period.
         """
+        self._fencing = True
+        self.runner.launcher.warm()
         next_beat = 0.0
         while not stop_event.is_set() and not self.lost_name:
             now = time.monotonic()
@@ -250,6 +306,7 @@ class Worker:
             logger.error("worker %s: runs %s did not end; their leases will expire", self.name, self.running)
         if not self.lost_name:
             self._guarded(self.unregister)
+        self.runner.close()
 
     def _wait_for_runs(self, deadline: float, stop_event: threading.Event | None) -> None:
         next_beat = time.monotonic() + self.settings.heartbeat_s
@@ -276,6 +333,76 @@ class Worker:
             if self.running:
                 self.finished.wait(min(remaining, 0.5))
         return True
+
+
+def remove_stale_socket_dirs(parent: str | None = None) -> list[str]:
+    """Remove this user's ``sooner-rpc-*`` directories under ``parent`` whose socket nobody serves any more.
+
+    A live run's server listens on its socket until the run ends, so a socket no one
+    listens on belongs to a run whose worker was killed. Returns the removed paths.
+    """
+    parent = parent or tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(SOCKET_DIR_PREFIX)]
+    except OSError:
+        return []
+    served = _served_socket_paths()
+    removed = []
+    for name in names:
+        directory = os.path.join(parent, name)
+        if _socket_dir_is_stale(directory, served):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    if removed:
+        logger.info("removed %d socket directories left by killed runs", len(removed))
+    return removed
+
+
+def _socket_dir_is_stale(directory: str, served: set[str] | None) -> bool:
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        return False
+    path = os.path.join(directory, SOCKET_NAME)
+    try:
+        sock = os.lstat(path)
+    except FileNotFoundError:
+        return time.time() - info.st_mtime > EMPTY_SOCKET_DIR_AGE_S
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(sock.st_mode):
+        return False
+    if served is not None and os.path.realpath(path) in served:
+        return False
+    if served is None and time.time() - sock.st_mtime < BIND_TO_LISTEN_S:
+        return False  # without /proc a socket bound this instant may not listen yet
+    return _refused(path)
+
+
+def _refused(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _served_socket_paths() -> set[str] | None:
+    """Resolved paths of run sockets bound in this network namespace (Linux), or None where unknown."""
+    try:
+        with open("/proc/net/unix") as table:
+            rows = table.read().splitlines()[1:]
+    except OSError:
+        return None
+    paths = (fields[7] for row in rows if len(fields := row.split(None, 7)) == 8)
+    return {os.path.realpath(path) for path in paths if os.path.basename(path) == SOCKET_NAME}
 
 
 def start_worker(store: Store, settings: Settings, name: str, **options: Any) -> Worker:

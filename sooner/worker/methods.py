@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sooner.errors import ProtocolError
+from sooner.worker.bounds import checked_int, checked_string, checked_value, excerpt
 
-_EXCERPT_CHARS = 60
+__all__ = ["METHODS", "REQUIRED", "Method", "MethodRegistry", "Param", "RunContext", "UnknownMethod", "excerpt",
+           "registry_of"]
 
 
 class _Required:
@@ -80,8 +82,12 @@ class Method:
     ``validate`` receives every parameter by name (omitted ones hold their
     default) and returns the normalised arguments, raising
     :class:`ProtocolError` for a bad one; its result is what :class:`Call`
-    carries, so it must be plain data. ``handle(context, args)`` applies a
-    validated call and returns the JSON-RPC result (None becomes ``true``).
+    carries, so it must be plain data the store can hold: check every value
+    a script sends with :mod:`sooner.worker.bounds` (64-bit ints, finite
+    floats, bounded strings and nesting), so a bad call is refused before
+    it is accepted rather than failing in the database. ``handle(context,
+    args)`` applies a validated call and returns the JSON-RPC result (None
+    becomes ``true``).
     """
 
     name: str
@@ -184,11 +190,6 @@ def registry_of(handler: object) -> MethodRegistry:
     return registry if isinstance(registry, MethodRegistry) else METHODS
 
 
-def excerpt(text: str) -> str:
-    """Shorten ``text`` for an error message: scripts control it, and messages must stay short."""
-    return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 3] + "..."
-
-
 def _check_identifier(name: str, what: str) -> None:
     # Stderr calls are parsed as ``sooner.<name>(<param>=...)``, so names must be Python identifiers.
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
@@ -212,9 +213,9 @@ def _progress_args(bound: dict[str, Any]) -> dict[str, Any]:
 def _progress_number(value: Any, name: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"progress: {name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise ProtocolError(f"progress: {name} must be a finite non-negative number, got {value!r}")
-    return value
+    return checked_int(value, method="progress", path=name) if isinstance(value, int) else value
 
 
 @METHODS.declare("current", Param("max", default=None), validate=_progress_args)
@@ -231,38 +232,9 @@ def _emit_args(bound: dict[str, Any]) -> dict[str, Any]:
     event = bound["event"]
     if not isinstance(event, str) or not event:
         raise ProtocolError(f"emit: event name must be a non-empty string, got {excerpt(repr(event))}")
-    try:
-        data = json_value(bound["data"], "data", "emit")
-    except RecursionError:
-        raise ProtocolError("emit: data is nested too deeply") from None
-    return {"event": event, "data": data}
-
-
-def json_value(value: Any, path: str, method: str) -> Any:
-    """Return ``value`` as JSON-compatible data (tuples become lists) or raise ProtocolError.
-
-    Stderr arguments are Python literals, so sets, bytes and non-finite floats
-    get here too; ``path`` and ``method`` name the bad part in the message.
-    Deep nesting raises RecursionError, which the caller turns into its message.
-    """
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ProtocolError(f"{method}: {path} must be finite, got {value!r}")
-        return value
-    if isinstance(value, (list, tuple)):
-        return [json_value(item, f"{path}[{i}]", method) for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        return {_json_key(key, path, method): json_value(item, f"{path}[{key!r}]", method)
-                for key, item in value.items()}
-    raise ProtocolError(f"{method}: {path} is a {type(value).__name__}, which JSON cannot hold")
-
-
-def _json_key(key: Any, path: str, method: str) -> str:
-    if not isinstance(key, str):
-        raise ProtocolError(f"{method}: {path} has a non-string key {excerpt(repr(key))}")
-    return key
+    # The name's own rule (characters, length) is the event service's; here only what any string must be.
+    event = checked_string(event, method="emit", path="event name")
+    return {"event": event, "data": checked_value(bound["data"], method="emit", path="data")}
 
 
 @METHODS.declare("event", Param("data", default=None), validate=_emit_args)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from sooner.errors import ProtocolError
+from sooner.errors import ProtocolError, StoreError
 from sooner.worker.methods import registry_of
 from sooner.worker.protocol import MAX_LINE_BYTES, Call, UnknownMethod, validate_call
 
@@ -101,9 +101,10 @@ class RpcServer:
     handler's ``registry`` (a plain callable gets the default
     :data:`~sooner.worker.methods.METHODS`), so the socket offers exactly the
     methods the handler dispatches. A :class:`ProtocolError` it raises
-    becomes an invalid-params error; any other exception is logged and becomes
-    an internal error. ``directory`` is where the private directory is made
-    (default: the system temporary directory).
+    becomes an invalid-params error, a :class:`StoreError` (the call was not
+    recorded) an internal error carrying its message; any other exception is
+    logged and becomes an internal error. ``directory`` is where the private
+    directory is made (default: the system temporary directory).
     """
 
     def __init__(
@@ -283,6 +284,8 @@ class RpcServer:
                 result = self._handler(call)
         except ProtocolError as exc:
             return _error(INVALID_PARAMS, f"Invalid params: {exc}", request_id)
+        except StoreError as exc:  # the call was not recorded (the handler logged it); the script may go on
+            return _error(INTERNAL_ERROR, f"Internal error: {exc}", request_id)
         except Exception:
             logger.exception("handler failed on %s call from %s", call.method, self.path)
             return _error(INTERNAL_ERROR, "Internal error", request_id)

@@ -1,15 +1,20 @@
 """Run one claimed run: start its script, follow it, record how it ended.
 
 :class:`Runner` prepares an :class:`ActiveRun` per claimed run; the run then
-lives on its own thread. That thread starts the script (argv[1] = the run's
-socket, cwd = the materialised tree, its own process group), then waits in
-one ``select`` on stdout, stderr, the process's pidfd and a wake-up pipe:
-output goes through :class:`~sooner.worker.streams.StreamDecoder` into the
-:class:`~sooner.worker.output.OutputWriter`; cancel requests and the run's
-timeout send SIGTERM to the process group and SIGKILL ``cancel_grace_s``
-later. The run always ends through :meth:`sooner.runs.service.RunService.finish`.
-Times recorded come from the service's clock; the select loop's deadlines
-are real monotonic time, the time the script runs in.
+lives on its own thread. That thread starts the script under a supervisor
+process (:mod:`sooner.worker.supervise`: argv[1] = the run's socket, cwd = the
+materialised tree, its own session; the tree dies with the worker), then
+waits in one ``select`` on stdout, stderr, the supervisor's status pipe and
+a wake-up pipe: output goes through
+:class:`~sooner.worker.streams.StreamDecoder` into the
+:class:`~sooner.worker.output.OutputWriter`. Cancel requests, the run's
+timeout, its job's memory limit and a lease this worker could not renew send
+SIGTERM to the script's whole tree (its group and every descendant, including
+those that left the group) and SIGKILL ``cancel_grace_s`` later; processes
+left behind when the script exits are killed after :data:`LINGER_S`. The run
+always ends through :meth:`sooner.runs.service.RunService.finish`. Times
+recorded come from the service's clock; the select loop's deadlines are real
+monotonic time, the time the script runs in.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import os
 import selectors
 import signal
-import subprocess
+import socket
 import sys
 import threading
 import time
@@ -35,6 +40,7 @@ from sooner.worker.calls import CallHandler
 from sooner.worker.output import OutputWriter
 from sooner.worker.rpc import RpcServer
 from sooner.worker.streams import StreamDecoder
+from sooner.worker.supervise import SAMPLE_S, Launcher, Supervised
 from sooner.worker.tree import TreeCache
 
 if TYPE_CHECKING:
@@ -46,8 +52,7 @@ logger = logging.getLogger(__name__)
 READ_BYTES = 64 * 1024
 # After the script exits, how long processes it left behind may keep its pipes open.
 LINGER_S = 1.0
-# Without a pidfd (old kernels), how often the process is polled.
-POLL_S = 0.05
+MB = 1 << 20
 SOONER_PACKAGE_PARENT = str(Path(sooner.__file__).resolve().parent.parent)
 
 
@@ -55,10 +60,12 @@ class Runner:
     """Turns claimed runs into running scripts for one worker."""
 
     def __init__(self, store: Store, settings: Settings, worker_name: str, trees: TreeCache, *,
-                 service: RunService | None = None, socket_dir: str | None = None) -> None:
+                 service: RunService | None = None, socket_dir: str | None = None, host: str | None = None) -> None:
         self.store = store
         self.settings = settings
         self.worker_name = worker_name
+        self.host = host or socket.gethostname()
+        self.launcher = Launcher()
         self.trees = trees
         self.service = service or RunService(store, settings)
         self.clock = self.service.clock
@@ -68,6 +75,10 @@ class Runner:
     def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
         """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``."""
         return ActiveRun(self, run, on_done)
+
+    def close(self) -> None:
+        """Stop the launcher process (it starts again with the next run)."""
+        self.launcher.close()
 
 
 def script_environment(environ: dict | os._Environ, store: Store) -> dict[str, str]:
@@ -102,6 +113,9 @@ class ActiveRun:
         self.status: RunStatus | None = None
         self.pid: int | None = None
         self.started_at: datetime | None = None
+        self.supervised: Supervised | None = None
+        # Monotonic time this worker's lease on the run ends unless renewed (None: not fenced, see renewed()).
+        self.lease_deadline: float | None = None
         self.thread = threading.Thread(target=self._main, name=f"sooner-run-{self.id[-6:]}", daemon=True)
         self._stop_request: tuple[RunStatus, str] | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -122,6 +136,17 @@ class ActiveRun:
         if self._stop_request is None:
             self._stop_request = (status, note)
             self.wake()
+
+    def renewed(self, at: float) -> None:
+        """The worker renewed (or took) the run's lease at monotonic ``at``: the script may run ``lease_s`` more.
+
+        Past that deadline the script is stopped as if cancelled, so a worker cut off from the
+        database has killed its copy by the time the lease's expiry lets a retry start.
+        """
+        first = self.lease_deadline is None
+        self.lease_deadline = at + self.settings.lease_s
+        if first:
+            self.wake()  # later renewals only move the deadline on
 
     def wake(self) -> None:
         # Under the lock: once the run has ended its descriptor numbers may belong to another file.
@@ -158,9 +183,11 @@ class ActiveRun:
         except SoonerError as exc:
             self._end_without_process(str(exc))
             return
+        job = self.store.jobs.find(run.job)
+        memory_limit_mb = job.memory_limit_mb if job is not None else None
         with RpcServer(self.calls, self.runner.socket_dir) as rpc:
             try:
-                process = self._spawn(script, tree, rpc.path or "")
+                supervised = self._spawn(script, tree, rpc.path or "")
             except FileNotFoundError:
                 reason = ("the interpreter on its #! line was not found" if script.exists() else
                           f"it is not in the deployed tree (commit {(run.commit or '')[:8]})")
@@ -170,24 +197,25 @@ class ActiveRun:
                 self._end_without_process(f"could not start {run.job}: {exc.strerror or exc}")
                 return
             started = time.monotonic()
-            self.pid = process.pid
+            self.supervised, self.pid = supervised, supervised.script_pid
             self.started_at = self.runner.clock.now()
-            self.store.runs.mark_started(self.id, pid=process.pid, commit=run.commit, now=self.started_at)
+            self.store.runs.mark_started(
+                self.id, pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
+                pid_started_at=supervised.script_started_at(), pgid=supervised.script_pid,
+                supervisor_pid=supervised.supervisor_pid, supervisor_started_at=supervised.supervisor_started_at)
             commit = (run.commit or "")[:8]
             self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
                                f"(commit {commit})")
-            returncode, forced = _Supervisor(self, process, started).follow()
+            returncode, forced = _Follower(self, supervised, started, memory_limit_mb).follow()
         self._finish(returncode, forced, time.monotonic() - started)
 
-    def _spawn(self, script: Path, tree: Path, socket_path: str) -> subprocess.Popen:
+    def _spawn(self, script: Path, tree: Path, socket_path: str) -> Supervised:
         run = self.run
         env = dict(self.runner.base_env)
         env.update({"SOONER_SOCKET": socket_path, "SOONER_RUN_ID": self.id, "SOONER_JOB": run.job,
                     "SOONER_DATA": json.dumps(run.data, default=str),
                     "SOONER_WORKER": self.runner.worker_name})
-        return subprocess.Popen([str(script), socket_path], cwd=str(tree), env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                bufsize=0)
+        return self.runner.launcher.start([str(script), socket_path], cwd=str(tree), env=env)
 
     def _finish(self, returncode: int, forced: tuple[RunStatus, str] | None, elapsed: float) -> None:
         self.calls.flush_progress(force=True)
@@ -204,6 +232,8 @@ class ActiveRun:
             status = RunStatus.SUCCEEDED if returncode == 0 else RunStatus.FAILED
         self.output.flush()
         self.status = status
+        if status is RunStatus.LOST:
+            self.store.runs.mark_process_gone(self.id)  # its retry need not wait for this copy
         self.service.finish(self.id, status, exit_code=returncode, note=note, started_at=self.started_at)
 
     def _end_without_process(self, reason: str) -> None:
@@ -213,8 +243,8 @@ class ActiveRun:
         self.service.finish(self.id, RunStatus.FAILED, note=reason)
 
     def _fail_safely(self, reason: str) -> None:
-        if self.pid is not None:
-            _kill_group(self.pid, signal.SIGKILL)
+        if self.supervised is not None:
+            self.supervised.kill()
         try:
             self.output.system(f"sooner: {reason}")
             self.output.flush()
@@ -227,53 +257,62 @@ class ActiveRun:
             logger.exception("run %s: could not record its end; its lease will expire", self.id)
 
 
-class _Supervisor:
-    """The select loop of one script process: output, calls, exit, cancel, timeout."""
+class _Follower:
+    """The select loop of one supervised script: output, calls, exit, cancel, timeout, memory, lease."""
 
-    def __init__(self, active: ActiveRun, process: subprocess.Popen, started: float) -> None:
+    def __init__(self, active: ActiveRun, supervised: Supervised, started: float,
+                 memory_limit_mb: int | None) -> None:
         self.active = active
-        self.process = process
+        self.supervised = supervised
         self.decoder = StreamDecoder(active.output, active.calls)
         timeout_s = active.run.timeout_s
         self.timeout_at = started + float(timeout_s) if timeout_s else None
         self.timeout_s = timeout_s
+        self.memory_limit_mb = memory_limit_mb
+        # Sampling keeps a snapshot of the tree, needed for kills only without a subreaper.
+        self.next_sample = started if memory_limit_mb or not supervised.subreaper else None
         self.forced: tuple[RunStatus, str] | None = None
         self.kill_at: float | None = None
         self.killed = False
-        self.returncode: int | None = None
+        self.leftovers_killed = False
         self.linger_until: float | None = None
-        self.pidfd: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.supervised.returncode
+
+    @property
+    def supervisor_done(self) -> bool:
+        """The supervisor exited (its status pipe is closed): nothing of the tree is left under it."""
+        return self.supervised.status_closed
 
     def follow(self) -> tuple[int, tuple[RunStatus, str] | None]:
-        """Run until the process has exited and its pipes are drained; returns (returncode, forced status)."""
+        """Run until the script's tree is gone and its pipes are drained; returns (returncode, forced status)."""
         selector = selectors.DefaultSelector()
-        assert self.process.stdout is not None and self.process.stderr is not None
-        streams = {self.process.stdout.fileno(): self.decoder.stdout, self.process.stderr.fileno(): self.decoder.stderr}
+        streams = {self.supervised.stdout: self.decoder.stdout, self.supervised.stderr: self.decoder.stderr}
         for fd, feed in streams.items():
             selector.register(fd, selectors.EVENT_READ, feed)
         selector.register(self.active._wake_r, selectors.EVENT_READ, None)
-        self.pidfd = _pidfd(self.process.pid)
-        if self.pidfd is not None:
-            selector.register(self.pidfd, selectors.EVENT_READ, "exit")
+        selector.register(self.supervised.status_fd, selectors.EVENT_READ, "status")
+        if self.returncode is not None:  # a quick script: its end came with the supervisor's first report
+            self.linger_until = time.monotonic() + LINGER_S
         try:
             self._loop(selector, streams)
         finally:
             selector.close()
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-            self.process.stdout.close()
-            self.process.stderr.close()
+            if not self.supervisor_done:  # an error in the loop: leave nothing running
+                self.supervised.kill()
+            self.supervised.close()
         self.decoder.close()
         assert self.returncode is not None
         return self.returncode, self.forced
 
     def _loop(self, selector: selectors.BaseSelector, streams: dict) -> None:
         output, calls = self.active.output, self.active.calls
-        while streams or self.returncode is None:
+        while streams or not self.supervisor_done:
             for key, _ in selector.select(self._timeout()):
-                if key.data == "exit":
-                    selector.unregister(key.fd)
-                    self._reap()
+                if key.data == "status":
+                    self._read_status(selector)
                 elif key.data is None:
                     _drain(key.fd)
                 else:
@@ -284,11 +323,9 @@ class _Supervisor:
                         selector.unregister(key.fd)
                         del streams[key.fd]
             now = time.monotonic()
-            if self.returncode is None and self.pidfd is None and self.process.poll() is not None:
-                self._reap()
             self._control(now)
-            if streams and self.linger_until is not None and now >= self.linger_until:
-                if not self._abandon_leftovers(selector, streams):
+            if self.linger_until is not None and now >= self.linger_until:
+                if not self._leftovers(selector, streams):
                     break
             due = output.due()
             if due is not None and now >= due:
@@ -298,54 +335,84 @@ class _Supervisor:
                 calls.flush_progress()
 
     def _timeout(self) -> float | None:
+        running = self.returncode is None
         deadlines = [d for d in (self.active.output.due(), self.active.calls.progress_due(),
-                                 self.timeout_at if self.forced is None and self.returncode is None else None,
-                                 self.kill_at if not self.killed and self.returncode is None else None,
+                                 self.timeout_at if self.forced is None and running else None,
+                                 self.active.lease_deadline if self.forced is None and running else None,
+                                 self.kill_at if not self.killed and running else None,
+                                 self.next_sample if running else None,
                                  self.linger_until) if d is not None]
-        if self.pidfd is None and self.returncode is None:
-            deadlines.append(time.monotonic() + POLL_S)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
-    def _reap(self) -> None:
-        self.returncode = self.process.wait()
-        self.linger_until = time.monotonic() + LINGER_S
+    def _read_status(self, selector: selectors.BaseSelector) -> None:
+        self.supervised.read_status()
+        if self.supervised.status_closed:
+            selector.unregister(self.supervised.status_fd)
+        if self.returncode is not None and self.linger_until is None:
+            self.linger_until = time.monotonic() + LINGER_S
 
     def _control(self, now: float) -> None:
         if self.returncode is not None:
             return
         request = self.active._stop_request
+        lease_deadline = self.active.lease_deadline
         if self.forced is None and request is not None:
             self._terminate(request)
         elif self.forced is None and self.timeout_at is not None and now >= self.timeout_at:
             self._terminate((RunStatus.TIMED_OUT, f"timed out after {self.timeout_s:g}s"))
+        elif self.forced is None and lease_deadline is not None and now >= lease_deadline:
+            self._terminate((RunStatus.LOST, f"lost: worker {self.active.runner.worker_name} could not renew its "
+                                             f"lease for {self.active.settings.lease_s:g}s; stopped the script"))
         elif self.kill_at is not None and not self.killed and now >= self.kill_at:
             self.killed = True
             grace = self.active.settings.cancel_grace_s
             self.active.output.system(f"sooner: still running {grace:g}s after SIGTERM; sending SIGKILL")
-            _kill_group(self.process.pid, signal.SIGKILL)
+            self.supervised.kill()
+        if self.next_sample is not None and now >= self.next_sample:
+            self.next_sample = now + SAMPLE_S
+            self._check_memory(self.supervised.sample())
+
+    def _check_memory(self, rss: int) -> None:
+        limit = self.memory_limit_mb
+        if limit and self.forced is None and rss > limit * MB:
+            self._terminate((RunStatus.FAILED, f"killed: memory {rss // MB} MB over the job's limit of {limit} MB"))
 
     def _terminate(self, request: tuple[RunStatus, str]) -> None:
         self.forced = request
         grace = self.active.settings.cancel_grace_s
         self.active.output.system(f"sooner: {request[1]}; sending SIGTERM (SIGKILL in {grace:g}s)")
-        _kill_group(self.process.pid, signal.SIGTERM)
+        self.supervised.signal(signal.SIGTERM)
         self.kill_at = time.monotonic() + grace
 
-    def _abandon_leftovers(self, selector: selectors.BaseSelector, streams: dict) -> bool:
-        """The script exited but its pipes are held open; kill its group once, then stop reading."""
-        if not self.killed:
-            self.killed = True
-            self.active.output.system("sooner: the script exited but processes it started still hold its "
-                                      "output open; killing its process group")
-            _kill_group(self.process.pid, signal.SIGKILL)
+    def _leftovers(self, selector: selectors.BaseSelector, streams: dict) -> bool:
+        """The script exited but its tree or pipes live on: kill the tree once, then stop waiting."""
+        if not streams and self.supervisor_done:
+            self.linger_until = None
+            return True
+        if not self.leftovers_killed:
+            self.leftovers_killed = True
+            if streams:
+                self.active.output.system("sooner: the script exited but processes it started still hold its "
+                                          "output open; killing them")
+            else:
+                count = len(self.supervised.tree())
+                self.active.output.system(f"sooner: the script exited but left {count} process"
+                                          f"{'es' if count != 1 else ''} running; "
+                                          f"killing {'them' if count != 1 else 'it'}")
+            self.supervised.kill()
             self.linger_until = time.monotonic() + LINGER_S
             return True
-        self.active.output.system("sooner: stopped reading output held open by processes outside the group")
-        for fd in list(streams):
-            selector.unregister(fd)
-            del streams[fd]
+        if streams:
+            self.active.output.system("sooner: stopped reading output held open by processes outside the run")
+            for fd in list(streams):
+                selector.unregister(fd)
+                del streams[fd]
+        if not self.supervisor_done:
+            self.supervised.kill_supervisor()
+            selector.unregister(self.supervised.status_fd)
+            self.supervised.status_closed = True
         return False
 
 
@@ -358,25 +425,11 @@ def _script_path(tree: Path, job: str) -> Path:
     return tree.joinpath(*parts)
 
 
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 4096):
             pass
     except (BlockingIOError, OSError):
-        pass
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
         pass
 
 
