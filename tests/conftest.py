@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -184,3 +185,28 @@ def signed_in(app, name: str, password: str, landing: str = "/"):
     assert response.status_code == 302, response.text
     client.csrf = csrf_of(client.get(landing).text)
     return client
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path):
+    """Start registered workers whose run_forever loops run on threads; every one is stopped at teardown.
+
+    ``start_worker(store, settings, name, capacity, **options)`` returns the Worker.
+    """
+    from sooner.worker.loop import Worker
+
+    started: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start(store: Store, settings: Settings, name: str = "w1", capacity: int = 2, **options) -> Worker:
+        worker = Worker(store, settings, name, capacity, cache=tmp_path / f"cache-{name}", **options)
+        worker.register()
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+        thread.start()
+        started.append((stop, thread))
+        return worker
+
+    yield start
+    for stop, thread in started:
+        stop.set()
+        thread.join(20)

@@ -13,9 +13,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +56,9 @@ def settings(store: Store) -> Settings:
 
 
 @pytest.fixture
-def worker(store: Store, settings: Settings, tmp_path: Path) -> Iterator[Worker]:
+def worker(store: Store, settings: Settings, start_worker) -> Worker:
     """A registered worker whose loop runs on a thread until the test ends."""
-    worker = Worker(store, settings, "values", 2, cache=tmp_path / "cache")
-    worker.register()
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
-    thread.start()
-    yield worker
-    stop.set()
-    thread.join(20)
+    return start_worker(store, settings, "values", 2)
 
 
 def run_job(store: Store, files: dict[str, str], job: str) -> Run:

@@ -25,7 +25,6 @@ from sooner.runs.service import RunService
 from sooner.store import open_store
 from sooner.store.output import MAX_CHUNK_CHARS, OutputPolicy
 from sooner.worker.calls import CallHandler
-from sooner.worker.loop import Worker
 from sooner.worker.output import OutputWriter
 from sooner.worker.protocol import MAX_LINE_BYTES, Call
 from sooner.worker.streams import StreamDecoder, size_text
@@ -47,17 +46,10 @@ def store(embedded_site):
 
 
 @pytest.fixture
-def worker(store, tmp_path):
+def worker(store, start_worker):
     settings = Settings(mongo_url=store.url, database=store.database_name, heartbeat_s=0.2, lease_s=2.0,
                         cancel_grace_s=1.0, shutdown_grace_s=2.0, output_flush_ms=50)
-    worker = Worker(store, settings, "out", 2, cache=tmp_path / "cache")
-    worker.register()
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
-    thread.start()
-    yield worker
-    stop.set()
-    thread.join(20)
+    return start_worker(store, settings, "out", 2)
 
 
 def run_job(store, job: str, data=None, timeout: float = 60) -> Run:

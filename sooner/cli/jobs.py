@@ -54,6 +54,7 @@ def job_show(app: AppContext, name: str) -> None:
         f"worker:    {job.worker or 'any'}",
         f"hooks:     {', '.join(job.hooks) or '-'}",
         f"timeout:   {str(job.timeout_s) + 's' if job.timeout_s else 'none'}",
+        f"memory:    {f'{job.memory_limit_mb} MB' if job.memory_limit_mb else 'no limit'}",
         f"overlap:   {job.overlap.value}",
         f"missed:    {job.missed.value}",
         f"retry:     {job.retry.attempts} attempt(s)",
