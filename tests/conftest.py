@@ -191,15 +191,20 @@ def signed_in(app, name: str, password: str, landing: str = "/"):
 def start_worker(tmp_path: Path):
     """Start registered workers whose run_forever loops run on threads; every one is stopped at teardown.
 
-    ``start_worker(store, settings, name, capacity, **options)`` returns the Worker.
+    ``start_worker(store, settings, name, capacity, **options)`` returns the Worker; with
+    ``start=False`` it is only registered (the test drives ``run_once``/``heartbeat`` itself).
     """
     from sooner.worker.loop import Worker
 
     started: list[tuple[threading.Event, threading.Thread]] = []
 
-    def start(store: Store, settings: Settings, name: str = "w1", capacity: int = 2, **options) -> Worker:
-        worker = Worker(store, settings, name, capacity, cache=tmp_path / f"cache-{name}", **options)
+    def start(store: Store, settings: Settings, name: str = "w1", capacity: int = 2, *, start: bool = True,
+              **options) -> Worker:
+        options.setdefault("cache", tmp_path / f"cache-{name}")
+        worker = Worker(store, settings, name, capacity, **options)
         worker.register()
+        if not start:
+            return worker
         stop = threading.Event()
         thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
         thread.start()
@@ -207,6 +212,7 @@ def start_worker(tmp_path: Path):
         return worker
 
     yield start
-    for stop, thread in started:
+    for stop, _ in started:
         stop.set()
+    for _, thread in started:
         thread.join(20)

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -93,25 +92,11 @@ def service(store, settings) -> RunService:
 
 
 @pytest.fixture
-def make_worker(store, settings, tmp_path):
+def make_worker(store, settings, start_worker, tmp_path):
     """A registered in-process worker whose run_forever loop runs on a thread; stopped at teardown."""
-    running = []
-
     def make(name: str = "w1", start: bool = True, **options) -> Worker:
-        worker = Worker(store, settings, name, 4, cache=tmp_path / "cache", **options)
-        worker.register()
-        if start:
-            stop = threading.Event()
-            thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
-            thread.start()
-            running.append((stop, thread))
-        return worker
-
-    yield make
-    for stop, _ in running:
-        stop.set()
-    for _, thread in running:
-        thread.join(20)
+        return start_worker(store, settings, name, 4, start=start, **{"cache": tmp_path / "cache", **options})
+    return make
 
 
 def start(store, job: str) -> str:

@@ -49,25 +49,11 @@ def service(store, settings) -> RunService:
 
 
 @pytest.fixture
-def make_worker(store, settings, tmp_path):
+def make_worker(store, settings, start_worker, tmp_path):
     """Start a registered worker whose run_forever loop runs on a thread; stopped at teardown."""
-    running = []
-
     def make(name: str = "w1", capacity: int = 4, tags: tuple[str, ...] = (), start: bool = True) -> Worker:
-        worker = Worker(store, settings, name, capacity, tags, cache=tmp_path / "cache")
-        worker.register()
-        if start:
-            stop = threading.Event()
-            thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
-            thread.start()
-            running.append((stop, thread))
-        return worker
-
-    yield make
-    for stop, thread in running:
-        stop.set()
-    for stop, thread in running:
-        thread.join(20)
+        return start_worker(store, settings, name, capacity, tags=tags, start=start, cache=tmp_path / "cache")
+    return make
 
 
 def finished(store, run_id: str, timeout: float = 20) -> Run:
