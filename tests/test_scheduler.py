@@ -338,8 +338,10 @@ def test_two_scheduler_processes_fire_each_tick_once_and_pick_up_changes_live(si
     try:
         for process in processes:
             assert "ready" in process.stdout.readline()
-        store.jobs.set_enabled("every-second.sh", True)
+        # Taken before enabling: a scheduler may see the job enabled (and fire its next
+        # tick) before set_enabled has even returned to this test.
         enabled_at = datetime.now(UTC)
+        store.jobs.set_enabled("every-second.sh", True)
         # The running schedulers pick the change up (no restart) and fire from then on, not before.
         wait_for(lambda: store.jobs.get("every-second.sh").scheduler_state, timeout=5)
         first = wait_for(lambda: store.runs.list(limit=1), timeout=5, message="a run after enabling")[0]
