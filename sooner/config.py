@@ -54,12 +54,15 @@ class Settings:
     lease_s: float = field(default=30.0, metadata={"doc": "a running run is lost if its worker is silent this long"})
     cancel_grace_s: float = field(default=10.0, metadata={"doc": "SIGTERM→SIGKILL delay when cancelling"})
     shutdown_grace_s: float = field(default=30.0, metadata={"doc": "how long a stopping worker lets runs finish"})
+    outage_grace_s: float = field(default=300.0, metadata={"doc": "how long runs go on (journaling their output) while their worker cannot reach the database"})
+    outage_journal_mb: int = field(default=64, metadata={"doc": "largest outage journal per run; past it the script waits for the database"})
     output_flush_ms: int = field(default=100, metadata={"doc": "longest delay before output reaches the database"})
     output_max_bytes_per_run: int = field(default=50 * 2 ** 20, metadata={"doc": "a run stores this much output; the rest is counted, not stored"})
     output_max_line_bytes: int = field(default=2 ** 20, metadata={"doc": "longer lines are cut to this, with a marker"})
     output_retention_days: float = field(default=30.0, metadata={"doc": "output older than this is removed (0 = kept forever); runs are kept"})
     chain_depth_limit: int = field(default=10, metadata={"doc": "events chained deeper than this start no runs"})
     log_level: str = field(default="warning", metadata={"doc": "debug, info, warning or error"})
+    embedded_idle_stop_s: float = field(default=600.0, metadata={"doc": "an embedded database started on demand stops after this long without clients (0 = never)"})
     site_dir: Path | None = field(default=None, metadata={"internal": True})
 
     def site_path(self, relative: str) -> Path:
@@ -68,6 +71,16 @@ class Settings:
             raise SiteNotFound(f"this needs a Sooner site (for {relative!r}); pass --config or run `sooner init`")
         path = Path(relative)
         return path if path.is_absolute() else self.site_dir / path
+
+    @property
+    def fence_s(self) -> float:
+        """How long after its worker last renewed its lease a script may run: the lease, or the outage grace."""
+        return max(self.lease_s, self.outage_grace_s)
+
+    @property
+    def outlives_lease_s(self) -> float:
+        """How long past its lease's expiry a script of this worker may still run (see :attr:`fence_s`)."""
+        return self.fence_s - self.lease_s
 
     @property
     def repo_path(self) -> Path:
@@ -255,8 +268,10 @@ _SECONDS: dict[str, tuple[float, bool, float]] = {
     "lease_s": (0.0, False, 86400.0),  # also longer than heartbeat_s, checked below
     "cancel_grace_s": (0.0, True, 86400.0),
     "shutdown_grace_s": (0.0, True, 86400.0),
+    "outage_grace_s": (0.0, True, 7 * 86400.0),
     "web_session_idle_s": (0.0, False, 366 * 86400.0),
     "web_session_max_s": (0.0, False, 366 * 86400.0),
+    "embedded_idle_stop_s": (0.0, True, 366 * 86400.0),  # 0 = never
 }
 # Whole numbers: (lowest, highest), both allowed.
 _WHOLE: dict[str, tuple[int, int]] = {
@@ -268,6 +283,7 @@ _WHOLE: dict[str, tuple[int, int]] = {
     "output_max_bytes_per_run": (1, 2 ** 40),
     "output_max_line_bytes": (1, 2 ** 30),
     "chain_depth_limit": (1, 1000),
+    "outage_journal_mb": (1, 2 ** 20),
 }
 
 

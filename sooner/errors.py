@@ -29,6 +29,15 @@ class StoreError(SoonerError):
     """The database could not be reached or refused an operation."""
 
 
+class StoreUnreachable(StoreError):
+    """The database did not answer (after the store's retries): an outage, not a refusal.
+
+    Code that can wait for the database to come back (a worker's outage
+    journal, ``sooner logs --follow``, the web pages) tells this apart from a
+    refused operation, which waiting would not fix.
+    """
+
+
 class DeployError(SoonerError):
     """A pushed commit could not be deployed; nothing was applied."""
 
@@ -46,11 +55,11 @@ class JobNotFound(SoonerError, LookupError):
 
 
 class RunNotFound(SoonerError, LookupError):
-    """No run with the given id exists."""
+    """No run with the given id (or other run reference, see sooner.model.run_ref) exists."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, detail: str | None = None) -> None:
         self.run_id = run_id
-        super().__init__(f"no run with id {run_id!r} (see `sooner runs`)")
+        super().__init__(f"no run with id {run_id!r}{f': {detail}' if detail else ''} (see `sooner runs`)")
 
 
 class RunError(SoonerError):

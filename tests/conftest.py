@@ -170,6 +170,28 @@ def clone(site: Path, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def fast_passwords(monkeypatch) -> None:
+    """Hash passwords with argon2's cheapest settings: the production cost is for real passwords."""
+    from argon2 import PasswordHasher
+
+    monkeypatch.setattr("sooner.store.users._passwords", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
+
+
+@pytest.fixture
+def mock_web_app(mock_store: Store, fast_passwords):
+    """``(app, socketio, settings)``: the web app on ``mock_store`` (no live hub thread), with users
+    ``admin`` (password ``admin-password``, an admin) and ``viewer`` (``viewer-password``)."""
+    from sooner.webapp import create_app
+
+    settings = load_settings(None, environ={}, overrides={"secret_key": "k" * 40, "mongo_url": mock_store.url})
+    app, socketio = create_app(settings, mock_store, live=False)
+    app.config["TESTING"] = True
+    mock_store.users.add("admin", "admin-password", admin=True)
+    mock_store.users.add("viewer", "viewer-password")
+    return app, socketio, settings
+
+
 def csrf_of(page_text: str) -> str:
     """The CSRF token a Sooner page carries in its <meta name="csrf-token">."""
     import re

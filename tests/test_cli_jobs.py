@@ -48,7 +48,7 @@ def test_jobs_lists_new_jobs_disabled_and_hides_deleted(site_with_job):
     result = run_sooner("jobs", cwd=site_with_job)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ENABLED", "SCHEDULE", "WORKER", "COMMIT", "LAST", "RUN"]
+    assert lines[0].split() == ["NAME", "ENABLED", "SCHEDULE", "WORKER", "COMMIT", "LAST", "RUN", "ALERT"]
     assert lines[1].split()[:5] == ["hello.sh", "no", "-", "any", "01234567"]
     assert "gone.sh" not in result.stdout
     assert "gone.sh" in run_sooner("jobs", "--all", cwd=site_with_job).stdout

@@ -59,8 +59,8 @@ def test_run_prints_the_id_and_runs_lists_it(site, store):
     listed = sooner(site, "runs")
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()[:2]
-    assert header.split() == ["ID", "JOB", "STATUS", "WORKER", "TRIGGER", "STARTED", "DURATION", "PROGRESS"]
-    assert row.split()[:7] == [run_id, "hello.sh", "queued", "-", "manual", "by", "alice"]
+    assert header.split() == ["RUN", "STATUS", "WORKER", "TRIGGER", "STARTED", "DURATION", "PROGRESS", "ID"]
+    assert row.split() == ["hello.sh#1", "queued", "-", "manual", "by", "alice", "-", "-", "-", run_id]
     assert sooner(site, "runs", "--status", "running").stdout.strip() == "no runs match"
     assert run_id in sooner(site, "runs", "--job", "hello.sh", "--limit", "1").stdout
 
@@ -105,7 +105,7 @@ def test_logs_prints_the_whole_output_stdout_and_stderr_apart(site, store):
     service = RunService(store)
     assert service.claim("w", [], 30).id == run_id
     service.finish(run_id, RunStatus.FAILED, exit_code=2)
-    assert f"run {run_id} failed (exit code 2)" in sooner(site, "logs", run_id).stderr
+    assert "run hello.sh#1 failed (exit code 2)" in sooner(site, "logs", run_id).stderr
 
 
 def simulated_worker(store, run_id: str, final: RunStatus, exit_code: int | None, started: threading.Event) -> None:
@@ -142,7 +142,7 @@ def test_logs_follow_streams_until_the_run_ends(site, store, final, exit_code, e
     assert out == "out 0\nout 1\nout 2\n"
     script_err = [line for line in err.splitlines() if not line.startswith("sooner: ")]
     assert script_err == ["err 0", "err 1", "err 2"]
-    assert f"run {run_id} {final.value}" in err.splitlines()[-1]
+    assert f"run hello.sh#1 {final.value}" in err.splitlines()[-1]
     assert "sooner: progress 3/3 (100%)" in err
     assert exit_code_for(store.runs.get(run_id)) == expected
 

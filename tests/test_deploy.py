@@ -306,10 +306,12 @@ def test_bulk_job_changes_set_the_same_fields_as_one_by_one(any_store):
     assert jobs.get("new.sh").enabled is True and jobs.get("new.sh").blob == "b1"
 
 
-def test_refs_not_deployed_names_other_branches_and_tags():
-    assert refs_not_deployed(["refs/heads/main", "refs/heads/dev", "refs/tags/v1"], "main") == [
-        "sooner: branch 'dev' is not deployed (this site deploys 'main')",
-        "sooner: ref 'refs/tags/v1' is not deployed (this site deploys 'main')"]
+def test_refs_not_deployed_names_other_branches_and_tags_and_how_to_deploy_a_branch():
+    assert refs_not_deployed(["refs/heads/main", "refs/heads/dev", "refs/tags/v1", "refs/heads/gone"], "main",
+                             deleted=["refs/heads/gone"]) == [
+        "sooner: branch 'dev' is not deployed (this site deploys 'main'); to deploy it: git push origin dev:main",
+        "sooner: ref 'refs/tags/v1' is not deployed (this site deploys 'main')",
+        "sooner: branch 'gone' is not deployed (this site deploys 'main')"]
 
 
 def test_parse_push_lines_reads_old_new_ref():
@@ -472,7 +474,9 @@ def test_working_copy_is_rebuilt_when_files_and_folders_swap(deployer):
 def test_writing_never_follows_a_symlink_in_the_working_copy(deployer, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    (deployer.working_copy / "reports").symlink_to(outside)  # planted by someone
+    (deployer.working_copy / "reports").symlink_to(outside)  # planted by someone, and ignored by git there
+    (deployer.working_copy / ".git" / "info").mkdir(exist_ok=True)
+    (deployer.working_copy / ".git" / "info" / "exclude").write_text("reports\n")
     commit_files(deployer.site, {"reports/daily.sh": (SCRIPT, EXEC)})
     deployer()
     assert list(outside.iterdir()) == []
@@ -480,13 +484,58 @@ def test_writing_never_follows_a_symlink_in_the_working_copy(deployer, tmp_path)
     assert not reports.is_symlink() and (reports / "daily.sh").read_bytes() == SCRIPT
 
 
-def test_a_file_edited_in_the_working_copy_is_put_back(deployer):
+def test_a_file_edited_in_the_working_copy_is_never_put_back(deployer):
     commit_files(deployer.site, {"a.sh": (SCRIPT, EXEC)})
     deployer()
-    (deployer.working_copy / "a.sh").write_bytes(b"tampered, and longer than before\n")
-    report = deployer()
-    assert (deployer.working_copy / "a.sh").read_bytes() == SCRIPT
-    assert report.lines()[-1] == "sooner: put back 1 file(s) in the working copy"
+    (deployer.working_copy / "a.sh").write_bytes(b"edited, and longer than before\n")
+    with pytest.raises(DeployError, match=r"uncommitted changes in 1 file\(s\) \(a.sh\).*--working-copy"):
+        deployer()
+    assert (deployer.working_copy / "a.sh").read_bytes() == b"edited, and longer than before\n"
+
+
+def test_a_file_only_touched_in_the_working_copy_is_no_change(deployer):
+    commit_files(deployer.site, {"a.sh": (SCRIPT, EXEC)})
+    deployer()
+    os.utime(deployer.working_copy / "a.sh", (1, 1))
+    assert deployer().lines() == [f"sooner: already deployed {deployer.store.deploys.latest()['commit'][:7]}, "
+                                  f"nothing changed"]
+
+
+def test_a_deploy_from_the_hook_deploys_the_jobs_and_leaves_an_edited_working_copy_alone(deployer):
+    commit_files(deployer.site, {"a.sh": (SCRIPT, EXEC)})
+    deployer()
+    (deployer.working_copy / "a.sh").write_bytes(b"edited\n")
+    commit = commit_files(deployer.site, {"a.sh": (SCRIPT, EXEC), "b.sh": (SCRIPT, EXEC)})
+    report = deploy(load_settings(deployer.site / "config.json", environ={}), lambda: deployer.store,
+                    keep_local_changes=True)
+    assert report.changes.created == {"b.sh": report.changes.created["b.sh"]}
+    assert (deployer.working_copy / "a.sh").read_bytes() == b"edited\n"
+    assert not (deployer.working_copy / "b.sh").exists()
+    assert report.lines()[-2] == (f"sooner: note: the server's working copy has uncommitted changes in 1 file(s) "
+                                  f"(a.sh); it was left as it is, so it does not show {commit[:7]} "
+                                  f"(`sooner deploy --working-copy` there deploys that work)")
+    assert report.lines()[-1].endswith("; working copy left as it is) in %.2fs" % report.elapsed_s)
+
+
+def test_files_with_a_shebang_but_no_executable_bit_get_a_note_when_they_change(deployer):
+    commit_files(deployer.site, {"tools/x.sh": (SCRIPT, FILE), "data.txt": (b"#!not really, but starts so", FILE),
+                                 "lib.sh": (b"x=1\n", FILE), "job.sh": (SCRIPT, EXEC), "short": (b"#", FILE)})
+    lines = deployer().lines()
+    assert [line for line in lines if "note:" in line] == [
+        "sooner: note: data.txt has a shebang but is not executable: not a job (chmod +x to make it one)",
+        "sooner: note: tools/x.sh has a shebang but is not executable: not a job (chmod +x to make it one)"]
+    commit_files(deployer.site, {"tools/x.sh": (SCRIPT, FILE), "data.txt": (b"#!not really, but starts so", FILE),
+                                 "lib.sh": (b"x=2\n", FILE), "job.sh": (SCRIPT, FILE), "short": (b"#", FILE)})
+    lines = deployer().lines()
+    assert [line for line in lines if "note:" in line] == [
+        "sooner: note: job.sh has a shebang but is not executable: not a job (chmod +x to make it one)"]
+
+
+def test_notes_about_non_executable_scripts_are_bounded(deployer):
+    commit_files(deployer.site, {f"s{i:02d}.sh": (SCRIPT + str(i).encode(), FILE) for i in range(25)})
+    notes = [line for line in deployer().lines() if "note:" in line]
+    assert len(notes) == 21 and notes[19].startswith("sooner: note: s19.sh has a shebang")
+    assert notes[20] == "sooner: note: ... and 5 more file(s) with a shebang that are not executable"
 
 
 def test_objects_let_a_worker_rebuild_the_tree_without_git(deployer):

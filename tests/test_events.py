@@ -45,7 +45,7 @@ def test_emit_from_the_cli_starts_enabled_hooked_jobs_only_with_the_data(site, s
     assert result.returncode == 0, result.stderr
     runs = site_store.runs.list()
     assert [r.job for r in runs] == ["a.sh"]
-    assert result.stdout.strip() == f"started run {runs[0].id} of a.sh"
+    assert result.stdout.strip() == f"started run a.sh#1 ({runs[0].id})"
     run = runs[0]
     assert run.data == {"rows": 3}
     trigger = run.trigger

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from sooner.model.missed import MissReason
 from sooner.model.status import Missed, Overlap, RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sooner"
 
 # The literals the model owns: every run status and every overlap/missed policy value.
-MODEL_WORDS = frozenset(s.value for enum in (RunStatus, Overlap, Missed) for s in enum)
+MODEL_WORDS = frozenset(s.value for enum in (RunStatus, Overlap, Missed, MissReason) for s in enum)
 
 # A literal that is one of those words but means something else, each with the
 # reason: (file relative to the root, literal, text on the literal's line) -> why.

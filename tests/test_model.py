@@ -13,7 +13,7 @@ import pytest
 from sooner.clock import FakeClock
 from sooner.model import (ACTIVE, BUSY, FAILED_KINDS, FINISHED, CronTrigger, Job, ManualTrigger, Missed, Overlap,
                           Progress, RetryPolicy, Run, RunStatus, Worker, WorkerHealth, late_after_s)
-from sooner.model.job import MAX_RETRY_DELAY_S
+from sooner.model.job import DEFAULT_MAX_BACKOFF_S
 from sooner.runs.service import RunService
 from sooner.store import schema
 
@@ -46,10 +46,12 @@ def test_a_queued_manual_run_reads_and_writes_back_as_stored(any_store):
     # then the document is the same, key for key, and the value the service returned is the one stored
     assert again.to_doc() == stored
     assert again == run and run.to_doc() == stored
-    assert set(stored) == {"_id", "job", "status", "trigger", "data", "commit", "target", "worker", "pid",
+    assert stored["number"] == 1 and run.ref == "a.sh#1"  # the job's first run
+    assert set(stored) == {"_id", "job", "number", "status", "trigger", "data", "commit", "target", "worker", "pid",
                            "exit_code", "progress", "attempt", "depth", "timeout_s", "queued_at", "not_before",
-                           "started_at", "finished_at", "lease_until", "cancel_requested", "note"}
+                           "started_at", "finished_at", "lease_until", "cancel_requested", "note", "chain"}
     assert (again.status, again.trigger, again.queued_at) == (RunStatus.QUEUED, ManualTrigger(author="alice"), T0)
+    assert stored["chain"] == run.id == again.chain_root  # a first attempt is its own chain
 
 
 def test_a_cron_run_keeps_its_top_level_scheduled_for(any_store):
@@ -149,7 +151,7 @@ def test_a_job_with_settings_hooks_a_cursor_and_a_removal_reads_and_writes_back_
     deployed(any_store)
     any_store.jobs.set_enabled("a.sh", True)
     any_store.jobs.update_settings("a.sh", {"schedule": "*/5 * * * *", "timezone": "Europe/Berlin", "worker": "gpu",
-                                            "timeout_s": 60.0, "retry": {"attempts": 2, "delay_s": 10.0},
+                                            "timeout_s": 60.0, "retry": RetryPolicy(2, 10.0).to_doc(),
                                             "overlap": "queue", "missed": "catch_up_once"}, add_hooks=["go"])
     cursor = {"schedule": "*/5 * * * *", "timezone": "Europe/Berlin", "last_tick_at": T0, "since": T0, "by": "s1"}
     assert any_store.jobs.save_trigger_state("a.sh", "cron", cursor, previous=None)
@@ -207,10 +209,10 @@ def test_statuses_are_stored_as_their_lowercase_values_and_parsed_back():
 
 # -- retry policy --------------------------------------------------------------------------------
 def test_retry_delays_double_from_the_base_delay_and_stop_at_an_hour():
-    policy = RetryPolicy(attempts=20, delay_s=30)
+    policy = RetryPolicy(attempts=20, backoff_base_s=30)
     assert [policy.delay_after(attempt) for attempt in range(1, 10)] == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
-    assert MAX_RETRY_DELAY_S == 3600 and policy.delay_after(50) == 3600
-    assert RetryPolicy(delay_s=10).delay_after(1) == 10 and RetryPolicy(delay_s=0).delay_after(5) == 0
+    assert DEFAULT_MAX_BACKOFF_S == 3600 and policy.delay_after(50) == 3600
+    assert RetryPolicy(backoff_base_s=10).delay_after(1) == 10 and RetryPolicy(backoff_base_s=0).delay_after(5) == 0
 
 
 def test_a_retry_policy_allows_exactly_its_number_of_extra_attempts():
@@ -220,9 +222,10 @@ def test_a_retry_policy_allows_exactly_its_number_of_extra_attempts():
 
 
 def test_a_retry_policy_reads_the_stored_form_with_defaults():
-    assert RetryPolicy.from_doc(None) == RetryPolicy(attempts=0, delay_s=30)
+    assert RetryPolicy.from_doc(None) == RetryPolicy(attempts=0, backoff_base_s=30)
     assert RetryPolicy.from_doc({"attempts": "3"}) == RetryPolicy(3, 30.0)
-    assert RetryPolicy.from_doc({"attempts": 1, "delay_s": 5}).to_doc() == {"attempts": 1, "delay_s": 5.0}
+    assert RetryPolicy.from_doc({"attempts": 1, "delay_s": 5}).to_doc() == {  # the old form reads as the base
+        "attempts": 1, "backoff_base_s": 5.0, "backoff_factor": 2.0, "max_backoff_s": 3600.0, "jitter": 0.0}
 
 
 # -- workers ----------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def reaper():
 @pytest.fixture
 def settings(embedded_store) -> Settings:
     return Settings(mongo_url=embedded_store.url, database=embedded_store.database_name, heartbeat_s=0.2, lease_s=2.0,
-                    cancel_grace_s=1.0, shutdown_grace_s=2.0, output_flush_ms=50)
+                    cancel_grace_s=1.0, shutdown_grace_s=2.0, output_flush_ms=50, outage_grace_s=0.0)
 
 
 @pytest.fixture

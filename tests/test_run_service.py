@@ -251,7 +251,7 @@ def test_sooner_cancel_of_the_queued_run_lets_the_waiting_run_go(site):
 
         # then A is cancelled and B is queued at once
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"cancelled run {a.id} of serial.sh (it had not started)"
+        assert result.stdout.strip() == f"cancelled run {a.ref} (it had not started)"
         assert (store.runs.get(a.id).status, store.runs.get(a.id).cancelled_by) == ("cancelled", "cli")
         assert store.runs.get(b.id).status == "queued"
 

@@ -325,8 +325,11 @@ RECORDS = [
      {"type": "cron", "scheduled_for": T0, "catch_up": True, "missed": 1000, "missed_capped": True},
      "cron 2026-01-05 12:00:00 UTC (catch-up for more than 1000 missed)"),
     (ManualTrigger(author="alice"), {"type": "manual", "author": "alice"}, "manual by alice"),
+    (ManualTrigger(author="alice", rerun_of=RUN_ID, source_ref="a.sh#41"),
+     {"type": "manual", "author": "alice", "rerun_of": RUN_ID, "source_ref": "a.sh#41"},
+     "manual (re-run of a.sh#41) by alice"),  # the run's short form, which every command accepts
     (ManualTrigger(author="alice", rerun_of=RUN_ID), {"type": "manual", "author": "alice", "rerun_of": RUN_ID},
-     "manual (re-run of 0123456789) by alice"),  # a prefix `sooner logs` accepts
+     f"manual (re-run of {RUN_ID}) by alice"),  # stored before run numbers: the full id
     (ManualTrigger(), {"type": "manual"}, "manual"),
     (ApiTrigger(author="bot", message="nightly"), {"type": "api", "author": "bot", "message": "nightly"},
      "api by bot"),
@@ -335,7 +338,9 @@ RECORDS = [
      "event “data-ready” from extract.sh"),
     (EventTrigger(event="go", author="bo"), {"type": "event", "event": "go", "author": "bo"}, "event “go” by bo"),
     (RetryTrigger(source=RUN_ID, previous_status="lost"), {"type": "retry", "source": RUN_ID, "previous_status": "lost"},
-     "retry of 0123456789"),
+     f"retry of {RUN_ID}"),
+    (RetryTrigger(source=RUN_ID, source_ref="a.sh#41", previous_status="lost"),
+     {"type": "retry", "source": RUN_ID, "source_ref": "a.sh#41", "previous_status": "lost"}, "retry of a.sh#41"),
     (IntervalTrigger(scheduled_for=T0, every_s=25), {"type": "interval", "scheduled_for": T0, "every_s": 25},
      "interval every 25s 12:00:00"),
 ]
@@ -375,7 +380,7 @@ def test_fields_a_known_kind_does_not_know_survive_a_round_trip():
 
 def test_a_stored_trigger_of_an_unknown_type_is_kept_as_it_was():
     # given a run started by a kind this version does not know
-    stored = {"type": "webhook", "author": "github", "source": "push", "url": "https://example.com/hook",
+    stored = {"type": "carrier_pigeon", "author": "github", "source": "push", "url": "https://example.com/hook",
               "delivery": {"id": 7}}
 
     # when it is read
@@ -383,11 +388,11 @@ def test_a_stored_trigger_of_an_unknown_type_is_kept_as_it_was():
 
     # then it keeps its type, its common fields and the rest, writes back unchanged and still describes itself
     assert isinstance(record, OtherTrigger)
-    assert (record.kind, record.author, record.source) == ("webhook", "github", "push")
+    assert (record.kind, record.author, record.source) == ("carrier_pigeon", "github", "push")
     assert record.extra == {"url": "https://example.com/hook", "delivery": {"id": 7}}
     assert record.to_doc() == stored
     assert trigger_from_doc(record.to_doc()).to_doc() == stored
-    assert record.describe() == "webhook by github"
+    assert record.describe() == "carrier_pigeon by github"
     # and a missing trigger reads as an unknown one rather than failing
     assert trigger_from_doc(None).kind == "unknown"
 

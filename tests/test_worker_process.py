@@ -129,12 +129,12 @@ def test_cancel_command_cancels_queued_and_running_runs(store, spawn_worker, tmp
     queued = start(store, "wait.sh", target="nobody")
     env = {**SETTINGS_ENV, "SOONER_MONGO_URL": store.url, "SOONER_DATABASE": store.database_name}
     result = run_sooner("cancel", queued[:8], cwd=tmp_path, env=env)
-    assert result.returncode == 0 and f"cancelled run {queued} of wait.sh (it had not started)" in result.stdout
+    assert result.returncode == 0 and f"cancelled run {store.runs.get(queued).ref} (it had not started)" in result.stdout
     spawn_worker("w1")
     running = start(store, "wait.sh")
     wait_for(lambda: "started" in store.output.text(running), message="the script to start")
     result = run_sooner("cancel", running, cwd=tmp_path, env=env)
-    assert result.returncode == 0 and f"asked worker w1 to cancel run {running}" in result.stdout
+    assert result.returncode == 0 and f"asked worker w1 to cancel run {store.runs.get(running).ref}" in result.stdout
     run = finished(store, running, 10)
     assert (run.status, run.note) == ("cancelled", "cancelled by cli")
     again = run_sooner("cancel", running, cwd=tmp_path, env=env)

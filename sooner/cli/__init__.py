@@ -116,8 +116,11 @@ from sooner.cli import site as _site  # noqa: E402,F401
 from sooner.cli import jobs as _jobs  # noqa: E402,F401
 from sooner.cli import deploy as _deploy  # noqa: E402,F401
 from sooner.cli import runtime as _runtime  # noqa: E402,F401
+from sooner.cli import move as _move  # noqa: E402,F401
+from sooner.cli import failed as _failed  # noqa: E402,F401
 from sooner.cli import worker as _worker  # noqa: E402,F401
 from sooner.cli import web as _web  # noqa: E402,F401
+from sooner.cli import hooks as _hooks  # noqa: E402,F401
 
 
 def run() -> None:

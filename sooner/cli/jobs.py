@@ -15,10 +15,13 @@ from sooner.model import Job, Missed, Overlap
 @click.option("--all", "include_deleted", is_flag=True, help="Include jobs whose script was removed.")
 @pass_app
 def jobs_command(app: AppContext, include_deleted: bool) -> None:
-    """List jobs: name, enabled, schedule, worker, commit, last run."""
+    """List jobs: name, enabled, schedule, worker, commit, last run, alert (overdue or missed)."""
+    from sooner.scheduling.alerts import job_alerts
+
     store = app.store
     jobs = store.jobs.list(include_deleted=include_deleted)
     last_runs = store.runs.last_per_job([job.name for job in jobs])
+    alerts = job_alerts(store, jobs, store.clock.now())
     rows = []
     for job in jobs:
         state = "deleted" if job.deleted else ("yes" if job.enabled else "no")
@@ -27,8 +30,10 @@ def jobs_command(app: AppContext, include_deleted: bool) -> None:
             schedule = f"{schedule} ({job.timezone})"
         run = last_runs.get(job.name)
         last = f"{run.status.value} {ago(run.queued_at)}" if run else None
-        rows.append([job.name, state, schedule, job.worker or "any", (job.commit or "")[:8], last])
-    echo_table(["name", "enabled", "schedule", "worker", "commit", "last run"], rows,
+        alert = alerts[job.name]
+        rows.append([job.name, state, schedule, job.worker or "any", (job.commit or "")[:8], last,
+                     alert.state.value if alert.alerting else None])
+    echo_table(["name", "enabled", "schedule", "worker", "commit", "last run", "alert"], rows,
                "no jobs yet: push an executable script to the site's scripts.git")
 
 
@@ -57,10 +62,14 @@ def job_show(app: AppContext, name: str) -> None:
         f"memory:    {f'{job.memory_limit_mb} MB' if job.memory_limit_mb else 'no limit'}",
         f"overlap:   {job.overlap.value}",
         f"missed:    {job.missed.value}",
-        f"retry:     {job.retry.attempts} attempt(s)",
+        f"dedupe:    {f'{job.dedupe_window_s:g}s window' if job.dedupe_window_s else 'off (dedupe keys are ignored)'}",
+        f"alert:     {_alert_line(app, job)}",
+        f"badge:     {'public' if job.public_badge else 'signed-in users only'} (/badge/{job.name}.svg)",
+        f"retry:     {job.retry.describe()}" + (f"  (waits {_waits(job)})" if job.retry.attempts else ""),
         f"updated:   {ago(job.updated_at)}",
     ]
     click.echo("\n".join(lines))
+    _echo_missed(app, job)
     if job.schedule:
         fires = next_fires(job.schedule, job.timezone, app.store.clock.now(), 5)
         click.echo("next fires:" + ("" if job.enabled else "  (job is disabled: these will not run)"))
@@ -100,7 +109,24 @@ def job_disable(app: AppContext, name: str) -> None:
               help="When it fires while a run is queued/running: allow, skip (default) or queue.")
 @click.option("--missed", type=click.Choice([m.value for m in Missed]),
               help="Ticks missed while no scheduler ran: skip (default) or catch_up_once.")
-@click.option("--retry", "retry_attempts", type=click.IntRange(0, 100), help="Retries after a failed or lost run.")
+@click.option("--dedupe-window", "dedupe_window_s", type=float, metavar="SECONDS",
+              help="Run requests with the same dedupe key (`sooner run --dedupe-key`) this close together get "
+                   "one run; 0 = off.")
+@click.option("--public-badge", "public_badge", type=click.Choice(["yes", "no"]),
+              help="Show its status badge (/badge/NAME.svg) to anyone (default no: signed-in users only).")
+@click.option("--alert-after", "alert_after_s", type=float, metavar="SECONDS",
+              help="Alert (overdue) when a tick this old has no run a worker took; 0 = default "
+                   "(10%% of the time between ticks, 60 s to 1 h).")
+@click.option("--retries", "--retry", "retry_attempts", type=click.IntRange(0, 100),
+              help="Retries after a failed, timed-out or lost run (0 = none).")
+@click.option("--backoff-base", "backoff_base_s", type=float, metavar="SECONDS",
+              help="Wait before the first retry (default 30); later waits grow by --backoff-factor.")
+@click.option("--backoff-factor", type=float, help="Each retry waits this many times longer than the one before "
+                                                      "(1-10, default 2).")
+@click.option("--max-backoff", "max_backoff_s", type=float, metavar="SECONDS",
+              help="No retry waits longer than this (default 3600).")
+@click.option("--jitter", type=float, metavar="FRACTION",
+              help="Spread each wait randomly by up to this fraction (0-1, e.g. 0.1 = ±10%%; default 0).")
 @pass_app
 def job_set(app: AppContext, name: str, **options: Any) -> None:
     """Change a job's schedule, timezone, worker, hooks, timeout or policies."""
@@ -120,10 +146,40 @@ def job_set(app: AppContext, name: str, **options: Any) -> None:
         warn_if_no_worker(app, changes["worker"])
 
 
+def _alert_line(app: AppContext, job: Job) -> str:
+    """``overdue: expected at …, did not run: …`` / ``ok (after a 60s grace)`` / ``off (…)``."""
+    from sooner.model.missed import AlertState
+    from sooner.scheduling.alerts import alert_of
+
+    alert = alert_of(app.store, job, app.store.clock.now())
+    if alert.alerting:
+        return f"{alert.state.value}: {alert.message()}"
+    if alert.state is AlertState.OFF:
+        return "off (" + (alert.reason or "not watched: the job is disabled or has no schedule") + ")"
+    return f"ok (alerts when a tick is {alert.grace_s:g}s old without a run a worker took)"
+
+
+def _echo_missed(app: AppContext, job: Job, shown: int = 5) -> None:
+    page = app.store.missed.page(job.name, limit=shown)
+    if not page.items:
+        return
+    click.echo("missed ticks (newest first):")
+    for miss in page.items:
+        click.echo(f"  {miss.describe()}" + (f" (run {miss.run})" if miss.run else ""))
+    if page.more:
+        click.echo(f"  … older ones: GET /api/jobs/{job.name}/missed")
+
+
 def _describe_change(key: str, job: Job) -> str:
     value = job.to_doc().get(key)
     if key == "hooks":
         value = ",".join(job.hooks) or "none"
     if key == "retry":
-        value = job.retry.attempts
+        value = job.retry.describe()
     return f"{key}={value if value not in (None, '') else 'none'}"
+
+
+def _waits(job: Job, shown: int = 5) -> str:
+    """The retry waits without jitter: ``30s, 60s, 120s``, the rest elided."""
+    delays = [f"{d:g}s" for d in job.retry.delays()]
+    return ", ".join(delays[:shown]) + (f" … ({len(delays)} in all)" if len(delays) > shown else "")

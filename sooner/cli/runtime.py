@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -25,9 +26,10 @@ import click
 
 from sooner.cli import AppContext, main, pass_app
 from sooner.cli.output import ago, duration, echo_table
-from sooner.errors import SoonerError
+from sooner.errors import SoonerError, StoreUnreachable
 from sooner.model import ManualTrigger, Progress, Run, RunStatus
 from sooner.model.data import check_data, check_run_data, load_json
+from sooner.model import failed as failed_view
 
 FOLLOW_POLL_S = 0.05
 STATUS_EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.TIMED_OUT: 124, RunStatus.CANCELLED: 130, RunStatus.LOST: 75}
@@ -66,7 +68,7 @@ def scheduler_command(app: AppContext, once: bool) -> None:
     scheduler = Scheduler(app.store, app.settings, service=app.runs)
     if once:
         for run in scheduler.tick():
-            click.echo(f"fired {run.job} ({run.trigger.describe()}): run {run.id}")
+            click.echo(f"fired {run.job} ({run.trigger.describe()}): run {run.ref} ({run.id})")
         return
     stop = threading.Event()
 
@@ -89,22 +91,39 @@ def scheduler_command(app: AppContext, once: bool) -> None:
               help="Stream the output live and exit with the script's exit code (124 timed out, "
                    "130 cancelled, 75 lost).")
 @click.option("--worker", help="Run on this worker name or tag (default: the job's setting).")
+@click.option("--dedupe-key", metavar="KEY",
+              help="Within the job's dedupe window (`sooner job set --dedupe-window`), a request with the same "
+                   "key gets the run already queued instead of a new one.")
 @pass_app
-def run_command(app: AppContext, name: str, data_text: str | None, follow: bool, worker: str | None) -> None:
-    """Queue a run of job NAME now (even a disabled one); print its id."""
+def run_command(app: AppContext, name: str, data_text: str | None, follow: bool, worker: str | None,
+                dedupe_key: str | None) -> None:
+    """Queue a run of job NAME now (even a disabled one); print its id (stderr names it as JOB#N too)."""
+    from sooner.model.dedupe import validate_dedupe_key
     from sooner.model.job_settings import validate_worker_name
 
     if worker is not None:  # '' or 'a b' would make a run that no worker ever claims
         validate_worker_name(worker, "--worker", "worker name or tag")
+    if dedupe_key is not None:
+        validate_dedupe_key(dedupe_key, "--dedupe-key")
     data = parse_json(data_text, "--data")
     job = app.store.jobs.get(name)
-    run = app.runs.queue(job, ManualTrigger(author=current_user()), data=data, target=worker)
+    run = app.runs.queue(job, ManualTrigger(author=current_user()), data=data, target=worker, dedupe_key=dedupe_key)
     assert run is not None  # manual runs have no tick and no overlap check
-    warn_if_no_worker(app, worker or job.worker)
+    if run.deduplicated:
+        _system(f"already queued as run {run.ref} ({run.status.value}, id {run.id}; the same --dedupe-key within the "
+                f"job's {job.dedupe_window_s:g}s dedupe window)")
+    else:
+        if dedupe_key is not None and not job.dedupe_window_s:
+            click.secho(f"sooner: warning: --dedupe-key has no effect: job {name} has no dedupe window "
+                        f"(`sooner job set {name} --dedupe-window SECONDS`)", fg="yellow", err=True)
+        warn_if_no_worker(app, worker or job.worker)
     if not follow:
+        if not run.deduplicated:
+            _system(f"queued run {run.ref}")
         click.echo(run.id)
         return
-    _system(f"run {run.id} of {name} queued")
+    if not run.deduplicated:
+        _system(f"queued run {run.ref} ({run.id})")
     final = _follow(app.store, run.id)
     sys.exit(exit_code_for(final))
 
@@ -120,27 +139,44 @@ def exit_code_for(run: Run) -> int:
 
 
 def warn_if_no_worker(app: AppContext, target: str | None) -> None:
-    """Warn on stderr when no online worker matches ``target`` (a name or tag; None = any worker)."""
-    now = app.store.clock.now()
-    workers = [w for w in app.store.workers.list() if w.online(now, app.settings.heartbeat_s) and w.serves(target)]
-    if not workers:
-        which = f"named or tagged {target!r} " if target else ""
-        click.secho(f"sooner: warning: no worker {which}is online; the run waits until one starts "
-                    f"(`sooner worker -n NAME`)", fg="yellow", err=True)
+    """Warn on stderr when no online worker serves ``target`` (a :mod:`sooner.model.target` value; None = any)."""
+    warning = app.runs.target_warning(target)
+    if warning:
+        click.secho(f"sooner: warning: {warning}", fg="yellow", err=True)
 
 
 @main.command("runs")
 @click.option("--job", help="Only runs of this job.")
 @click.option("--status", type=click.Choice(RunStatus.values()), help="Only runs in this state.")
 @click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--failed", is_flag=True, help="The Failed view: runs that failed, timed out or were lost and got "
+                                             "no further attempt (not dismissed).")
+@click.option("--worker", help="With --failed: only runs of this worker.")
+@click.option("--search", metavar="TEXT", help="With --failed: only runs whose error or job contains TEXT.")
+@click.option("--sort", type=click.Choice(failed_view.SORTS), default="time", show_default=True,
+              help="With --failed: newest first, or by job or worker.")
+@click.option("--group-by", type=click.Choice(failed_view.GROUPS), help="With --failed: count runs per group.")
 @pass_app
-def runs_command(app: AppContext, job: str | None, status: str | None, limit: int) -> None:
-    """List runs, newest first."""
+def runs_command(app: AppContext, job: str | None, status: str | None, limit: int, failed: bool,
+                 worker: str | None, search: str | None, sort: str, group_by: str | None) -> None:
+    """List runs, newest first; with --failed, the Failed view (`sooner retry` / `sooner dismiss` act on it)."""
+    from sooner.cli.failed import attempt_label, jobs_of, show_failed
+
+    if failed:
+        if status:
+            raise click.UsageError("--failed lists failed, timed-out and lost runs: leave out --status")
+        show_failed(app, job=job, worker=worker, search=search, sort=sort, group_by=group_by, limit=limit)
+        return
+    if worker or search or group_by or sort != "time":
+        raise click.UsageError("--worker, --search, --sort and --group-by go with --failed")
     now = app.store.clock.now()
-    rows = [[run.id, run.job, run.status.value, run.worker, run.trigger.describe(),
-             ago(run.started_at, now) if run.started_at else None, _duration(run, now), _progress(run.progress)]
-            for run in app.store.runs.list(job=job, status=status, limit=limit)]
-    echo_table(["id", "job", "status", "worker", "trigger", "started", "duration", "progress"], rows,
+    runs = app.store.runs.list(job=job, status=status, limit=limit)
+    jobs = jobs_of(app, [run for run in runs if run.attempt > 1])
+    rows = [[run.ref, run.status.value, run.worker,
+             run.trigger.describe() + (f" · attempt {attempt_label(run, jobs)}" if run.attempt > 1 else ""),
+             ago(run.started_at, now) if run.started_at else None, _duration(run, now), _progress(run.progress), run.id]
+            for run in runs]
+    echo_table(["run", "status", "worker", "trigger", "started", "duration", "progress", "id"], rows,
                "no runs yet" if not (job or status) else "no runs match")
 
 
@@ -149,12 +185,20 @@ def runs_command(app: AppContext, job: str | None, status: str | None, limit: in
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the run ends.")
 @pass_app
 def logs_command(app: AppContext, run_id: str, follow: bool) -> None:
-    """Print a run's output (RUN is its id or a unique prefix of 6+ characters)."""
+    """Print a run's output, then the events it emitted and the runs they started.
+
+    RUN is JOB#N (or JOB:N), the run's id, or 6+ characters from the start or end of its id.
+    """
     store = app.store
     run = store.runs.get(run_id)
     if follow:
         _follow(store, run.id)
         return
+    from sooner.cli.failed import chain_line
+
+    chain = chain_line(app, run)
+    if chain:
+        _system(chain)
     if store.reads.output_removed(run, store.clock.now()):
         days = store.output.policy.retention_days
         _system(f"output older than {days:g} days was removed (retention)")
@@ -167,24 +211,50 @@ def logs_command(app: AppContext, run_id: str, follow: bool) -> None:
         after = page.next_after
     if run.finished:
         _system(_ending(run))
+    _print_emitted(store, run)
+
+
+def _print_emitted(store: Any, run: Run) -> None:
+    """``sooner: emitted NAME → started JOB#N (status), …`` per event the run emitted (the first page)."""
+    emitted = store.reads.emitted_events(run.id)
+    for event in emitted.events:
+        started = [emitted.runs.get(run_id) for run_id in event.get("runs") or []]
+        shown = ", ".join(f"{r.ref} ({r.status.value})" if r else run_id
+                          for r, run_id in zip(started, event.get("runs") or []))
+        outcome = f" → started {shown}" if shown else f" → {event['note']}" if event.get("note") else ""
+        _system(f"emitted {event.get('name')}{outcome}")
+    if emitted.more:
+        _system(f"more events follow: the run's page or GET /api/runs/{run.id}/events?offset={emitted.next_offset}")
 
 
 def _follow(store: Any, run_id: str) -> Run:
     """Stream a run's output and progress until it ends; returns the finished run."""
     progress = ProgressDisplay(sys.stderr.isatty())
-    after, status = -1, None
+    after, status, unreachable, shown = -1, None, False, run_id
     try:
         while True:
-            run = store.runs.get(run_id)
-            chunks = store.output.read(run_id, after_seq=after)
+            try:
+                run = store.runs.get(run_id)
+                shown = run.ref
+                if run.status != status and run.status is RunStatus.RUNNING and status is not None:
+                    progress.clear()
+                    _system(f"started on {run.worker}")  # before its output, which the worker writes after
+                status = run.status
+                chunks = store.output.read(run_id, after_seq=after)
+            except StoreUnreachable as exc:  # wait for it: the run goes on, and its worker keeps the output
+                if not unreachable:
+                    progress.clear()
+                    _system(f"{exc}; waiting for it (Ctrl-C stops following; the run goes on)")
+                unreachable = True
+                time.sleep(FOLLOW_POLL_S)
+                continue
+            if unreachable:
+                unreachable = False
+                _system("the database is back; following again")
             if chunks:
                 progress.clear()
                 _print_chunks(chunks)
                 after = chunks[-1]["seq"]
-            if run.status != status and run.status is RunStatus.RUNNING and status is not None:
-                progress.clear()
-                _system(f"started on {run.worker}")
-            status = run.status
             if run.finished:
                 _print_chunks(store.output.read(run_id, after_seq=after))  # written just before the end
                 progress.finish(run.progress)
@@ -194,7 +264,7 @@ def _follow(store: Any, run_id: str) -> Run:
             time.sleep(FOLLOW_POLL_S)
     except KeyboardInterrupt:
         progress.clear()
-        click.echo(f"stopped following; run {run_id} goes on (`sooner logs {run_id} --follow`)", err=True)
+        click.echo(f"stopped following; run {shown} goes on (`sooner logs {shlex.quote(shown)} --follow`)", err=True)
         sys.exit(130)
 
 
@@ -216,7 +286,7 @@ def _ending(run: Run) -> str:
     code = f" (exit code {run.exit_code})" if run.exit_code is not None else ""
     note = f": {run.note}" if run.note else ""
     took = f" after {duration(run.duration_s)}" if run.duration_s is not None else ""
-    return f"run {run.id} {run.status.value}{code}{took}{note}"
+    return f"run {run.ref} {run.status.value}{code}{took}{note}"
 
 
 class ProgressDisplay:
@@ -296,7 +366,7 @@ def emit_command(app: AppContext, event: str, data_text: str | None) -> None:
     emitted = app.runs.emit(event, data, source={"type": "cli", "author": current_user()})
     runs = [store.runs.get(run_id) for run_id in emitted.get("runs") or []]
     for run in runs:
-        click.echo(f"started run {run.id} of {run.job}")
+        click.echo(f"started run {run.ref} ({run.id})")
     if emitted.get("note"):
         click.echo(emitted["note"])
     elif not runs:

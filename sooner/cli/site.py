@@ -24,7 +24,7 @@ def init_command(directory: Path, examples: bool) -> None:
 
         for line in commit_examples(settings):
             click.echo(f"  {line}")
-    clone_target = "mine"
+    clone_target = "~/sooner-scripts"  # outside the site, and outside whatever checkout we run in
     click.echo(
         "Next:\n"
         f"  git clone {settings.repo_path} {clone_target}    # then add executable scripts and git push\n"
@@ -43,7 +43,7 @@ def _embedded(app: AppContext):
     settings = app.settings
     if settings.mongo_url:
         raise SoonerError("this site uses mongo_url; the embedded database is not used")
-    return EmbeddedServer(settings.state_dir)
+    return EmbeddedServer(settings.state_dir, settings.embedded_idle_stop_s)
 
 
 @db_group.command("status")
@@ -52,15 +52,23 @@ def db_status(app: AppContext) -> None:
     """Show whether the embedded database is running, its port and size."""
     status = _embedded(app).status()
     state = f"running (pid {status.pid}, {status.url})" if status.running else "stopped"
+    if status.running:
+        state += ("; kept running until `sooner db stop`" if status.kept else
+                  f"; started on demand, stops after {status.idle_stop_s:g} s without clients" if status.idle_stop_s
+                  else "")
     click.echo(f"embedded database: {state}\ndata: {status.data_dir} ({status.data_bytes / 1e6:.1f} MB)")
 
 
 @db_group.command("start")
 @pass_app
 def db_start(app: AppContext) -> None:
-    """Start the embedded database (commands also start it on demand)."""
-    url = _embedded(app).ensure_running()
-    click.echo(f"embedded database running at {url}")
+    """Start the embedded database and keep it running until `sooner db stop`.
+
+    Commands also start it on demand; such a server stops itself after
+    embedded_idle_stop_s without clients. This one (or a running one) does not.
+    """
+    url = _embedded(app).ensure_running(keep=True)
+    click.echo(f"embedded database running at {url} (kept running until `sooner db stop`)")
 
 
 @db_group.command("stop")
@@ -86,7 +94,7 @@ def up_command(app: AppContext, directory: Path | None, host: str | None, port: 
     Ctrl-C stops everything, the embedded database last.
     """
     from sooner.config import CONFIG_FILE, load_settings
-    from sooner.site import init_site
+    from sooner.site import ignore_pattern, init_site, unignored_work_tree
     from sooner.site.up import run_up
 
     if directory is not None:
@@ -98,8 +106,14 @@ def up_command(app: AppContext, directory: Path | None, host: str | None, port: 
     else:
         settings = app.settings
         if settings.site_dir is None:
-            raise SoonerError("no Sooner site here: give a folder (`sooner up ./site` creates one) or --config")
+            raise SoonerError("no Sooner site here: give a folder (`sooner up ~/sooner-site` creates one) or --config")
         config_path = settings.site_dir / CONFIG_FILE
+    work_tree = unignored_work_tree(config_path.parent)
+    if work_tree is not None:
+        click.secho(f"sooner up: WARNING: the site {config_path.parent} is inside the git work tree {work_tree}, "
+                    f"which does not ignore it: `git add -A` there would commit {CONFIG_FILE} and its session "
+                    f"secret. Move the site out, or add {ignore_pattern(config_path.parent, work_tree)!r} to "
+                    f"{work_tree / '.gitignore'}", fg="yellow", bold=True, err=True)
     code = run_up(settings, config_path, host or settings.web_host, port or settings.web_port,
                   worker_name, capacity, echo=click.echo)
     raise SystemExit(code)

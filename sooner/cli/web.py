@@ -132,22 +132,33 @@ def token_group() -> None:
 @token_group.command("create")
 @click.argument("user")
 @click.option("--name", default="", help="What the token is for.")
+@click.option("--scope", type=click.Choice(["read", "run", "admin"]), default="admin", show_default=True,
+              help="read: GET only; run: also start/cancel runs and emit events; admin: all USER's role allows.")
+@click.option("--job", "job_glob", metavar="GLOB", help="Scope run only: the jobs it may act on ('reports/*').")
+@click.option("--expires", metavar="DURATION", help="Expire after this long: 30m, 12h, 90d, 2w (default: never).")
 @pass_app
-def token_create(app: AppContext, user: str, name: str) -> None:
+def token_create(app: AppContext, user: str, name: str, scope: str, job_glob: str | None,
+                 expires: str | None) -> None:
     """Create a token acting as USER; it is printed once, only its hash is kept."""
-    token, document = app.store.tokens.create(user, name)
+    from sooner.model.token import TokenScope, parse_expiry
+
+    token, document = app.store.tokens.create(user, name, scope=TokenScope(scope), job_glob=job_glob,
+                                              expires_in=parse_expiry(expires) if expires is not None else None)
     click.echo(token)
     click.echo(f"(token {document['_id']} for {user}: store it now, it is not shown again)", err=True)
 
 
 @token_group.command("list")
-@click.option("--user", help="Only this user's tokens.")
+@click.argument("user_arg", metavar="[USER]", required=False)
+@click.option("--user", help="Only this user's tokens (the same as USER).")
 @pass_app
-def token_list(app: AppContext, user: str | None) -> None:
-    """List tokens (ids, never the secrets)."""
-    tokens = app.store.tokens.list(user)
-    echo_table(["id", "user", "name", "created", "last used"],
-               [[t["_id"], t["user"], t.get("name"), ago(t.get("created_at")), ago(t.get("last_used_at"))]
+def token_list(app: AppContext, user_arg: str | None, user: str | None) -> None:
+    """List tokens (ids, never the secrets), with scope, expiry and last use."""
+    tokens = app.store.tokens.list(user_arg or user)
+    echo_table(["id", "user", "name", "scope", "expires", "created", "last used", "from"],
+               [[t["_id"], t["user"], t.get("name"), (t.get("scope") or "admin") + (f" {t['job']}" if t.get("job") else ""),
+                 t["expires_at"].strftime("%Y-%m-%d %H:%M") if t.get("expires_at") else "never",
+                 ago(t.get("created_at")), ago(t.get("last_used_at")), t.get("last_used_address") or "-"]
                 for t in tokens], "no API tokens")
 
 

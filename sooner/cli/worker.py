@@ -86,11 +86,11 @@ def _option_source(param: str, flag: str, variable: str) -> str:
 @click.argument("run_id", metavar="RUN")
 @pass_app
 def cancel_command(app: AppContext, run_id: str) -> None:
-    """Cancel RUN (an id or unique prefix): a queued run ends now; a running one gets SIGTERM, then SIGKILL."""
+    """Cancel RUN (JOB#N or an id): a queued run ends now; a running one gets SIGTERM, then SIGKILL."""
     run = app.runs.cancel(run_id, by="cli")
     if run.status is RunStatus.CANCELLED:
-        click.echo(f"cancelled run {run.id} of {run.job} (it had not started)")
+        click.echo(f"cancelled run {run.ref} (it had not started)")
         return
     grace = app.settings.cancel_grace_s
-    click.echo(f"asked worker {run.worker} to cancel run {run.id} of {run.job} "
+    click.echo(f"asked worker {run.worker} to cancel run {run.ref} "
                f"(SIGTERM, then SIGKILL after {grace:g}s)")

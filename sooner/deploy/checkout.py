@@ -7,10 +7,12 @@ only the files that changed, not the objects too.
 
 Like git, a file is rewritten only when its index entry (sha, mode) or its
 stat data (size, mtime, inode) no longer match, so an incremental deploy
-touches only what changed, and a file edited by hand in the working copy is
-put back. Paths were validated before we get here; on top of that nothing is
-ever written or removed through a symlink: every parent folder is checked
-with ``lstat`` and a symlink or file in the way is replaced by a real folder.
+touches only what changed. Work done by hand in the working copy never gets
+here: the deploy refuses or skips the checkout first
+(:mod:`sooner.deploy.working_copy`). Paths were validated before we get
+here; on top of that nothing is ever written or removed through a symlink:
+every parent folder is checked with ``lstat`` and a symlink or file in the
+way is replaced by a real folder.
 """
 
 from __future__ import annotations

@@ -9,9 +9,18 @@ and deploying the same commit twice changes nothing. Steps, in order:
    any problem refuses the deploy before anything is applied;
 2. store the blobs and trees the database lacks, so workers on other machines
    can rebuild the tree (subtrees unchanged since the last deploy are skipped);
-3. bring the working copy to the tree (:mod:`sooner.deploy.checkout`);
+3. bring the working copy to the tree (:mod:`sooner.deploy.checkout`), but
+   only when that loses nothing (:mod:`sooner.deploy.working_copy`): with
+   uncommitted changes or local commits there, a deploy by hand is refused
+   before anything is applied, and a deploy from the hook (someone pushed)
+   deploys the jobs and leaves the working copy as it is, with a note;
 4. reconcile ``jobs`` in one bulk write, then record the deploy (unless it is
    the latest deploy already and no job changed).
+
+The pusher is also told about files that have a shebang but no executable
+bit (they are not jobs), and how to deploy a branch this site does not
+deploy. ``sooner deploy --working-copy`` is
+:func:`sooner.deploy.working_copy.deploy_working_copy`.
 
 Deploys of one site are serialised by a lock file. :func:`check_push` is what
 the pre-receive hook runs: it rejects, before the ref moves, a first push of
@@ -34,8 +43,9 @@ from dulwich.errors import ObjectFormatException
 from dulwich.objects import Commit, parse_tree
 from dulwich.repo import Repo
 
-from sooner.deploy.checkout import indexed_files, known_sizes, update_working_copy
-from sooner.deploy.tree import TREE_MODE, DeployTree, ObjectSource, read_tree
+from sooner.deploy.checkout import CheckoutResult, indexed_files, known_sizes, update_working_copy
+from sooner.deploy.tree import TREE_MODE, DeployTree, ObjectSource, TreeFile, read_tree, scripts_not_executable
+from sooner.deploy.working_copy import LocalChanges, has_object, local_changes
 from sooner.errors import DeployError
 
 if TYPE_CHECKING:
@@ -49,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 ZERO_SHA = "0" * 40
 MAX_LINES_PER_KIND = 50  # per-job lines sent back to the pusher before "... and N more"
+MAX_NOTES = 20  # notes about non-executable scripts before "... and N more"
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,9 @@ class DeployReport:
     deleted: list[str]
     recorded: bool
     elapsed_s: float = 0.0
+    not_executable: list[str] = field(default_factory=list)  # changed files with a shebang, not executable
+    kept: LocalChanges | None = None  # the working copy's own work, left as it was
+
 
     @property
     def short(self) -> str:
@@ -87,15 +101,29 @@ class DeployReport:
             lines = [f"sooner: already deployed {self.short}, nothing changed"]
             if self.written or self.deleted:
                 lines.append(f"sooner: put back {len(self.written) + len(self.deleted)} file(s) in the working copy")
-            return lines
+            return lines + self.notes()
         lines = _change_lines("created job {} (disabled)", sorted(c.created))
         lines += _change_lines("restored job {} (disabled)", sorted(c.restored))
         lines += _change_lines("updated job {}", sorted(c.updated))
         lines += _change_lines("removed job {} (history kept)", sorted(c.removed))
+        lines += self.notes()
         counts = f"{len(c.created)} created, {len(c.updated)} updated, {len(c.removed)} removed"
         counts += f", {len(c.restored)} restored" if c.restored else ""
-        files = f"; {len(self.written)} file(s) written, {len(self.deleted)} deleted"
+        files = (f"; {len(self.written)} file(s) written, {len(self.deleted)} deleted" if self.kept is None
+                 else "; working copy left as it is")
         lines.append(f"sooner: deployed {self.short} ({counts}{files}) in {self.elapsed_s:.2f}s")
+        return lines
+
+    def notes(self) -> list[str]:
+        """Notes for the pusher: scripts that are not jobs, and a working copy left as it was."""
+        lines = [f"sooner: note: {path} has a shebang but is not executable: not a job (chmod +x to make it one)"
+                 for path in self.not_executable[:MAX_NOTES]]
+        if len(self.not_executable) > MAX_NOTES:
+            lines.append(f"sooner: note: ... and {len(self.not_executable) - MAX_NOTES} more file(s) with a shebang "
+                         f"that are not executable")
+        if self.kept is not None:
+            lines.append(f"sooner: note: the server's working copy has {self.kept.describe()}; it was left as it is, "
+                         f"so it does not show {self.short} (`sooner deploy --working-copy` there deploys that work)")
         return lines
 
 
@@ -127,32 +155,57 @@ def plan_job_changes(scripts: Mapping[str, str], jobs: Mapping[str, Mapping]) ->
     return changes
 
 
-def refs_not_deployed(refs: Iterable[str], branch: str) -> list[str]:
-    """Lines for the pushed refs that this site does not deploy."""
+def refs_not_deployed(refs: Iterable[str], branch: str, deleted: Collection[str] = ()) -> list[str]:
+    """Lines for the pushed refs that this site does not deploy, with the command that deploys a branch.
+
+    ``deleted`` are refs the push removed: nothing to deploy there, so no hint.
+    """
     lines = []
     for ref in refs:
         if ref == f"refs/heads/{branch}":
             continue
         name = ref.removeprefix("refs/heads/")
         kind = "branch" if ref.startswith("refs/heads/") else "ref"
-        lines.append(f"sooner: {kind} '{name}' is not deployed (this site deploys '{branch}')")
+        line = f"sooner: {kind} '{name}' is not deployed (this site deploys '{branch}')"
+        if kind == "branch" and ref not in deleted:
+            line += f"; to deploy it: git push origin {name}:{branch}"
+        lines.append(line)
     return lines
 
 
-def deploy(settings: Settings, connect: Callable[[], Store], *, clock: Callable[[], float] = time.perf_counter
-           ) -> DeployReport:
-    """Deploy the tip of ``settings.branch``; ``connect`` is called only once the commit passed every check."""
+def deleted_refs(settings: Settings, refs: Iterable[str]) -> list[str]:
+    """The refs among ``refs`` that scripts.git no longer has (a push deleted them)."""
+    repo = Repo(str(settings.repo_path))
+    try:
+        return [ref for ref in refs if cast("Ref", ref.encode()) not in repo.refs]
+    finally:
+        repo.close()
+
+
+def deploy(settings: Settings, connect: Callable[[], Store], *, clock: Callable[[], float] = time.perf_counter,
+           keep_local_changes: bool = False) -> DeployReport:
+    """Deploy the tip of ``settings.branch``; ``connect`` is called only once the commit passed every check.
+
+    A working copy with uncommitted changes or local commits is never
+    overwritten: the deploy is refused (DeployError, nothing applied), or
+    with ``keep_local_changes`` (the post-update hook: the push is in
+    already) the jobs are deployed and the working copy is left as it is.
+    """
     started = clock()
-    with _deploy_lock(settings):
+    with deploy_lock(settings):
         repo = Repo(str(settings.repo_path))
         try:
             commit_sha, commit = read_branch(repo, settings.branch)
+            local = local_changes(settings.working_copy_path, lambda sha: has_object(repo, sha))
+            if local.any and not keep_local_changes:
+                raise DeployError(_refusal(settings, local))
             objects = ObjectCache(repo.object_store)
             indexed = indexed_files(settings.working_copy_path)
             tree = read_tree(objects, commit.tree.decode(), max_file_bytes=settings.max_file_bytes,
                              label=commit_sha[:7], known_sizes=known_sizes(indexed),
                              sizes=GitObjectSizes(settings.repo_path))
-            report = _apply(settings, connect(), objects, commit, tree, indexed)
+            report = _apply(settings, connect(), objects, commit, tree, indexed if not local.any else None)
+            report.kept = local if local.any else None
         finally:
             repo.close()
     report.elapsed_s = clock() - started
@@ -160,16 +213,30 @@ def deploy(settings: Settings, connect: Callable[[], Store], *, clock: Callable[
     return report
 
 
+def _refusal(settings: Settings, local: LocalChanges) -> str:
+    return (f"the working copy {settings.working_copy_path} has {local.describe()}, which this deploy would "
+            f"overwrite, so nothing was deployed. To deploy what is in the working copy: "
+            f"sooner deploy --working-copy -m 'what changed'. To deploy '{settings.branch}' as pushed instead, first "
+            f"move that work out of the working copy (e.g. commit it on a branch of its own)")
+
+
 def _apply(settings: Settings, store: Store, objects: ObjectCache, commit: Commit, tree: DeployTree,
-           indexed: Mapping) -> DeployReport:
-    """Everything after the checks: objects, working copy, jobs, deploy record."""
+           indexed: Mapping | None) -> DeployReport:
+    """Everything after the checks: objects, working copy (None: leave it alone), jobs, deploy record."""
     commit_sha = commit.id.decode()
     latest = store.deploys.latest()
-    store_objects(store, objects, tree, latest.get("tree") if latest else None)
-    _ensure_working_copy(settings)
-    checkout = update_working_copy(
-        settings.working_copy_path, settings.repo_path, tree.files, lambda sha: objects.get_raw(sha.encode())[1],
-        commit=commit_sha, branch=settings.branch, indexed=indexed)
+    known_tree = latest.get("tree") if latest else None
+    store_objects(store, objects, tree, known_tree)
+
+    def read_blob(sha: str) -> bytes:
+        return objects.get_raw(sha.encode())[1]
+    not_executable = scripts_not_executable(files_changed_since(objects, tree, known_tree), read_blob)
+    if indexed is None:
+        checkout = CheckoutResult([], [])
+    else:
+        _ensure_working_copy(settings)
+        checkout = update_working_copy(settings.working_copy_path, settings.repo_path, tree.files, read_blob,
+                                       commit=commit_sha, branch=settings.branch, indexed=indexed)
     changes = plan_job_changes(tree.jobs, store.jobs.deployed_state())
     store.jobs.record_deploy_changes(commit=commit_sha, created=changes.created, updated=changes.updated,
                                      restored=changes.restored, removed=changes.removed)
@@ -182,7 +249,8 @@ def _apply(settings: Settings, store: Store, objects: ObjectCache, commit: Commi
             author=commit.author.decode("utf-8", "replace"), message=commit.message.decode("utf-8", "replace").strip(),
             created=sorted(changes.created), updated=sorted(changes.updated), removed=list(changes.removed),
             restored=sorted(changes.restored))
-    return DeployReport(commit_sha, changes, checkout.written, checkout.removed, recorded)
+    return DeployReport(commit_sha, changes, checkout.written, checkout.removed, recorded,
+                        not_executable=not_executable)
 
 
 def _ensure_working_copy(settings: Settings) -> None:
@@ -269,6 +337,25 @@ def _objects_since(objects: ObjectSource, tree: DeployTree, known_tree: str | No
             elif before is None or before[1] != entry["sha"]:
                 blobs.add(entry["sha"])
     return trees, blobs
+
+
+def files_changed_since(objects: ObjectSource, tree: DeployTree, known_tree: str | None) -> list[TreeFile]:
+    """The files of ``tree`` whose content or mode differ from ``known_tree`` (all of them when it is None)."""
+    changed = []
+    stack = [(tree.sha, known_tree, "")]
+    while stack:
+        new, old, prefix = stack.pop()
+        if new == old:
+            continue
+        previous = _tree_entries(objects, old)
+        for entry in tree.trees.get(new, []):
+            before = previous.get(entry["name"])
+            path = prefix + entry["name"]
+            if entry["mode"] == TREE_MODE:
+                stack.append((entry["sha"], before[1] if before and before[0] == TREE_MODE else None, path + "/"))
+            elif before != (entry["mode"], entry["sha"]) and path in tree.files:
+                changed.append(tree.files[path])
+    return sorted(changed, key=lambda file: file.path)
 
 
 def _tree_entries(objects: ObjectSource, sha: str | None) -> dict[str, tuple[int, str]]:
@@ -379,7 +466,7 @@ def parse_push_lines(lines: Iterable[str]) -> list[tuple[str, str, str]]:
 
 
 @contextmanager
-def _deploy_lock(settings: Settings) -> Iterator[None]:
+def deploy_lock(settings: Settings) -> Iterator[None]:
     """One deploy at a time per site (two pushes at once would race on the working copy)."""
     path: Path = settings.state_dir / "deploy.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -389,3 +476,4 @@ def _deploy_lock(settings: Settings) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+

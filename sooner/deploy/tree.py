@@ -20,7 +20,9 @@ each path and what is wrong with it. Refused:
 
 Executable regular files (mode 100755) are jobs. Other regular files and
 symlinks are supporting files: a symlink is never a job, even when it points
-to an executable script (that script is a job under its own name).
+to an executable script (that script is a job under its own name). A regular
+file that starts with a shebang is most likely a forgotten ``chmod +x``:
+:func:`scripts_not_executable` finds those, for a note to the pusher.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Collection, Mapping, Protocol, cast
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Protocol, cast
 
 from dulwich.errors import ObjectFormatException
 from dulwich.objects import parse_tree
@@ -106,6 +108,16 @@ class DeployTree:
     def jobs(self) -> dict[str, str]:
         """Job name (the script's path) -> blob sha, for every executable file."""
         return {path: f.sha for path, f in self.files.items() if f.is_job}
+
+
+def scripts_not_executable(files: Iterable[TreeFile], read_blob: Callable[[str], bytes]) -> list[str]:
+    """Paths of the regular, non-executable files among ``files`` that start with a shebang (``#!``).
+
+    Such a file was most likely meant as a job, but only an executable file is
+    one; the pusher is told so.
+    """
+    return [file.path for file in files
+            if file.mode == REGULAR_MODE and file.size >= 2 and read_blob(file.sha)[:2] == b"#!"]
 
 
 def read_tree(objects: ObjectSource, tree_sha: str, *, max_file_bytes: int, label: str = "",

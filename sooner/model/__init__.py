@@ -8,12 +8,12 @@ one (docs/architecture.md). Status and policy values are spelled only here.
 from sooner.model.job import JOB_DEFAULTS, Job, RetryPolicy
 from sooner.model.run import Progress, Run
 from sooner.model.status import ACTIVE, BUSY, FAILED_KINDS, FINISHED, Missed, Overlap, RunStatus, WorkerHealth
-from sooner.model.trigger import (ApiTrigger, CronTrigger, EventTrigger, ManualTrigger, OtherTrigger, RetryTrigger,
-                                  Trigger, trigger_from_doc, trigger_kind)
+from sooner.model.trigger import (ApiTrigger, CronTrigger, EventTrigger, ManualTrigger, OtherTrigger, RelocateTrigger,
+                                  RetryTrigger, Trigger, trigger_from_doc, trigger_kind)
 from sooner.model.worker import Worker, late_after_s
 
 __all__ = [
     "ACTIVE", "BUSY", "FAILED_KINDS", "FINISHED", "JOB_DEFAULTS", "ApiTrigger", "CronTrigger", "EventTrigger", "Job",
-    "ManualTrigger", "Missed", "OtherTrigger", "Overlap", "Progress", "RetryPolicy", "RetryTrigger", "Run",
-    "RunStatus", "Trigger", "Worker", "WorkerHealth", "late_after_s", "trigger_from_doc", "trigger_kind",
+    "ManualTrigger", "Missed", "OtherTrigger", "Overlap", "Progress", "RelocateTrigger", "RetryPolicy", "RetryTrigger",
+    "Run", "RunStatus", "Trigger", "Worker", "WorkerHealth", "late_after_s", "trigger_from_doc", "trigger_kind",
 ]

@@ -2,41 +2,106 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import random as _random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sooner.model.status import Missed, Overlap
 
-# A retry never waits longer than this, whatever the policy says.
-MAX_RETRY_DELAY_S = 3600.0
+# The policy a job has until someone sets one: no retries; if enabled, 30 s doubling up to an hour, no jitter.
+DEFAULT_BACKOFF_BASE_S = 30.0
+DEFAULT_BACKOFF_FACTOR = 2.0
+DEFAULT_MAX_BACKOFF_S = 3600.0
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry a failed/timed-out/lost run up to ``attempts`` more times, waiting ``delay_s`` × 2^(attempt-1)."""
+    """Retry a failed/timed-out/lost run up to ``attempts`` more times, with exponential backoff.
+
+    The wait before the attempt after attempt ``n`` is ``backoff_base_s × backoff_factor^(n-1)``,
+    at most ``max_backoff_s``, multiplied by a random factor in ``[1 - jitter, 1 + jitter]``
+    (so retries of many runs that failed together spread out) and still never over
+    ``max_backoff_s``. Documents stored before the backoff fields existed have ``delay_s``,
+    read as ``backoff_base_s``. Values are checked where users type them
+    (:mod:`sooner.model.job_settings`); :meth:`from_doc` only falls back to defaults.
+    """
 
     attempts: int = 0
-    delay_s: float = 30
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR
+    max_backoff_s: float = DEFAULT_MAX_BACKOFF_S
+    jitter: float = 0.0
+
+    @property
+    def total_attempts(self) -> int:
+        """How many attempts a run gets in all: the first one and its retries."""
+        return self.attempts + 1
+
+    def attempt_label(self, attempt: int) -> str:
+        """``2/3``: attempt ``attempt`` of the policy's total; beyond it (manual retries) just the number."""
+        return f"{attempt}/{self.total_attempts}" if attempt <= self.total_attempts else str(attempt)
 
     def allows(self, attempt: int) -> bool:
         """Whether a run that was attempt number ``attempt`` gets another one."""
         return attempt <= self.attempts
 
-    def delay_after(self, attempt: int) -> float:
-        """Seconds to wait before the attempt after ``attempt``."""
-        return min(self.delay_s * (2 ** max(0, attempt - 1)), MAX_RETRY_DELAY_S)
+    def delay_after(self, attempt: int, random: Callable[[], float] | None = None) -> float:
+        """Seconds to wait before the attempt after ``attempt``.
+
+        ``random`` returns a float in [0, 1) (default :func:`random.random`); it is called
+        only when the policy has jitter, so tests pass a fixed one.
+        """
+        exponent = max(0, attempt - 1)
+        try:
+            delay = self.backoff_base_s * self.backoff_factor ** exponent
+        except OverflowError:
+            delay = math.inf
+        delay = min(delay, self.max_backoff_s)
+        if self.jitter > 0:
+            draw = (random or _random.random)()
+            delay *= 1 - self.jitter + 2 * self.jitter * draw
+        return max(0.0, min(delay, self.max_backoff_s))
+
+    def delays(self) -> list[float]:
+        """The waits before each retry, without jitter (what the job page and ``job show`` list)."""
+        return [RetryPolicy(self.attempts, self.backoff_base_s, self.backoff_factor, self.max_backoff_s)
+                .delay_after(n) for n in range(1, self.attempts + 1)]
+
+    def describe(self) -> str:
+        """One line: ``3 retries, 30s × 2^n up to 3600s, jitter ±10%`` or ``no retries``."""
+        if not self.attempts:
+            return "no retries"
+        text = (f"{self.attempts} retr{'y' if self.attempts == 1 else 'ies'}, {self.backoff_base_s:g}s"
+                f" × {self.backoff_factor:g}^n up to {self.max_backoff_s:g}s")
+        return text + (f", jitter ±{self.jitter * 100:g}%" if self.jitter else "")
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> RetryPolicy:
         doc = doc or {}
-        delay = doc.get("delay_s", 30)
-        return cls(attempts=int(doc.get("attempts", 0) or 0),
-                   delay_s=delay if isinstance(delay, (int, float)) and not isinstance(delay, bool) else 30)
+        base = doc.get("backoff_base_s", doc.get("delay_s"))
+        return cls(attempts=int(_finite(doc.get("attempts"), 0)),
+                   backoff_base_s=_finite(base, DEFAULT_BACKOFF_BASE_S),
+                   backoff_factor=_finite(doc.get("backoff_factor"), DEFAULT_BACKOFF_FACTOR),
+                   max_backoff_s=_finite(doc.get("max_backoff_s"), DEFAULT_MAX_BACKOFF_S),
+                   jitter=min(1.0, _finite(doc.get("jitter"), 0.0)))
 
     def to_doc(self) -> dict[str, Any]:
-        return {"attempts": self.attempts, "delay_s": self.delay_s}
+        return {"attempts": self.attempts, "backoff_base_s": self.backoff_base_s, "backoff_factor": self.backoff_factor,
+                "max_backoff_s": self.max_backoff_s, "jitter": self.jitter}
+
+
+def _finite(value: Any, default: float) -> float:
+    """A stored non-negative finite number (numeric strings too), else ``default``."""
+    if isinstance(value, bool):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) and number >= 0 else default
 
 
 # Settings a user may change with `sooner job set` or the web UI, with their stored defaults.
@@ -51,10 +116,14 @@ JOB_DEFAULTS: dict[str, Any] = {
     "retry": RetryPolicy().to_doc(),
     "overlap": Overlap.SKIP.value,
     "missed": Missed.SKIP.value,
+    "alert_after_s": None,
+    "dedupe_window_s": None,
+    "public_badge": False,
 }
 
 _FIELDS = ("enabled", "schedule", "timezone", "worker", "hooks", "timeout_s", "memory_limit_mb", "retry", "overlap",
-           "missed", "deleted", "new", "commit", "blob", "created_at", "updated_at", "deleted_at", "scheduler_state")
+           "missed", "alert_after_s", "dedupe_window_s", "public_badge",
+           "deleted", "new", "commit", "blob", "created_at", "updated_at", "deleted_at", "scheduler_state")
 
 
 @dataclass(frozen=True)
@@ -73,6 +142,12 @@ class Job:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     overlap: Overlap = Overlap.SKIP
     missed: Missed = Missed.SKIP
+    # The dead man's switch's grace: a tick this much older without a run a worker took alerts (None = default).
+    alert_after_s: float | None = None
+    # Requests with the same dedupe key this many seconds apart get one run (None = keys are ignored).
+    dedupe_window_s: float | None = None
+    # Its status badge (/badge/<name>.svg) is shown to anyone, not only to signed-in users.
+    public_badge: bool = False
     deleted: bool = False
     new: bool = False
     commit: str | None = None
@@ -101,7 +176,9 @@ class Job:
             hooks=tuple(values["hooks"] or ()), timeout_s=_number(values["timeout_s"]),
             memory_limit_mb=_whole(values["memory_limit_mb"]),
             retry=RetryPolicy.from_doc(values["retry"]), overlap=_enum(Overlap, values["overlap"], Overlap.SKIP),
-            missed=_enum(Missed, values["missed"], Missed.SKIP), deleted=bool(values.get("deleted")),
+            missed=_enum(Missed, values["missed"], Missed.SKIP), alert_after_s=_positive(values.get("alert_after_s")),
+            dedupe_window_s=_positive(values.get("dedupe_window_s")), public_badge=bool(values.get("public_badge")),
+            deleted=bool(values.get("deleted")),
             new=bool(values.get("new")), commit=values.get("commit"), blob=values.get("blob"),
             created_at=values.get("created_at"), updated_at=values.get("updated_at"),
             deleted_at=values.get("deleted_at"), scheduler_state=values.get("scheduler_state"),
@@ -113,7 +190,8 @@ class Job:
             "_id": self.name, "enabled": self.enabled, "schedule": self.schedule, "timezone": self.timezone,
             "worker": self.worker, "hooks": list(self.hooks), "timeout_s": self.timeout_s,
             "memory_limit_mb": self.memory_limit_mb, "retry": self.retry.to_doc(), "overlap": self.overlap.value,
-            "missed": self.missed.value,
+            "missed": self.missed.value, "alert_after_s": self.alert_after_s,
+            "dedupe_window_s": self.dedupe_window_s, "public_badge": self.public_badge,
             "deleted": self.deleted, "new": self.new, "commit": self.commit, "blob": self.blob,
             "created_at": self.created_at, "updated_at": self.updated_at,
             # Written only once set, as the repository does (a new job has neither).
@@ -125,6 +203,13 @@ class Job:
 
 def _number(value: Any) -> float | None:
     return float(value) if value not in (None, "") else None
+
+
+def _positive(value: Any) -> float | None:
+    """A stored positive finite number of seconds, else None (the default)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        return None
+    return float(value)
 
 
 def _whole(value: Any) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from typing import Any, Mapping
@@ -13,6 +14,8 @@ from sooner.model.status import Missed, Overlap
 _EVENT_NAME = re.compile(r"^[\w.:/@+-]{1,200}$")
 _WORKER_NAME = re.compile(r"^[\w.@+-]{1,100}$")
 MAX_MEMORY_LIMIT_MB = 1 << 24  # 16 TB: anything larger is a typo
+MAX_ALERT_AFTER_S = 30 * 24 * 3600
+MAX_DEDUPE_WINDOW_S = 30 * 24 * 3600
 
 
 class InvalidJobSetting(SoonerError, ValueError):
@@ -42,8 +45,8 @@ def validate_worker_name(name: str, key: str = "worker", kind: str = "worker nam
 def settings_changes(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
     """Turn user options (None = unchanged) into validated job fields.
 
-    Keys understood: schedule, tz, worker, timeout_s, memory_limit_mb, overlap, missed, retry_attempts,
-    hooks/no_hooks (validated only; applied by the repository).
+    Keys understood: schedule, tz, worker, timeout_s, memory_limit_mb, overlap, missed, alert_after_s, dedupe_window_s, public_badge, the retry policy's
+    (:data:`RETRY_OPTIONS`), hooks/no_hooks (validated only; applied by the repository).
     """
     from sooner.scheduling.cron import validate_cron, validate_timezone  # cron maths is not part of the model
 
@@ -66,14 +69,83 @@ def settings_changes(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
         changes["overlap"] = _enum("overlap", Overlap, options["overlap"])
     if options.get("missed") is not None:
         changes["missed"] = _enum("missed", Missed, options["missed"])
-    if options.get("retry_attempts") is not None:
-        attempts = int(options["retry_attempts"])
-        if not 0 <= attempts <= 100:
-            raise InvalidJobSetting("retry", "must be between 0 and 100")
-        changes["retry"] = replace(job.retry, attempts=attempts).to_doc()
+    if options.get("alert_after_s") is not None:  # 0 = the default grace (sooner.model.missed.alert_after_s)
+        changes["alert_after_s"] = _alert_after(options["alert_after_s"])
+    if options.get("dedupe_window_s") is not None:  # 0 = off: dedupe keys are ignored
+        changes["dedupe_window_s"] = _number_in_range("dedupe_window", options["dedupe_window_s"], 0,
+                                                      MAX_DEDUPE_WINDOW_S, "seconds (30 days)", False) or None
+    if options.get("public_badge") is not None:
+        changes["public_badge"] = _yes_no("public_badge", options["public_badge"])
+    retry = retry_changes(options)
+    if retry:
+        changes["retry"] = replace(job.retry, **retry).to_doc()
     for event in list(options.get("hooks") or ()) + list(options.get("no_hooks") or ()):
         validate_event_name(event)
     return changes
+
+
+def _yes_no(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    raise InvalidJobSetting(key, f"is yes or no, not {str(value)[:30]!r}")
+
+
+# Retry policy options: option name -> (RetryPolicy field, message key, lowest, highest, unit, whole number).
+RETRY_OPTIONS: dict[str, tuple[str, str, float, float, str, bool]] = {
+    "retry_attempts": ("attempts", "retry", 0, 100, "retries", True),
+    "backoff_base_s": ("backoff_base_s", "backoff_base", 0, 24 * 3600, "seconds (1 day)", False),
+    "backoff_factor": ("backoff_factor", "backoff_factor", 1, 10, "", False),
+    "max_backoff_s": ("max_backoff_s", "max_backoff", 0, 7 * 24 * 3600, "seconds (7 days)", False),
+    "jitter": ("jitter", "jitter", 0, 1, "(a fraction: 0.1 = ±10%)", False),
+}
+
+
+def retry_changes(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The retry policy fields among ``options`` (None = unchanged), validated: {RetryPolicy field: value}.
+
+    Values may be numbers or the text a user typed; NaN, infinities, bools and values out of
+    range are refused with :class:`InvalidJobSetting` naming the setting and the range.
+    """
+    fields: dict[str, Any] = {}
+    for option, (name, key, low, high, unit, whole) in RETRY_OPTIONS.items():
+        value = options.get(option)
+        if value is None:
+            continue
+        number = _number_in_range(key, value, low, high, unit, whole)
+        fields[name] = int(number) if whole else number
+    return fields
+
+
+def _number_in_range(key: str, value: Any, low: float, high: float, unit: str, whole: bool) -> float:
+    kind = "a whole number" if whole else "a finite number"
+    wanted = f"must be {kind} from {low:g} to {high:g}{' ' + unit if unit else ''}"
+    number: float | None = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise InvalidJobSetting(key, f"{wanted}, got {value!r}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    if number is None or not math.isfinite(number) or not low <= number <= high or whole and not number.is_integer():
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InvalidJobSetting(key, f"{wanted}, got {shown}")
+    return number
+
+
+def _alert_after(value: Any) -> float | None:
+    """Seconds from 0 to 30 days, as a number or typed text; 0 = the default grace (None)."""
+    try:
+        return _number_in_range("alert_after", value, 0, MAX_ALERT_AFTER_S, "", False) or None
+    except InvalidJobSetting:
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InvalidJobSetting("alert_after", f"must be a finite number of seconds from 0 to {MAX_ALERT_AFTER_S} "
+                                               f"(30 days; 0 = the default), got {shown}") from None
 
 
 def _memory_limit(value: Any) -> int | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from sooner.model.run_ref import run_label
 from sooner.model.status import RunStatus
 from sooner.model.trigger import Trigger, trigger_from_doc
 
@@ -41,10 +43,16 @@ class Progress:
 
 
 # What a later worker on the same host needs to find and verify the run's processes (written once set).
-_PROCESS_FIELDS = ("host", "pid_started_at", "pgid", "supervisor_pid", "supervisor_started_at", "process_gone")
-_FIELDS = ("fire_kind", "job", "status", "trigger", "data", "commit", "target", "worker", "pid", "exit_code", "progress",
-           "attempt", "depth", "timeout_s", "queued_at", "not_before", "started_at", "finished_at", "claimed_at",
-           "lease_until", "cancel_requested", "cancelled_by", "note", "duration_s", "scheduled_for", *_PROCESS_FIELDS)
+_PROCESS_FIELDS = ("host", "pid_started_at", "pgid", "supervisor_pid", "supervisor_started_at", "process_gone",
+                   "outlives_lease_s")
+# The attempt chain and the Failed view (written once set): see the fields' comments on Run.
+_ATTEMPT_FIELDS = ("chain", "next_attempt", "failed_view", "dismissed_at", "dismissed_by")
+# Dedupe and relocation (written once set): see the fields' comments on Run.
+_ROUTING_FIELDS = ("dedupe_key", "relocated_to")
+_FIELDS = ("fire_kind", "job", "number", "status", "trigger", "data", "commit", "target", "worker", "pid", "exit_code",
+           "progress", "attempt", "depth", "timeout_s", "queued_at", "not_before", "started_at", "finished_at", "claimed_at",
+           "lease_until", "cancel_requested", "cancelled_by", "note", "duration_s", "scheduled_for", *_PROCESS_FIELDS,
+           *_ATTEMPT_FIELDS, *_ROUTING_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class Run:
     id: str
     job: str
     status: RunStatus = RunStatus.QUEUED
+    # The job's run number, assigned at insert (RunRepo.insert); None on runs stored before numbers.
+    number: int | None = None
     trigger: Trigger = field(default_factory=Trigger)
     data: Any = None
     commit: str | None = None
@@ -84,7 +94,30 @@ class Run:
     supervisor_started_at: float | None = None
     # A worker on ``host`` confirmed that no process of the run is left (so its retry need not wait).
     process_gone: bool = False
+    # How long past its lease's expiry the script may still run: its worker keeps scripts going through a
+    # database outage (outage_grace_s), so a retry of the run, if lost, waits this much longer.
+    outlives_lease_s: float | None = None
+    # Attempts of one run form a chain: ``chain`` is the id of its first attempt (a first attempt's own
+    # id; None on runs from before chains), ``next_attempt`` the run that retried this one.
+    chain: str | None = None
+    next_attempt: str | None = None
+    # In the Failed view: it failed and got no further attempt, and nobody retried or dismissed it since.
+    failed_view: bool = False
+    dismissed_at: datetime | None = None
+    dismissed_by: str | None = None
+    # The dedupe key this run holds (sooner.model.dedupe). Written only when set, since its unique index must
+    # not see runs without one; removed once its window passed and another request took the key.
+    dedupe_key: str | None = None
+    # The run that continues this one on another worker (kill and relocate: RunService.relocate).
+    relocated_to: str | None = None
+    # Never stored: True on the run RunService.queue returned instead of a new one (it held the dedupe key).
+    deduplicated: bool = field(default=False, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def ref(self) -> str:
+        """The short form people read and type: ``hello.sh#42`` (:mod:`sooner.model.run_ref`)."""
+        return run_label(self.job, self.number, self.id)
 
     @property
     def active(self) -> bool:
@@ -103,6 +136,25 @@ class Run:
         end = self.finished_at or now
         return max(0.0, (_aware(end) - _aware(self.started_at)).total_seconds())
 
+    @property
+    def chain_root(self) -> str:
+        """The id of the first attempt of this run's chain (its own id for a first attempt)."""
+        return self.chain or self.id
+
+    @property
+    def error(self) -> str:
+        """What went wrong, in one line: the note, else the exit code, else the status."""
+        if self.note:
+            return self.note
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        return self.status.value.replace("_", " ")
+
+    @property
+    def error_group(self) -> str:
+        """:attr:`error` without the times and run ids that differ between runs that failed alike."""
+        return _RUN_ID.sub("…", _TIMESTAMP.sub("…", self.error))
+
     def due(self, now: datetime) -> bool:
         """Whether a queued run may start at ``now`` (a retry waits for its ``not_before``)."""
         return self.not_before is None or _aware(self.not_before) <= _aware(now)
@@ -110,7 +162,8 @@ class Run:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Run:
         return cls(
-            id=str(doc["_id"]), job=doc.get("job") or "", status=RunStatus(doc.get("status") or RunStatus.QUEUED),
+            id=str(doc["_id"]), job=doc.get("job") or "", number=doc.get("number"),
+            status=RunStatus(doc.get("status") or RunStatus.QUEUED),
             trigger=trigger_from_doc(doc.get("trigger")), data=doc.get("data"), commit=doc.get("commit"),
             target=doc.get("target"), worker=doc.get("worker"), pid=doc.get("pid"), exit_code=doc.get("exit_code"),
             progress=Progress.from_doc(doc.get("progress")), attempt=int(doc.get("attempt") or 1),
@@ -121,6 +174,10 @@ class Run:
             note=doc.get("note"), duration_s=doc.get("duration_s"), host=doc.get("host"),
             pid_started_at=doc.get("pid_started_at"), pgid=doc.get("pgid"), supervisor_pid=doc.get("supervisor_pid"),
             supervisor_started_at=doc.get("supervisor_started_at"), process_gone=bool(doc.get("process_gone")),
+            outlives_lease_s=doc.get("outlives_lease_s"),
+            chain=doc.get("chain"), next_attempt=doc.get("next_attempt"), failed_view=bool(doc.get("failed_view")),
+            dismissed_at=doc.get("dismissed_at"), dismissed_by=doc.get("dismissed_by"),
+            dedupe_key=doc.get("dedupe_key"), relocated_to=doc.get("relocated_to"),
             extra={k: v for k, v in doc.items() if k != "_id" and k not in _FIELDS},
         )
 
@@ -133,7 +190,8 @@ class Run:
             "not_before": self.not_before, "started_at": self.started_at, "finished_at": self.finished_at,
             "lease_until": self.lease_until, "cancel_requested": self.cancel_requested, "note": self.note,
         }
-        for name in ("claimed_at", "cancelled_by", "duration_s", *_PROCESS_FIELDS):
+        for name in ("number", "claimed_at", "cancelled_by", "duration_s", *_PROCESS_FIELDS, *_ATTEMPT_FIELDS,
+                     *_ROUTING_FIELDS):
             value = getattr(self, name)
             if value is not None and value is not False:  # process_gone is written once true
                 doc[name] = value
@@ -144,6 +202,10 @@ class Run:
             doc["fire_kind"] = self.trigger.kind
         doc.update(self.extra)
         return doc
+
+
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?( ?UTC|Z|[+-]\d{2}:?\d{2})?")
+_RUN_ID = re.compile(r"\b[0-9a-f]{10,24}\b")
 
 
 def _aware(moment: datetime) -> datetime:

@@ -1,7 +1,7 @@
 """What started a run: a tagged union stored as the run's ``trigger`` subdocument.
 
 Each kind is a frozen dataclass named by its ``type`` (``cron``, ``manual``,
-``api``, ``event``, ``retry``); :func:`trigger_from_doc` picks the class by
+``api``, ``event``, ``retry``, ``relocate``, ``webhook``, ``signed_url``); :func:`trigger_from_doc` picks the class by
 ``type`` and keeps fields it does not know in ``extra``, so documents written
 by a newer Sooner survive a round trip. :meth:`Trigger.describe` is the one
 line the CLI, the web UI and the API show.
@@ -37,7 +37,7 @@ def trigger_from_doc(doc: Mapping[str, Any] | None) -> Trigger:
     kind = str(doc.pop("type", "") or "")
     cls = _KINDS.get(kind)
     if cls is None:
-        common = {k: doc.pop(k) for k in ("source", "author", "message") if k in doc}
+        common = {k: doc.pop(k) for k in ("source", "author", "message", "source_ref") if k in doc}
         return OtherTrigger(**common, type_name=kind or "unknown", extra=doc)
     names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
     known = {k: doc.pop(k) for k in list(doc) if k in names}
@@ -46,12 +46,18 @@ def trigger_from_doc(doc: Mapping[str, Any] | None) -> Trigger:
 
 @dataclass(frozen=True)
 class Trigger:
-    """Fields every kind may carry: who (``author``), from where (``source``) and a ``message``."""
+    """Fields every kind may carry: who (``author``), from where (``source``) and a ``message``.
+
+    ``source_ref`` is the short form (``hello.sh#41``, :mod:`sooner.model.run_ref`) of the run
+    this one follows (a retried, re-run or relocated run), recorded when the trigger is made so
+    that :meth:`describe` needs no lookup; triggers stored before run numbers lack it and show the id.
+    """
 
     type: ClassVar[str] = ""
     source: str | None = None
     author: str | None = None
     message: str | None = None
+    source_ref: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -114,7 +120,7 @@ class ManualTrigger(Trigger):
     rerun_of: str | None = None
 
     def _details(self) -> list[str]:
-        return [f"(re-run of {short_run_id(self.rerun_of)})"] if self.rerun_of else []
+        return [f"(re-run of {self.source_ref or self.rerun_of})"] if self.rerun_of else []
 
 
 @trigger_kind
@@ -155,11 +161,86 @@ class RetryTrigger(Trigger):
     previous_status: str | None = None
 
     def _details(self) -> list[str]:
-        return [f"of {short_run_id(self.source)}"] if self.source else []
+        return [f"of {self.source_ref or self.source}"] if self.source else []
 
     @property
     def source_run(self) -> str | None:
         return self.source
+
+
+@trigger_kind
+@dataclass(frozen=True)
+class RelocateTrigger(Trigger):
+    """Kill and relocate: the run in ``source`` was cancelled on ``from_worker`` and continues as this one."""
+
+    type: ClassVar[str] = "relocate"
+    from_worker: str | None = None
+
+    def _details(self) -> list[str]:
+        parts = [f"of {self.source_ref or self.source}"] if self.source else []
+        return parts + ([f"from worker {self.from_worker}"] if self.from_worker else [])
+
+    @property
+    def source_run(self) -> str | None:
+        return self.source
+
+
+@trigger_kind
+@dataclass(frozen=True)
+class WebhookTrigger(Trigger):
+    """A verified webhook delivery (``sooner.model.webhook``), stored in Strider's trigger spec shape:
+    ``author`` {name, email, username}, ``message``, ``url``, ``timestamp`` and
+    ``source`` {type: webhook, provider, hook, delivery}. In memory ``author`` is the shown name."""
+
+    type: ClassVar[str] = "webhook"
+    provider: str | None = None
+    hook: str | None = None
+    delivery: str | None = None
+    event: str | None = None
+    branch: str | None = None
+    url: str | None = None
+    timestamp: datetime | None = None
+    author_name: str | None = None
+    author_email: str | None = None
+    author_username: str | None = None
+
+    def __post_init__(self) -> None:
+        # Stored documents carry the spec's subdocuments; read them back into the flat fields.
+        author: Any = self.author
+        if isinstance(author, Mapping):
+            for key in ("name", "email", "username"):
+                object.__setattr__(self, f"author_{key}", author.get(key))
+            object.__setattr__(self, "author", author.get("username") or author.get("name"))
+        source: Any = self.source
+        if isinstance(source, Mapping):
+            for key in ("provider", "hook", "delivery"):
+                object.__setattr__(self, key, source.get(key))
+            object.__setattr__(self, "source", None)
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = super().to_doc()
+        for key in ("author_name", "author_email", "author_username", "provider", "hook", "delivery"):
+            doc.pop(key, None)
+        author = {"name": self.author_name, "email": self.author_email, "username": self.author_username}
+        doc["author"] = {key: value for key, value in author.items() if value}
+        doc["source"] = {"type": "webhook", "provider": self.provider, "hook": self.hook, "delivery": self.delivery}
+        return doc
+
+    def _details(self) -> list[str]:
+        parts = [f"{self.provider}/{self.hook}"]
+        return parts + [part for part in (self.event, self.branch) if part]
+
+
+@trigger_kind
+@dataclass(frozen=True)
+class SignedUrlTrigger(Trigger):
+    """A GET of a signed trigger URL (``sooner sign``); ``expires_at`` is the URL's expiry."""
+
+    type: ClassVar[str] = "signed_url"
+    expires_at: datetime | None = None
+
+    def _details(self) -> list[str]:
+        return [f"(URL valid until {_utc_text(self.expires_at)})"] if self.expires_at else []
 
 
 @dataclass(frozen=True)
@@ -176,11 +257,6 @@ class OtherTrigger(Trigger):
         doc = super().to_doc()
         del doc["type_name"]
         return doc
-
-
-def short_run_id(run_id: str) -> str:
-    """The prefix of a run id shown in one-line texts: long enough for ``sooner logs`` to accept it."""
-    return run_id[:10]
 
 
 def _utc_text(moment: datetime) -> str:

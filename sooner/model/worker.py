@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sooner.model.status import WorkerHealth
+from sooner.model.target import served_targets
 
 # A heartbeat is overdue after this many intervals (and never sooner than MIN_LATE_S).
 LATE_AFTER_BEATS = 3
@@ -61,8 +62,8 @@ class Worker:
         return self.stopped_at is None and age is not None and age <= late_after_s(heartbeat_s)
 
     def serves(self, target: str | None) -> bool:
-        """Whether this worker may take a run aimed at ``target`` (its name, one of its tags, or anyone)."""
-        return target is None or target == self.name or target in self.tags
+        """Whether this worker may take a run aimed at ``target`` (see :mod:`sooner.model.target`)."""
+        return target in served_targets(self.name, self.tags)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Worker:

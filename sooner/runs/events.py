@@ -24,11 +24,18 @@ logger = logging.getLogger(__name__)
 
 
 def emit_event(service: RunService, name: str, data: Any = None, *, source: dict[str, Any], depth: int,
-               now: datetime) -> dict:
-    """Store the event and queue a run of every job hooked to it. Returns the event (with ``runs``)."""
+               now: datetime, event_id: str | None = None) -> dict:
+    """Store the event and queue a run of every job hooked to it. Returns the event (with ``runs``).
+
+    With ``event_id`` (an event a worker journaled during an outage) an event
+    stored under that id already is returned as it is: its runs were started
+    when it was first stored.
+    """
     validate_event_name(name)
     store = service.store
-    event = store.events.record(name, data, source=source, depth=depth, now=now)
+    event = store.events.record(name, data, source=source, depth=depth, now=now, event_id=event_id)
+    if event.get("replayed"):
+        return event
     hooked = [(job, trigger) for job in store.jobs.with_hook(name)
               for trigger in TRIGGERS.event_triggers(job) if trigger.matches(name)]
     if not hooked:

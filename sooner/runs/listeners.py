@@ -5,8 +5,10 @@ every listener of its registry, in order, with a :class:`RunEnded`. The
 default registry, :data:`LISTENERS`, holds (in this order):
 
 1. ``retry`` -- a failed, timed-out or lost run is queued again per its job's
-   retry policy (a lost run's retry also waits until its old process is
-   certainly dead, see :func:`old_process_grace_s`);
+   retry policy, as the next attempt of its chain (a lost run's retry also
+   waits until its old process is certainly dead, see
+   :func:`old_process_grace_s`); one that gets no further attempt goes to
+   the Failed view;
 2. ``release-waiting`` -- the oldest ``waiting`` run of the job (overlap
    ``queue``) may go now;
 3. ``emit-outcome`` -- ``job:<name>:succeeded`` / ``job:<name>:failed`` is
@@ -101,17 +103,27 @@ class ListenerRegistry:
 
 
 def retry_per_policy(ended: RunEnded) -> None:
-    """Queue the next attempt of a failed/timed-out/lost run, if its job's retry policy allows one."""
+    """Queue the next attempt of a failed/timed-out/lost run, if its job's retry policy allows one.
+
+    A failed run that gets no further attempt (its attempts are used up, its job has no
+    retries or is gone) goes to the Failed view instead.
+    """
     run, job = ended.run, ended.job
-    if not run.status.failed or job is None or not job.retry.allows(run.attempt):
+    if not run.status.failed:
         return
-    delay = max(job.retry.delay_after(run.attempt), old_process_grace_s(ended))
-    retry = ended.service.queue(
-        job, RetryTrigger(source=run.id, previous_status=run.status.value), data=run.data, target=run.target,
-        depth=run.depth, attempt=run.attempt + 1, not_before=ended.now + timedelta(seconds=delay), now=ended.now)
+    if job is None or job.deleted or not job.retry.allows(run.attempt):
+        ended.service.store.failed.mark_failed_view(run.id)
+        return
+    delay = max(job.retry.delay_after(run.attempt, ended.service.random), old_process_grace_s(ended))
+    retry = ended.service.queue_next_attempt(
+        run, RetryTrigger(source=run.id, source_ref=run.ref, previous_status=run.status.value),
+        not_before=ended.now + timedelta(seconds=delay), now=ended.now)
     if retry is None:
+        if ended.service.store.runs.get(run.id).next_attempt is None:  # not started at all: nothing follows
+            ended.service.store.failed.mark_failed_view(run.id)
         return
-    retrying = f"retrying as run {retry.id} (attempt {retry.attempt} of {job.retry.attempts + 1}) in {delay:.0f}s"
+    retrying = (f"retrying as run {retry.ref} (attempt {retry.attempt} of {job.retry.total_attempts}) "
+                f"in {delay:.0f}s")
     # Keep why the run ended (lost lease, timeout …) in front of the retry notice.
     ended.service.store.runs.add_note(run.id, f"{run.note}; {retrying}" if run.note else retrying)
 
@@ -121,15 +133,17 @@ def old_process_grace_s(ended: RunEnded) -> float:
 
     A run is marked lost once its lease has expired, or when its worker restarts under the
     same name (from another host that needs the old heartbeat, and so the lease, to be
-    expired). A worker that could not renew a lease SIGTERMs the script when the lease
-    expires and SIGKILLs it ``cancel_grace_s`` later, so ``cancel_grace_s`` after ``now``
-    (which is past the lease's expiry) the old process is dead. No wait is needed once a
+    expired). A worker that could not renew a lease keeps the script going through what may
+    be a database outage for ``outlives_lease_s`` past the lease's expiry (recorded on the
+    run when it started: the worker's ``outage_grace_s`` less its ``lease_s``), then SIGTERMs
+    it and SIGKILLs it ``cancel_grace_s`` later; so that long after ``now`` (which is past
+    the lease's expiry) the old process is dead. No wait is needed once a
     worker on the run's host confirmed its processes gone (``process_gone``).
     """
     run = ended.run
     if run.status is not RunStatus.LOST or run.process_gone:
         return 0.0
-    return ended.service.settings.cancel_grace_s
+    return ended.service.settings.cancel_grace_s + (run.outlives_lease_s or 0.0)
 
 
 def release_waiting(ended: RunEnded) -> None:

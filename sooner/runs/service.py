@@ -16,17 +16,22 @@ store's unless another is given), so a fake clock drives a whole scenario.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from dataclasses import replace
+import random as _random
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sooner.errors import SoonerError
-from sooner.model import ACTIVE, Job, Overlap, Run, RunStatus, Trigger
+from sooner.model import ACTIVE, Job, ManualTrigger, Overlap, Run, RunStatus, Trigger
+from sooner.model.dedupe import key_expired, validate_dedupe_key
 from sooner.runs.events import emit_event
 from sooner.runs.listeners import LISTENERS, ListenerRegistry, RunEnded
 
 if TYPE_CHECKING:
     from sooner.clock import Clock
+    from sooner.runs.relocate import Moved
+    from sooner.model.failed import BulkResult
     from sooner.config import Settings
     from sooner.store import Store
 
@@ -39,13 +44,15 @@ class RunService:
     """Starts, claims, cancels and ends runs for one store; see the module docstring."""
 
     def __init__(self, store: Store, settings: Settings | None = None, clock: Clock | None = None, *,
-                 listeners: ListenerRegistry | None = None) -> None:
+                 listeners: ListenerRegistry | None = None, random: Callable[[], float] | None = None) -> None:
         from sooner.config import Settings
 
         self.store = store
         self.settings = settings or Settings()
         self.clock = clock or store.clock
         self.listeners = LISTENERS if listeners is None else listeners
+        # Floats in [0, 1) for retry jitter; tests pass a fixed source, as they pass a clock.
+        self.random: Callable[[], float] = random or _random.random
 
     @property
     def depth_limit(self) -> int:
@@ -54,35 +61,145 @@ class RunService:
     # -- starting ------------------------------------------------------------
     def queue(self, job: Job | str, trigger: Trigger, *, data: Any = None, target: str | None = None,
               depth: int = 0, attempt: int = 1, overlap_check: bool = False, not_before: datetime | None = None,
-              now: datetime | None = None) -> Run | None:
+              now: datetime | None = None, chain: str | None = None, run_id: str | None = None,
+              on_skip: Callable[[Job], object] | None = None, dedupe_key: str | None = None) -> Run | None:
         """Create a run of ``job`` at the currently deployed commit.
 
+        ``chain`` is the first attempt's id when this run is a later attempt (a first
+        attempt is its own chain); ``run_id`` gives the new run's id (see :meth:`retry`).
+
         With ``overlap_check`` (scheduler and event triggers) the job's overlap
-        policy applies: ``skip`` returns None while a run is active, ``queue``
+        policy applies: ``skip`` returns None while a run is active (calling
+        ``on_skip(job)`` first, so the scheduler can record the dropped tick), ``queue``
         inserts a ``waiting`` run. Returns None too for a cron tick fired already.
+
+        With ``dedupe_key`` (validated: :func:`~sooner.model.dedupe.validate_dedupe_key`), a run of
+        the job queued under the same key less than the job's ``dedupe_window_s`` ago is returned
+        instead of a new one, with ``deduplicated`` set; race-free across processes
+        (:meth:`~sooner.store.runs.RunRepo.insert_holding_key`). A job without a window ignores keys.
         """
         job = self.store.jobs.get(job) if isinstance(job, str) else job
         if job.deleted:
             raise SoonerError(f"job {job.name!r} was removed from the repository; it cannot run")
         now = now or self.clock.now()
+        key, expired = self._dedupe(job, dedupe_key, now)
+        if key is not None and (held := self.store.runs.key_holder(job.name, key)) and not expired(held):
+            return replace(held, deduplicated=True)  # before the overlap policy: a duplicate is no new fire
         status = RunStatus.QUEUED
         if overlap_check and job.overlap is not Overlap.ALLOW and self.store.runs.active_count(job.name):
             if job.overlap is Overlap.SKIP:
                 logger.info("not starting %s: a run is still active (overlap=skip)", job.name)
+                if on_skip is not None:
+                    on_skip(job)
                 return None
             status = RunStatus.WAITING
         deploy = self.store.deploys.latest()
-        run = self.store.runs.insert(Run(
-            id=self.store.runs.new_id(), job=job.name, status=status, trigger=trigger, data=data,
+        run_id = run_id or self.store.runs.new_id()
+        new = Run(
+            id=run_id, chain=chain or run_id, job=job.name, status=status, trigger=trigger, data=data,
             commit=deploy["commit"] if deploy else None, target=target if target is not None else job.worker,
-            attempt=attempt, depth=depth, timeout_s=job.timeout_s, queued_at=now, not_before=not_before or now))
+            attempt=attempt, depth=depth, timeout_s=job.timeout_s, queued_at=now, not_before=not_before or now,
+            dedupe_key=key)
+        run = self.store.runs.insert(new) if key is None else self.store.runs.insert_holding_key(new, expired)
+        if run is not None and run.deduplicated:
+            return run
         if run is not None and status is RunStatus.WAITING:
             self.release_waiting(job.name, now=now)  # the active run may have ended between check and insert
         return run
 
+    @staticmethod
+    def _dedupe(job: Job, dedupe_key: str | None, now: datetime) -> tuple[str | None, Callable[[Run], bool]]:
+        """The key a new run of ``job`` holds (None: none given, or the job has no window) and when a holder expired."""
+        if dedupe_key is not None:
+            validate_dedupe_key(dedupe_key)
+        window = job.dedupe_window_s or 0.0
+        return (dedupe_key if window else None), lambda held: key_expired(held.queued_at, window, now)
+
+    def queue_next_attempt(self, run: Run, trigger: Trigger, *, not_before: datetime | None = None,
+                           now: datetime | None = None) -> Run | None:
+        """Queue the attempt after ``run`` (same data, target and depth; same chain) and link it as its next one.
+
+        The link is taken first, atomically, so a run gets at most one next attempt however
+        many retries race (the retry listener, ``sooner retry``, the Failed view). Returns
+        None when ``run`` has a next attempt already, or the new run was not started.
+        """
+        now = now or self.clock.now()
+        new_id = self.store.runs.new_id()
+        previous = self.store.failed.link_next_attempt(run.id, new_id)
+        if previous is None:
+            return None
+        try:
+            new = self.queue(run.job, trigger, data=run.data, target=run.target, depth=run.depth,
+                             attempt=run.attempt + 1, not_before=not_before, now=now, chain=run.chain_root,
+                             run_id=new_id)
+        except BaseException:
+            self.store.failed.unlink_next_attempt(run.id, new_id, failed_view=previous.failed_view)
+            raise
+        if new is None:
+            self.store.failed.unlink_next_attempt(run.id, new_id, failed_view=previous.failed_view)
+        return new
+
+    def retry(self, run_id: str, *, by: str, source: str = "cli", now: datetime | None = None) -> Run:
+        """Queue a new attempt of a failed, timed-out or lost run now, by hand (``sooner retry``, the Failed view).
+
+        The new run is a manual run (``rerun_of`` the run) in the run's chain, attempt + 1.
+        SoonerError if the run did not fail or has a next attempt already.
+        """
+        run = self.store.runs.get(run_id)
+        if not run.status.failed:
+            raise SoonerError(f"run {run.id} is {run.status.value}: only failed, timed-out or lost runs are retried")
+        if run.next_attempt:
+            raise SoonerError(f"run {run.id} was retried already, as run {run.next_attempt}")
+        new = self.queue_next_attempt(run, ManualTrigger(source=source, author=by, rerun_of=run.id, source_ref=run.ref), now=now)
+        if new is None:
+            again = self.store.runs.get(run.id)
+            raise SoonerError(f"run {run.id} was retried already, as run {again.next_attempt}" if again.next_attempt
+                              else f"run {run.id}: the retry was not started")
+        return new
+
+    def retry_many(self, run_ids: Iterable[str], *, by: str, source: str) -> list[BulkResult]:
+        """:meth:`retry` each run (ids, JOB#N: what ``store.runs.get`` takes); one result per distinct id, in order,
+        never raising for one run's problem (the Failed view's bulk retry)."""
+        from sooner.model.failed import BulkResult
+
+        results = []
+        for given in dict.fromkeys(run_ids):
+            run_id = given
+            try:
+                run_id = self.store.runs.get(given).id
+                new = self.retry(run_id, by=by, source=source)
+            except SoonerError as exc:
+                results.append(BulkResult(run_id, False, str(exc)))
+            else:
+                results.append(BulkResult(run_id, True, f"retried as run {new.ref} (attempt {new.attempt})", run=new.id))
+        return results
+
     def release_waiting(self, job: str, *, now: datetime | None = None) -> Run | None:
         """Move the job's oldest waiting run to queued if nothing of the job is queued or running."""
         return self.store.runs.promote_waiting(job, now=now or self.clock.now())
+
+    # -- moving --------------------------------------------------------------
+    def move(self, run_id: str, target: str | None, *, by: str, kill: bool = False) -> Moved:
+        """Aim a queued or waiting run at ``target`` (a :mod:`sooner.model.target` value); see :mod:`sooner.runs.relocate`.
+
+        With ``kill`` a running run is relocated (:meth:`relocate`). RunError if it finished,
+        or is running (or was claimed meanwhile) without ``kill``.
+        """
+        from sooner.runs.relocate import move_run
+
+        return move_run(self, run_id, target, by=by, kill=kill)
+
+    def relocate(self, run_id: str, target: str | None, *, by: str) -> Run:
+        """Kill and relocate: cancel a running run, queue a new attempt of it on ``target``; returns the new run."""
+        from sooner.runs.relocate import relocate_run
+
+        return relocate_run(self, run_id, target, by=by)
+
+    def target_warning(self, target: str | None) -> str | None:
+        """Why no worker may take a run aimed at ``target`` right now (None when an online worker serves it)."""
+        from sooner.runs.relocate import target_warning
+
+        return target_warning(self, target)
 
     # -- claiming ------------------------------------------------------------
     def claim_candidates(self, worker: str, tags: Iterable[str]) -> list[str]:
@@ -126,11 +243,18 @@ class RunService:
             run = self.store.runs.get(run.id)
         raise SoonerError(f"run {run.id} has already finished ({run.status.value})")
 
-    def expire_leases(self, now: datetime | None = None) -> list[Run]:
-        """End running runs whose lease expired as ``lost`` (retried per their job's policy)."""
+    def expire_leases(self, now: datetime | None = None, *, trusted: Callable[[], bool] | None = None) -> list[Run]:
+        """End running runs whose lease expired as ``lost`` (retried per their job's policy).
+
+        ``trusted`` is asked once the expired leases are listed; False ends none of them
+        (the scheduler's "the database was unreachable meanwhile").
+        """
         now = now or self.clock.now()
         lost = []
-        for run in self.store.runs.expired_leases(now=now):
+        expired = self.store.runs.expired_leases(now=now)
+        if trusted is not None and expired and not trusted():
+            return []
+        for run in expired:
             lease = run.lease_until
             note = (f"lost: worker {run.worker!r} stopped renewing its lease "
                     f"(expired {lease:%Y-%m-%d %H:%M:%S} UTC)" if lease else "lost: its lease expired")
@@ -154,6 +278,7 @@ class RunService:
 
     # -- events ------------------------------------------------------------------
     def emit(self, name: str, data: Any = None, *, source: dict[str, Any], depth: int = 0,
-             now: datetime | None = None) -> dict:
+             now: datetime | None = None, event_id: str | None = None) -> dict:
         """Store an event and queue a run of every job hooked to it (see :mod:`sooner.runs.events`)."""
-        return emit_event(self, name, data, source=source, depth=depth, now=now or self.clock.now())
+        return emit_event(self, name, data, source=source, depth=depth, now=now or self.clock.now(),
+                          event_id=event_id)

@@ -30,6 +30,12 @@ made in the UI or CLI takes effect on the next tick:
   So a job fires at most two runs per tick (catch-up + on time), never a storm.
 * The job's ``overlap`` policy (allow / skip / queue) applies to every fire,
   through :meth:`sooner.runs.service.RunService.queue`.
+* Every tick that gets no run of its own is recorded in ``store.missed``
+  (:class:`~sooner.model.missed.MissedTick`): missed ticks as one
+  ``scheduler_down`` record (``count``, ``first`` and latest) or, with
+  ``catch_up_once``, one ``caught_up`` record naming the catch-up run; a fire
+  dropped by overlap=skip as ``overlap_skip``. Records are idempotent (their
+  id is derived from job, trigger and first tick), so two schedulers write one.
 
 Each tick also ends runs whose lease expired (their worker stopped renewing
 it) as ``lost``, through :meth:`~sooner.runs.service.RunService.expire_leases`,
@@ -43,12 +49,13 @@ import os
 import socket
 import threading
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sooner.clock import to_ms
-from sooner.errors import SoonerError
+from sooner.errors import SoonerError, StoreUnreachable
 from sooner.model import Job, Missed, Run, Trigger
+from sooner.model.missed import MissedTick, MissReason
 from sooner.runs.service import RunService
 from sooner.scheduling.triggers import GRACE_S, TRIGGERS, DueTicks, TimeTrigger, TriggerRegistry, missed_span
 
@@ -85,6 +92,9 @@ class Scheduler:
         # (job, trigger key) -> (identity, cursor, next fire after cursor): saves maths on idle ticks.
         self._upcoming: dict[tuple[str, str], tuple[dict[str, Any], datetime, datetime | None]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._outage_seen = False  # the database did not answer since the last lease check
+        self._failures_seen = store.connection_failures
+        self._leases_resume_at: datetime | None = None
 
     # -- one step ---------------------------------------------------------
     def tick(self, now: datetime | None = None) -> list[Run]:
@@ -92,6 +102,7 @@ class Scheduler:
         now = _utc_ms(now or self.clock.now())
         self.expire_leases(now)
         self.store.output.prune_expired(now)  # retention where no TTL index does it (at most hourly)
+        self.store.missed.prune_expired(now)
         self.store.jobs.clear_trigger_states()
         fired: list[Run] = []
         upcoming: list[datetime] = []
@@ -116,8 +127,33 @@ class Scheduler:
         return fired
 
     def expire_leases(self, now: datetime | None = None) -> list[Run]:
-        """End running runs whose lease expired as ``lost`` (retried per their job's policy)."""
-        return self.service.expire_leases(_utc_ms(now or self.clock.now()))
+        """End running runs whose lease expired as ``lost`` (retried per their job's policy).
+
+        Not for ``lease_s`` after this scheduler could not reach the database (a failed
+        tick, or a connection failure the store's retries hid): leases that ran out during
+        an outage belong to workers that could not renew them either, and those get one
+        whole lease to do so.
+        """
+        now = _utc_ms(now or self.clock.now())
+        failures = self.store.connection_failures
+        if self._outage_seen or failures != self._failures_seen:
+            self._outage_seen, self._failures_seen = False, failures
+            self._leases_resume_at = now + timedelta(seconds=self.settings.lease_s)
+            logger.warning("the database did not answer: no run is marked lost before %s UTC (workers renew "
+                           "their leases meanwhile)", f"{self._leases_resume_at:%H:%M:%S}")
+        if self._leases_resume_at is not None:
+            if now < self._leases_resume_at:
+                return []
+            self._leases_resume_at = None
+        # An outage during the listing (hidden by the store's retries) holds the checks too.
+        lost = self.service.expire_leases(now, trusted=lambda: self.store.connection_failures == failures)
+        if self.store.connection_failures != failures:
+            self.database_unreachable()
+        return lost
+
+    def database_unreachable(self) -> None:
+        """The database did not answer: once it does, lease checks wait a whole lease first."""
+        self._outage_seen = True
 
     def _time_triggers(self, job: Job) -> list[TimeTrigger]:
         try:
@@ -153,7 +189,7 @@ class Scheduler:
         if due.missed_count:
             runs.append(self._handle_missed(job, trigger, due, now))
         if due.on_time is not None:
-            runs.append(self._queue(job, trigger.cause(due.on_time), due.on_time, now))
+            runs.append(self._queue(job, trigger, trigger.cause(due.on_time), due.on_time, now))
         # Runs first, cursor second: a crash in between re-fires the same ticks, which the unique index rejects.
         self._save(job, trigger, state, due.latest, since=state.get("since") or now)
         return [run for run in runs if run is not None], due.latest
@@ -164,15 +200,39 @@ class Scheduler:
         if job.missed is not Missed.CATCH_UP_ONCE:
             logger.warning("job %s: %s tick(s) missed (%s) not fired (missed=%s)", job.name, count,
                            missed_span(due), job.missed.value)
+            self._record(job, trigger, MissReason.SCHEDULER_DOWN, due.missed_latest, now, due=due)
             return None
         logger.warning("job %s: %s tick(s) missed (%s); firing one catch-up run", job.name, count, missed_span(due))
-        return self._queue(job, trigger.cause(due.missed_latest, missed=due), due.missed_latest, now)
+        run = self._queue(job, trigger, trigger.cause(due.missed_latest, missed=due), due.missed_latest, now, due=due)
+        if run is not None:
+            self._record(job, trigger, MissReason.CAUGHT_UP, due.missed_latest, now, due=due, run=run.id)
+        return run
 
-    def _queue(self, job: Job, cause: Trigger, moment: datetime, now: datetime) -> Run | None:
-        run = self.service.queue(job, replace(cause, source=self.name), overlap_check=True, now=now)
+    def _queue(self, job: Job, trigger: TimeTrigger, cause: Trigger, moment: datetime, now: datetime, *,
+               due: DueTicks | None = None) -> Run | None:
+        """Queue the run of ``moment`` (of the missed ticks in ``due`` for a catch-up run); a fire dropped by
+        overlap=skip is recorded. None too when another scheduler fired it first (and recorded what it did)."""
+        run = self.service.queue(job, replace(cause, source=self.name), overlap_check=True, now=now,
+                                 on_skip=lambda _: self._skipped(job, trigger, moment, now, due=due))
         if run is not None:
             logger.info("fired %s for %s: run %s", job.name, moment, run.id)
         return run
+
+    def _skipped(self, job: Job, trigger: TimeTrigger, moment: datetime, now: datetime, *,
+                 due: DueTicks | None) -> None:
+        """overlap=skip dropped the fire of ``moment``: record it, unless the active run is that tick's own
+        (another scheduler fired it a moment ago)."""
+        if self.store.reads.tick_run(job.name, moment, trigger.kind) is None:
+            self._record(job, trigger, MissReason.OVERLAP_SKIP, moment, now, due=due)
+
+    def _record(self, job: Job, trigger: TimeTrigger, reason: MissReason, latest: datetime, now: datetime, *,
+                due: DueTicks | None = None, run: str | None = None) -> None:
+        """Record ticks that got no run of their own: ``latest`` alone, or the missed ones of ``due``."""
+        first = due.missed_first if due is not None and due.missed_first is not None else latest
+        self.store.missed.record(MissedTick.of(
+            job.name, reason, first, latest, count=due.missed_count if due is not None else 1,
+            capped=due.missed_capped if due is not None else False, trigger_kind=trigger.kind,
+            trigger_key=trigger.key, recorded_at=now, run=run))
 
     def _save(self, job: Job, trigger: TimeTrigger, previous: Any, cursor: datetime, *, since: datetime) -> None:
         state = {**trigger.identity(), "last_tick_at": cursor, "since": since, "by": self.name}
@@ -214,6 +274,8 @@ class Scheduler:
                 self.tick()
                 failures, wait = 0, self.wait_s()
             except Exception as exc:  # noqa: BLE001 - a daemon keeps going; a bug still logs its traceback
+                if isinstance(exc, StoreUnreachable):
+                    self.database_unreachable()
                 failures += 1
                 wait = min(BACKOFF_MAX_S, self.interval_s * 2 ** failures)
                 if isinstance(exc, SoonerError):

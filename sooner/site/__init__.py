@@ -4,6 +4,10 @@ A site holds ``config.json`` (0600: it carries the session secret),
 ``scripts.git`` (bare, default branch from the config, hooks installed from
 ``git-hooks/`` with this Python and this config filled in),
 ``scripts-working-copy`` and ``.sooner/`` for local state.
+
+Because of the secret, a site is never created inside a git work tree that
+would track it (:func:`unignored_work_tree`): ``git add -A`` there would
+commit ``config.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -34,6 +39,12 @@ def init_site(directory: Path) -> Settings:
     config_path = directory / CONFIG_FILE
     if config_path.exists():
         raise ConfigError("a site already exists here (config.json found); nothing changed", source=str(directory))
+    work_tree = unignored_work_tree(directory)
+    if work_tree is not None:
+        raise ConfigError(f"not creating a site here: it is inside the git work tree {work_tree}, which does not "
+                          f"ignore it, so `git add -A` there would commit config.json and its session secret. "
+                          f"Use a folder outside (e.g. ~/sooner-site), or first add {ignore_pattern(directory, work_tree)!r} "
+                          f"to {work_tree / '.gitignore'}", source=str(directory))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ".sooner").mkdir(exist_ok=True)
     _write_private(config_path, json.dumps(default_config(secrets.token_urlsafe(32)), indent=2) + "\n")
@@ -42,6 +53,41 @@ def init_site(directory: Path) -> Settings:
     create_working_copy(settings)
     (directory / ".gitignore").write_text(".sooner/\n")
     return settings
+
+
+def unignored_work_tree(directory: Path) -> Path | None:
+    """The git work tree that holds ``directory`` without ignoring its ``config.json``, else None.
+
+    ``directory`` need not exist yet. Without git, or outside any work tree,
+    the answer is None.
+    """
+    directory = directory.resolve()
+    probe = next((folder for folder in (directory, *directory.parents) if folder.is_dir()), None)
+    if probe is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=probe, env=env, capture_output=True,
+                             text=True, timeout=30)
+        if top.returncode != 0 or not top.stdout.strip():
+            return None  # not in a work tree (or inside a .git folder)
+        work_tree = Path(top.stdout.strip()).resolve()
+        secret = _relative(directory / CONFIG_FILE, work_tree)
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--", secret], cwd=work_tree, env=env,
+                                 capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return work_tree if ignored.returncode == 1 else None
+
+
+def ignore_pattern(directory: Path, work_tree: Path) -> str:
+    """The .gitignore line that keeps the site at ``directory`` out of ``work_tree``."""
+    relative = _relative(directory.resolve(), work_tree)
+    return f"/{CONFIG_FILE}" if relative == "." else f"/{relative}/"
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def create_bare_repo(settings: Settings) -> None:

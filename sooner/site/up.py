@@ -3,7 +3,8 @@
 Each part runs as its own child process (``python -m sooner web`` …), exactly
 as in a real deployment, so ``up`` adds no code path of its own: it starts the
 embedded database first, supervises the children, stops them all on Ctrl-C or
-SIGTERM (or when one of them dies), and stops the database last.
+SIGTERM (or when one of them dies), and stops the database last. The database
+it starts (or finds) is kept running meanwhile: it never stops for being idle.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def run_up(settings: Settings, config_path: Path, host: str, port: int, worker_n
 
     validate_worker_name(worker_name, "-n/--worker-name")  # before anything claims to be up
     check_can_listen(host, port)
+    if settings.mongo_url is None:
+        # Started (or adopted) to keep running: not stopped when idle, but at the end of `up`.
+        EmbeddedServer(settings.state_dir, settings.embedded_idle_stop_s).ensure_running(keep=True)
     store = open_store(settings)
     ensure_first_admin(store, echo)
     store.close()

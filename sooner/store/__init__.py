@@ -45,9 +45,13 @@ class Store:
     def __init__(self, url: str, database: str = "sooner", *, embedded: EmbeddedServer | None = None,
                  retry_attempts: int = 4, clock: Clock = SYSTEM_CLOCK, output_policy: OutputPolicy | None = None) -> None:
         from sooner.store.changes import Changes
+        from sooner.store.counters import Counters
         from sooner.store.deploys import DeployRepo, ObjectRepo
         from sooner.store.events import EventRepo
+        from sooner.store.failed import FailedRuns
         from sooner.store.jobs import JobRepo
+        from sooner.store.missed import MissedRepo
+        from sooner.store.webhooks import DeliveryRepo, HookRepo
         from sooner.store.output import OutputRepo
         from sooner.store.queues import QueueRepo
         from sooner.store.reads import Reads
@@ -62,20 +66,29 @@ class Store:
         self.client = make_client(url)
         self._db: Database = self.client[database]
         on_failure = embedded.ensure_running if embedded else None
-        self.retry: Callable[[Callable[[], T]], T] = Retrier(url, attempts=retry_attempts,
-                                                             on_failure=_quietly(on_failure))
+        self._retrier = Retrier(url, attempts=retry_attempts, on_failure=_quietly(on_failure))
+        self.retry: Callable[[Callable[[], T]], T] = self._retrier
         self.jobs = JobRepo(self)
         self.deploys = DeployRepo(self)
         self.objects = ObjectRepo(self)
         self.runs = RunRepo(self)
+        self.counters = Counters(self)  # run numbers per job (hello.sh#42)
         self.output = OutputRepo(self, output_policy)  # its retention shapes an index: see ensure_retention
         self.events = EventRepo(self)
         self.workers = WorkerRepo(self)
         self.queues = QueueRepo(self)
         self.users, self.tokens = UserRepo(self), TokenRepo(self)
         self.sessions = SessionRepo(self)
+        self.missed = MissedRepo(self)  # missed ticks (the dead man's switch reads them)
+        self.hooks, self.deliveries = HookRepo(self), DeliveryRepo(self)  # webhooks and their delivery log
+        self.failed = FailedRuns(self)  # the Failed view: runs that failed with no further attempt
         self.reads = Reads(self)
         self.changes = Changes(self)
+
+    @property
+    def connection_failures(self) -> int:
+        """How many times the database did not answer an operation (each retry counts), since the store opened."""
+        return self._retrier.failures
 
     @property
     def database_name(self) -> str:
@@ -125,6 +138,7 @@ class Store:
         def create() -> None:
             for collection, query, update in schema.BACKFILLS:
                 self._db[collection].update_many(query, update)
+            self.counters.number_old_runs()  # before one_run_number exists (version 9)
             for collection, indexes in schema.INDEXES.items():
                 for keys, options in indexes:
                     self._db[collection].create_index(keys, **options)
@@ -165,7 +179,7 @@ def resolve_url(settings: Settings) -> tuple[str, EmbeddedServer | None]:
     """The database URL for the settings, starting the embedded server if needed."""
     if settings.mongo_url:
         return settings.mongo_url, None
-    embedded = EmbeddedServer(settings.state_dir)
+    embedded = EmbeddedServer(settings.state_dir, settings.embedded_idle_stop_s)
     return embedded.ensure_running(), embedded
 
 

@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 # What may be followed, by the name callers use.
 KINDS = {"runs": schema.RUNS, "run_output": schema.RUN_OUTPUT}
 OPERATIONS = ("insert", "update", "replace")
-# After a stream fails (or where there is none), try to open one again this often.
+# Where there is no stream, try to open one again this often.
 RETRY_S = 30.0
+# After an open stream broke, the first try to open one again waits this long (then doubling up to RETRY_S).
+REOPEN_FIRST_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,17 @@ class Changes:
 
         ``on_state(True)`` is called when a stream is open, ``on_state(False)``
         when there is none or it broke: the caller should poll until the next
-        ``True``. A new stream is tried every ``retry_s`` seconds.
+        ``True``. Where no stream ever opened, a new one is tried every
+        ``retry_s`` seconds; after one broke (an outage, a restarted server)
+        sooner, from :data:`REOPEN_FIRST_S` doubling up to ``retry_s``, so
+        the feed is back soon after the database.
         """
-        streaming = False
+        opened_once = False
+        reopen_s = min(REOPEN_FIRST_S, retry_s)
         while not stop.is_set():
             stream = self.open(kind, max_await_ms=max_await_ms)
             if stream is not None:
-                streaming = True
+                opened_once, reopen_s = True, min(REOPEN_FIRST_S, retry_s)
                 if on_state:
                     on_state(True)
                 try:
@@ -126,12 +132,13 @@ class Changes:
                     return
                 except StoreError as exc:
                     logger.info("live updates: %s; polling", exc)
-            elif streaming:
-                logger.info("live updates: change stream on %s unavailable; polling", kind)
-            streaming = False
             if on_state:
                 on_state(False)
-            stop.wait(retry_s)
+            if opened_once:
+                stop.wait(reopen_s)
+                reopen_s = min(reopen_s * 2, retry_s)
+            else:
+                stop.wait(retry_s)
 
 
 def _deliver(on_change: Callable[[Change], None], change: Change) -> None:

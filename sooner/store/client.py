@@ -9,7 +9,7 @@ from typing import Any, Callable, TypeVar
 from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, ConfigurationError, ConnectionFailure, InvalidURI
 
-from sooner.errors import StoreError
+from sooner.errors import StoreError, StoreUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ class Retrier:
         self.first_delay_s = first_delay_s
         # Called before each retry; the embedded store uses it to restart a dead server.
         self.on_failure = on_failure
+        # Connection failures seen, retried or not: a caller can tell an outage happened during a call
+        # that succeeded in the end (the scheduler holds lease checks after one).
+        self.failures = 0
 
     def __call__(self, operation: Callable[[], T]) -> T:
         delay = self.first_delay_s
@@ -71,15 +74,19 @@ class Retrier:
             try:
                 return operation()
             except (AutoReconnect, ConnectionFailure) as exc:
+                self.failures += 1
                 if attempt == self.attempts:
-                    raise StoreError(f"cannot reach the database at {redact(self.url)} "
+                    raise StoreUnreachable(f"cannot reach the database at {redact(self.url)} "
                                      f"after {attempt} attempts: {_short(exc)}") from None
                 logger.warning("database at %s unreachable (attempt %d/%d, retrying in %.1fs): %s",
                                redact(self.url), attempt, self.attempts, delay, _short(exc))
                 time.sleep(delay)
                 delay = min(delay * 2.5, 5.0)
                 if self.on_failure:
-                    self.on_failure()
+                    try:
+                        self.on_failure()
+                    except StoreError as restart_failed:  # the embedded server did not come back (yet)
+                        logger.warning("%s", restart_failed)
         raise AssertionError("unreachable")
 
 

@@ -17,6 +17,15 @@ signalled. The server itself holds a lock on ``<data dir>/.lock`` for its
 life (:mod:`sooner.store.nx_server`), so two servers can never open one data
 directory even when ``db.json`` is corrupt or lost; the holder's record in
 that lock file is how such a server is found again.
+
+A server started on demand (:meth:`EmbeddedServer.ensure_running`) stops
+itself once no client has been connected for ``idle_stop_s`` (the
+``embedded_idle_stop_s`` setting), so a one-shot command leaves nothing
+running for long. ``ensure_running(keep=True)`` (``sooner up``, ``sooner db
+start``) writes the server's instance token into ``<site>/.sooner/db.keep``,
+which the server reads before stopping: that one runs until ``sooner db
+stop``. The token ties the request to one server: a keep file left behind
+(say by a killed ``sooner up``) keeps no later server alive.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ SLOW_ANSWER_S = 5.0  # how long a live server that does not answer ping gets bef
 # Start times are compared as seconds since boot (jiffies, 1/100 s): a wall-clock
 # step (NTP, a restored VM) moves psutil's epoch-based create_time but not this.
 START_TIME_SLACK_S = 0.05
+DEFAULT_IDLE_STOP_S = 600.0  # the embedded_idle_stop_s default
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class EmbeddedStatus:
     port: int | None
     data_dir: Path
     data_bytes: int
+    kept: bool = False  # asked to keep running (`sooner up`, `sooner db start`)
+    idle_stop_s: float | None = None  # an on-demand server's idle limit (None: never stops by itself)
 
     @property
     def url(self) -> str | None:
@@ -114,9 +126,11 @@ def is_server_command(cmdline: Sequence[str], data_dir: str, instance: str | Non
     return _option(args[3:], "--data-dir") == data_dir and _option(args[3:], "--instance") == instance
 
 
-def server_command(data_dir: str, port: int, instance: str, log_file: Path, pid_file: Path) -> list[str]:
+def server_command(data_dir: str, port: int, instance: str, log_file: Path, pid_file: Path,
+                   idle_stop_s: float = 0.0, keep_file: Path | None = None) -> list[str]:
     """The command line of the server process (what :func:`is_server_command` recognises)."""
-    return [sys.executable, "-m", SERVER_MODULE, "--instance", instance, "--data-dir", data_dir,
+    idle = ["--idle-stop-s", f"{idle_stop_s:g}"] + (["--keep-file", str(keep_file)] if keep_file else [])
+    return [sys.executable, "-m", SERVER_MODULE, "--instance", instance, "--data-dir", data_dir, *idle,
             "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_file), "--pid-file", str(pid_file)]
 
 
@@ -129,40 +143,58 @@ class _Live:
 
 
 class EmbeddedServer:
-    """Manage the nx-27017 server of one site (``state_dir`` = ``<site>/.sooner``)."""
+    """Manage the nx-27017 server of one site (``state_dir`` = ``<site>/.sooner``).
 
-    def __init__(self, state_dir: Path) -> None:
+    ``idle_stop_s`` is how long a server this starts on demand runs without
+    any client before it stops itself (0: never).
+    """
+
+    def __init__(self, state_dir: Path, idle_stop_s: float = DEFAULT_IDLE_STOP_S) -> None:
         self.state_dir = state_dir
+        self.idle_stop_s = idle_stop_s
+        self.keep_file = state_dir / "db.keep"
         self.data_dir = state_dir / "db"
         self.info_file = state_dir / "db.json"
         self.lock_file = state_dir / "db.lock"
         self.log_file = state_dir / "db.log"
         self.pid_file = state_dir / "db.pid"
+        self.port_file = state_dir / "db.port"  # the port servers of this site use, kept across restarts
         self.data_lock_file = self.data_dir / LOCK_NAME
         self._data_arg = os.path.realpath(self.data_dir)  # exactly what the server's command line carries
         self._reported: set[str] = set()
 
-    def ensure_running(self) -> str:
-        """Return the server's URL, starting it first if it is not answering."""
+    def ensure_running(self, *, keep: bool = False) -> str:
+        """Return the server's URL, starting it first if it is not answering.
+
+        With ``keep``, the server (found or started) no longer stops when idle.
+        """
         live = self._find()
-        if live and _answers(live.record.port):
+        if live and not keep and _answers(live.record.port):
             return live.record.url
         with self._locked():
             # Another process may have started it while we waited for the lock.
-            return self._adopt_or_start()
+            record = self._adopt_or_start()
+            if keep:
+                self._write_private(self.keep_file, record.instance or "")
+            return record.url
 
     def status(self) -> EmbeddedStatus:
         live = self._find()
         running = live is not None and _answers(live.record.port)
         size = sum(p.stat().st_size for p in self.data_dir.glob("*")) if self.data_dir.is_dir() else 0
-        pid, port = (live.record.pid, live.record.port) if live and running else (None, None)
-        return EmbeddedStatus(running, pid, port, self.data_dir, size)
+        if live is None or not running:
+            return EmbeddedStatus(False, None, None, self.data_dir, size)
+        kept = self._kept(live.record)
+        idle = _idle_stop_of(live.process)
+        return EmbeddedStatus(True, live.record.pid, live.record.port, self.data_dir, size, kept,
+                              idle if idle and not kept else None)
 
     def stop(self) -> bool:
         """Stop the server; returns False if none was running (a stale record is dropped, never signalled)."""
         with self._locked():
             live = self._find()
             self.info_file.unlink(missing_ok=True)
+            self.keep_file.unlink(missing_ok=True)
             if live is None:
                 return False
             _signal(live.process, "terminate")
@@ -172,14 +204,14 @@ class EmbeddedServer:
                 _wait_for(lambda: _gone(live.process), STOP_TIMEOUT_S)
             return True
 
-    def _adopt_or_start(self) -> str:
+    def _adopt_or_start(self) -> ServerRecord:
         """Under the start lock: use the verified server if it answers (it may only be slow), else replace it."""
         live = self._find()
         if live is not None:
             if _wait_for(lambda: _answers(live.record.port), SLOW_ANSWER_S):
                 if self._recorded() != live.record:
                     self._write_info(live.record)  # found through the data directory's lock: record it again
-                return live.record.url
+                return live.record
             logger.warning("embedded database pid %s does not answer; killing it", live.record.pid)
             _signal(live.process, "kill")
             # Its data-directory lock goes when it is gone (a zombie holds no files).
@@ -210,14 +242,16 @@ class EmbeddedServer:
                              f"({why}); it is not signalled")
         return process
 
-    def _start(self) -> str:
+    def _start(self) -> ServerRecord:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # nx-27017 refuses to start while its pid file names any live process; the
         # data-directory lock, not this file, is what keeps a second server out.
         self.pid_file.unlink(missing_ok=True)
+        self.keep_file.unlink(missing_ok=True)  # it named the server this one replaces
         port = self._next_port()
         instance = secrets.token_hex(16)
-        command = server_command(self._data_arg, port, instance, self.log_file, self.pid_file)
+        command = server_command(self._data_arg, port, instance, self.log_file, self.pid_file,
+                                 self.idle_stop_s, self.keep_file)
         logger.info("starting embedded database on port %s (%s)", port, self.data_dir)
         with open(self.log_file, "ab") as log:
             # A new session detaches the server from the caller (a git hook, a
@@ -225,8 +259,10 @@ class EmbeddedServer:
             # not wait for it because none of the push's pipes are inherited.
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True, close_fds=True)
+        record = ServerRecord(process.pid, port, instance, self._data_arg)
         try:
-            self._write_info(ServerRecord.of_process(process.pid, port, instance, self._data_arg))
+            record = ServerRecord.of_process(process.pid, port, instance, self._data_arg)
+            self._write_info(record)
         except psutil.Error:
             pass  # it died at once; the wait below reports it
         if not _wait_for(lambda: process.poll() is not None or _answers(port), START_TIMEOUT_S) or process.poll() is not None:
@@ -235,13 +271,26 @@ class EmbeddedServer:
                 process.kill()
             process.wait()
             raise StoreError(f"the embedded database did not start (see {self.log_file}): {_tail(self.log_file)}")
-        return f"mongodb://127.0.0.1:{port}"
+        return record
 
     def _next_port(self) -> int:
-        # Reuse the last port when it is free, so clients of a server that died
-        # reconnect to its replacement without being rebuilt.
+        # Reuse the last port when it is free, so clients of a server that died (a worker, the
+        # scheduler: their client cannot move to another port) reconnect to its replacement.
+        # ``db.port`` remembers it even when a failed start or a stale record dropped db.json.
         previous = self._recorded(quiet=True)
-        return previous.port if previous and _port_free(previous.port) else _free_port()
+        port = previous.port if previous else None
+        try:
+            port = int(self.port_file.read_text())
+        except (OSError, ValueError):
+            pass
+        # A server killed this instant leaves its port in use for a moment while the kernel closes it.
+        if port is None or not 1024 <= port <= 65535:
+            port = _free_port()
+        else:
+            last = port
+            port = last if _wait_for(lambda: _port_free(last), PORT_FREE_S) else _free_port()
+        self.port_file.write_text(f"{port}\n")
+        return port
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -276,6 +325,17 @@ class EmbeddedServer:
             return ServerRecord.parse(json.loads(self.data_lock_file.read_text()))
         except (OSError, ValueError):
             return None
+
+    def _kept(self, record: ServerRecord) -> bool:
+        try:
+            return bool(record.instance) and self.keep_file.read_text().strip() == record.instance
+        except OSError:
+            return False
+
+    def _write_private(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
     def _write_info(self, record: ServerRecord) -> None:
         tmp = self.info_file.with_suffix(".tmp")
@@ -331,6 +391,15 @@ def _gone(process: psutil.Process) -> bool:
         return True
 
 
+def _idle_stop_of(process: psutil.Process) -> float | None:
+    """The ``--idle-stop-s`` a verified server was started with (None if none or unreadable)."""
+    try:
+        value = _option(process.cmdline()[3:], "--idle-stop-s")
+        return float(value) if value is not None else None
+    except (psutil.Error, ValueError):
+        return None
+
+
 def _option(args: list[str], name: str) -> str | None:
     try:
         return args[args.index(name) + 1]
@@ -365,6 +434,9 @@ def _answers(port: int) -> bool:
         return False
     finally:
         client.close()
+
+
+PORT_FREE_S = 2.0  # how long a restart waits for the last server's port before it takes another
 
 
 def _free_port() -> int:

@@ -9,6 +9,16 @@ port, start time, the ``--instance`` token it was given), so a client whose
 ``db.json`` is lost or corrupt can still find and verify it
 (:mod:`sooner.store.embedded`).
 
+A server started on demand by a one-shot command stops itself when no client
+has been connected for ``--idle-stop-s`` seconds (:class:`IdleWatch`), unless
+``--keep-file`` holds its ``--instance`` token: ``sooner up`` and ``sooner db
+start`` write it, and ``0`` never stops. nx-27017 counts its client
+connections in ``NeoSQLiteHandler.increment_connections`` /
+``decrement_connections`` (one per socket, for the socket's whole life, so a
+PyMongo client's monitor connection counts while the client is open); the
+watch hooks those two methods. Stopping is the same SIGTERM that ``sooner db
+stop`` sends, so the server shuts down the same way.
+
 nx-27017 0.8.1 (neosqlite 1.17) stores a datetime given to ``$set`` on an
 existing document as a *string* when it takes its SQL fast path (sqlite3's
 default datetime adapter), while inserts and its Python update path keep
@@ -25,12 +35,17 @@ import datetime
 import fcntl
 import json
 import os
+import signal
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 # Defined beside the clients: this module runs as __main__, so if the client
 # module imported it, it would be imported twice in the server (runpy warns).
 from sooner.store.embedded import EXIT_DATA_DIR_IN_USE, LOCK_NAME
+
+FIRST_CLIENT_GRACE_S = 30.0  # longer than a client waits for a server to start (embedded.START_TIMEOUT_S)
 
 
 def _has_datetime(value: Any) -> bool:
@@ -98,6 +113,97 @@ def own_record(data_dir: str, port: int, instance: str) -> dict[str, Any]:
             "instance": instance, "data_dir": data_dir}
 
 
+class IdleWatch:
+    """How long the server has had no client connection, and whether that is long enough to stop.
+
+    ``keep_file`` holding ``instance`` means someone asked for this server to
+    keep running (``sooner up``, ``sooner db start``); ``idle_stop_s`` 0 never
+    stops.
+    """
+
+    def __init__(self, idle_stop_s: float, keep_file: str | None, instance: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_stop_s = idle_stop_s
+        self.keep_file = keep_file
+        self.instance = instance
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._connections = 0
+        self._idle_since = clock()
+        self._seen_client = False
+
+    def opened(self) -> None:
+        with self._lock:
+            self._connections += 1
+            self._seen_client = True
+
+    def closed(self) -> None:
+        with self._lock:
+            self._connections = max(0, self._connections - 1)
+            if self._connections == 0:
+                self._idle_since = self.clock()
+
+    def idle_for(self) -> float:
+        """Seconds since the last client disconnected (0 while one is connected)."""
+        with self._lock:
+            return 0.0 if self._connections else self.clock() - self._idle_since
+
+    def kept(self) -> bool:
+        if not self.keep_file:
+            return False
+        try:
+            with open(self.keep_file) as handle:
+                return handle.read().strip() == self.instance
+        except OSError:
+            return False
+
+    def should_stop(self) -> bool:
+        # Until the command that started it has connected, the server may still be
+        # opening its databases: a short idle limit must not stop it under that command.
+        limit = self.idle_stop_s if self._seen_client else max(self.idle_stop_s, FIRST_CLIENT_GRACE_S)
+        return self.idle_stop_s > 0 and self.idle_for() >= limit and not self.kept()
+
+    def check_every_s(self) -> float:
+        return min(max(self.idle_stop_s / 4, 0.05), 5.0)
+
+
+def watch_connections(watch: IdleWatch) -> None:
+    """Count nx-27017's client connections into ``watch``."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    increment, decrement = NeoSQLiteHandler.increment_connections, NeoSQLiteHandler.decrement_connections
+
+    def opened(self: Any) -> None:
+        increment(self)
+        watch.opened()
+
+    def closed(self: Any) -> None:
+        decrement(self)
+        watch.closed()
+
+    NeoSQLiteHandler.increment_connections = opened  # type: ignore[method-assign]
+    NeoSQLiteHandler.decrement_connections = closed  # type: ignore[method-assign]
+
+
+def stop_when_idle(watch: IdleWatch) -> threading.Thread | None:
+    """A daemon thread that SIGTERMs this process once ``watch`` says so (None when it never would)."""
+    if watch.idle_stop_s <= 0:
+        return None
+
+    def run() -> None:
+        while True:
+            time.sleep(watch.check_every_s())
+            if watch.should_stop():
+                print(f"sooner.store.nx_server: no client for {watch.idle_stop_s:g} s; stopping "
+                      f"(started on demand; `sooner db start` keeps it running)", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)  # nx-27017's handler exits cleanly, as on `sooner db stop`
+                return
+
+    thread = threading.Thread(target=run, name="sooner-idle-stop", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     import logging
 
@@ -105,13 +211,18 @@ def main() -> None:
     parser.add_argument("--instance", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--idle-stop-s", type=float, default=0.0)
+    parser.add_argument("--keep-file")
     ours, rest = parser.parse_known_args()
     data_dir = os.path.abspath(ours.data_dir)
     lock = hold_data_dir(data_dir, own_record(data_dir, ours.port, ours.instance))
-    # nx-27017 parses sys.argv itself and knows no --instance; the token only has
-    # to be on this process's command line, where clients verify it.
+    # nx-27017 parses sys.argv itself and knows none of the options above; the
+    # token only has to be on this process's command line, where clients verify it.
     sys.argv = [sys.argv[0], *rest, "--data-dir", data_dir, "--port", str(ours.port)]
     patch_date_updates()
+    watch = IdleWatch(ours.idle_stop_s, ours.keep_file, ours.instance)
+    watch_connections(watch)
+    stop_when_idle(watch)
     # nx-27017 logs every ping at INFO into <site>/.sooner/db.log; keep the log
     # to what someone would want to read (warnings and errors).
     logging.getLogger("nx_27017").setLevel(logging.WARNING)

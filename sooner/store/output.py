@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from sooner.store import schema
+from sooner.store.retention import prune_by_age
 
 if TYPE_CHECKING:
     from sooner.config import Settings
@@ -106,18 +107,7 @@ class OutputRepo:
         Oldest first, ``batch`` at a time. A chunk without a date (never written
         by Sooner) counts as old. Runs' documents are kept.
         """
-        # Found through the index on t and deleted by _id: a range filter on t is a whole-collection scan
-        # on the embedded server (118 ms at 100,000 chunks), a sort on it with a limit is not (under 1 ms).
-        removed = 0
-        while True:
-            docs = self.store.retry(lambda: list(self.collection.find({}, {"_id": 1, "t": 1}).sort("t", 1)
-                                                 .limit(batch)))
-            old = [doc["_id"] for doc in docs if not isinstance(doc.get("t"), datetime) or doc["t"] < older_than]
-            if old:
-                self.store.retry(lambda: self.collection.delete_many({"_id": {"$in": old}}))
-                removed += len(old)
-            if len(old) < batch:
-                return removed
+        return prune_by_age(self.store, self.collection, "t", older_than, batch=batch)
 
     def prune_expired(self, now: datetime) -> int:
         """Apply the retention: :meth:`prune` what is older than it, at most once per :data:`PRUNE_EVERY`.

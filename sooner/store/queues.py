@@ -34,6 +34,8 @@ QUERY_BUDGET_S = 2.0  # a browsing query gives up after this (a slow filter on a
 MAX_DATA_INDEXES = 6  # single-field indexes on data.<key> per queue, created for sorting
 SEARCH_WINDOW = 20_000  # a search reads at most this many entries of the view per text column
 ESTIMATE_MAX_AGE_S = 30.0
+EXACT_SIZE_BELOW = 1000  # a queue whose estimate is at most this is counted exactly (a $count of ≤ 1,001 entries)
+EXACT_SIZE_MAX_AGE_S = 2.0
 UNINDEXABLE_MAX_AGE_S = 300.0  # how long a refused index on a field is not asked for again
 
 # No '-': the embedded nx-27017 server refuses collection names with one, and a
@@ -214,6 +216,23 @@ class Queue:
         """The collection's size from its metadata (cached for ``max_age_s``): for "≈ N entries"."""
         return self.store.queues.cached(("estimate", self.name), max_age_s,
                                         lambda: self.store.retry(self.collection.estimated_document_count))
+
+    def size(self, exact_below: int = EXACT_SIZE_BELOW) -> tuple[int, bool]:
+        """How many entries the queue holds, and whether that is exact: for the UI's "30" or "≈ 2,000,000".
+
+        A queue whose estimate is at most ``exact_below`` is counted (capped, so a queue
+        that grew meanwhile costs no more); a bigger one, or a count over its time
+        budget, gives the estimate.
+        """
+        estimate = self.estimated_count()
+        if estimate > exact_below:
+            return estimate, False
+        try:
+            counted = self.store.queues.cached(("exact", self.name), EXACT_SIZE_MAX_AGE_S,
+                                               lambda: self.count({}, cap=exact_below))
+        except QueueQueryTimeout:
+            return estimate, False
+        return (counted, True) if counted <= exact_below else (max(estimate, counted), False)
 
     def indexed_fields(self, max_age_s: float = 5.0) -> set[str]:
         """Fields with a single-field index (sorts are fast only on those on the embedded server)."""

@@ -29,10 +29,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # What a run's status line needs (the live hub, the dashboard, run_summary).
-SUMMARY_FIELDS = ("job", "status", "worker", "progress", "queued_at", "started_at", "finished_at", "duration_s",
+SUMMARY_FIELDS = ("job", "number", "status", "worker", "progress", "queued_at", "started_at", "finished_at", "duration_s",
                   "exit_code", "note", "cancel_requested")
+# What a chain of attempts shows of each (store.reads.chain), and at most how many.
+CHAIN_FIELDS = (*SUMMARY_FIELDS, "attempt", "chain", "next_attempt", "failed_view", "trigger")
+CHAIN_LIMIT = 200
 # What the jobs page's last-run and success-rate columns need.
-STATS_FIELDS = ("job", "status", "queued_at", "duration_s")
+STATS_FIELDS = ("job", "number", "status", "queued_at", "duration_s")
+# What the dead man's switch needs of a tick's run (sooner.model.missed.job_alert), and how many queued
+# (and waiting) runs it looks at, newest first.
+TICK_RUN_FIELDS = {"job": 1, "status": 1, "scheduled_for": 1, "fire_kind": 1, "target": 1, "queued_at": 1}
+UNSTARTED_LIMIT = 5000
 # Runs as list pages show them: everything but the (possibly large) data.
 WITHOUT_DATA = {"data": 0}
 # A job's history: neither data nor long trigger messages.
@@ -48,6 +55,8 @@ FIRST_BATCH = 8
 MAX_BATCH = 512
 # What a chunk's JSON carries besides its text: {"seq": …, "stream": "stdout", "text": …}.
 CHUNK_JSON_BYTES = 48
+# A page of the events one run emitted (the run page, `sooner logs`, the API) holds at most this many.
+EMITTED_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,19 @@ class OutputPage:
     chunks: list[dict]
     more: bool
     next_after: int
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """Events one run emitted, oldest first, and the runs they started (status lines, by id).
+
+    ``more``: later events exist, read them with ``offset=next_offset``.
+    """
+
+    events: list[dict]
+    runs: dict[str, Run]
+    more: bool
+    next_offset: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,47 @@ class Reads:
     def run_statuses(self, ids: Iterable[str]) -> list[Run]:
         """The status lines (:data:`SUMMARY_FIELDS`) of the runs with these ids that exist."""
         return list(self.runs_by_id(ids, SUMMARY_FIELDS).values())
+
+    def chain(self, run: Run, limit: int = CHAIN_LIMIT) -> list[Run]:
+        """Every attempt of ``run``'s chain (its first attempt and all retries), first attempt first.
+
+        Status lines (:data:`SUMMARY_FIELDS`) plus ``attempt``, ``chain``, ``next_attempt``,
+        ``failed_view`` and ``trigger``; at most ``limit``. A run from before chains existed
+        is a chain of its own.
+        """
+        root = run.chain_root
+        found = {r.id: r for r in self._find_runs({"chain": root}, _projection(CHAIN_FIELDS), limit=limit)}
+        if root not in found:  # a first attempt stored before runs carried ``chain``
+            found.update(self.runs_by_id([root], CHAIN_FIELDS))
+        found.setdefault(run.id, run)
+        return sorted(found.values(), key=lambda r: (r.attempt, r.id))[:limit]
+
+    def unstarted_tick_runs(self, fire_kind: str, *, limit: int = UNSTARTED_LIMIT) -> dict[tuple[str, datetime], Run]:
+        """Queued and waiting runs fired for a tick by a time trigger of ``fire_kind``, by (job, ``scheduled_for``).
+
+        What the dead man's switch asks of every scheduled job at once: the
+        fired ticks no worker took yet. One equality on ``status`` per status
+        (its index; the embedded server scans for a date equality), newest
+        first, at most ``limit`` each.
+        """
+        found: dict[tuple[str, datetime], Run] = {}
+        for status in (RunStatus.QUEUED, RunStatus.WAITING):
+            docs = self.store.retry(lambda: list(self._runs.find(
+                {"status": status.value}, dict(TICK_RUN_FIELDS), sort=[("queued_at", -1)], limit=limit)))
+            for doc in docs:
+                if doc.get("fire_kind") == fire_kind and isinstance(doc.get("scheduled_for"), datetime):
+                    found.setdefault((doc.get("job") or "", doc["scheduled_for"]), Run.from_doc(doc))
+        return found
+
+    def tick_run(self, job: str, moment: datetime, fire_kind: str) -> Run | None:
+        """The run fired for ``job``'s tick at ``moment`` by a time trigger of ``fire_kind``, if there is one.
+
+        A date equality, which the embedded server answers with a scan: for
+        rare questions only (the scheduler asks when overlap=skip drops a fire).
+        """
+        doc = self.store.retry(lambda: self._runs.find_one(
+            {"job": job, "scheduled_for": moment, "fire_kind": fire_kind}, dict(TICK_RUN_FIELDS)))
+        return Run.from_doc(doc) if doc else None
 
     def dashboard_runs(self, *, running: int = 100, queued: int = 20, recent: int = 15) -> DashboardRuns:
         """What the dashboard shows: running runs, the oldest queued ones and the newest runs."""
@@ -212,6 +275,20 @@ class Reads:
         """A page of events (named ``name`` if given), newest first by ``t``; see :meth:`EventRepo.list`."""
         events = self.store.events.list(name=name, before=before_t, limit=limit + 1)
         return _page(events, limit, "t")
+
+    def emitted_events(self, run_id: str, *, offset: int = 0, limit: int = EMITTED_PAGE) -> Emitted:
+        """The events run ``run_id`` emitted (``source.run``; see :meth:`EventRepo.emitted_by`), from ``offset`` on.
+
+        At most ``limit``, oldest first, with the status lines (:data:`SUMMARY_FIELDS`)
+        of the runs each one started; an event's ``note`` says why it started none
+        (the chain depth limit).
+        """
+        offset = max(0, offset)
+        events = self.store.events.emitted_by(run_id, offset=offset, limit=limit + 1)
+        more = len(events) > limit
+        events = events[:limit]
+        started = self.runs_by_id((rid for event in events for rid in event.get("runs") or []), SUMMARY_FIELDS)
+        return Emitted(events, started, more, offset + len(events))
 
     def deploys_page(self, *, before: datetime | None = None, limit: int = 50) -> Page[dict]:
         """A page of deploys, newest first by ``time``; ``before`` pages back (deploys strictly older)."""

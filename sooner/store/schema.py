@@ -10,7 +10,7 @@ from __future__ import annotations
 from pymongo import ASCENDING, DESCENDING
 
 # Bump when INDEXES change, so existing databases get the new indexes.
-VERSION = 5
+VERSION = 10
 
 META = "sooner_meta"
 JOBS = "jobs"
@@ -24,6 +24,10 @@ WORKERS = "workers"
 USERS = "users"
 TOKENS = "tokens"
 SESSIONS = "sessions"
+MISSED_TICKS = "missed_ticks"
+COUNTERS = "counters"
+HOOKS = "hooks"
+HOOK_DELIVERIES = "hook_deliveries"
 QUEUE_PREFIX = "queue_"
 
 # collection -> list of (keys, options)
@@ -49,16 +53,38 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
         ([("job", ASCENDING), ("scheduled_for", ASCENDING), ("fire_kind", ASCENDING)],
          {"unique": True, "partialFilterExpression": {"scheduled_for": {"$type": "date"}},
           "name": "one_run_per_fire"}),
+        # Attempt chains (store.reads.chain: one equality on chain) and the Failed view (store.failed:
+        # one equality on failed_view, set only while a run is in the view).
+        ([("chain", ASCENDING)], {}),
+        ([("failed_view", ASCENDING)], {}),
+        # Dedupe keys (RunRepo.insert_holding_key): at most one run of a job holds a key. Only runs
+        # that hold one have the field (a missing field is distinct on nx-27017, excluded by the
+        # filter on MongoDB); the key alone is indexed too, for the embedded server's lookups.
+        ([("job", ASCENDING), ("dedupe_key", ASCENDING)],
+         {"unique": True, "partialFilterExpression": {"dedupe_key": {"$exists": True}}, "name": "one_run_per_key"}),
+        ([("dedupe_key", ASCENDING)], {}),
+        # Run numbers (hello.sh#42, store.counters): one run per (job, number). Runs stored before numbers
+        # have none until Counters.number_old_runs gives them one (distinct on nx-27017, excluded on MongoDB).
+        ([("job", ASCENDING), ("number", ASCENDING)],
+         {"unique": True, "partialFilterExpression": {"number": {"$exists": True}}, "name": "one_run_number"}),
     ],
     # run alone too: the embedded server uses only single-field indexes for equality filters, and
     # without it a page of one run's output took 110 ms at 100,000 chunks (3 ms with it).
     RUN_OUTPUT: [([("run", ASCENDING), ("seq", ASCENDING)], {"unique": True}), ([("run", ASCENDING)], {})],
-    EVENTS: [([("t", DESCENDING)], {}), ([("name", ASCENDING)], {})],
+    # source.run: what a run emitted (store.reads.emitted_events), one equality on the emitting run's id.
+    EVENTS: [([("t", DESCENDING)], {}), ([("name", ASCENDING)], {}), ([("source.run", ASCENDING)], {})],
     WORKERS: [([("heartbeat_at", DESCENDING)], {})],
     TOKENS: [([("user", ASCENDING)], {})],
     # Web sessions: found by _id (the hash of the cookie's id), ended together by user; the
     # database deletes each once past its absolute expiry (the web checks both lifetimes itself).
     SESSIONS: [([("user", ASCENDING)], {}), ([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
+    # Missed ticks: a job's page lists them by scheduled_for (job and sort key each indexed alone, for
+    # the embedded server); the dead man's switch asks by scheduled_for; retention prunes by recorded_at.
+    MISSED_TICKS: [([("job", ASCENDING)], {}), ([("scheduled_for", DESCENDING)], {}),
+                   ([("recorded_at", ASCENDING)], {})],
+    # Webhook delivery log (store.deliveries): a hook's newest attempts (hook and sort key each alone);
+    # an accepted delivery's _id is <hook>/<delivery id>, so the unique _id makes duplicates one run.
+    HOOK_DELIVERIES: [([("hook", ASCENDING)], {}), ([("t", DESCENDING)], {})],
 }
 
 # run_output's index on t (retention): its options follow the output_retention_days setting, so

@@ -13,7 +13,7 @@ import builtins
 import functools
 import re
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pymongo.errors import DuplicateKeyError
 
 from sooner.errors import AuthError, SoonerError
+from sooner.model.token import InvalidTokenSetting, TokenGrant, TokenScope, validate_job_glob
 from sooner.store import schema
 
 if TYPE_CHECKING:
@@ -149,7 +150,8 @@ class UserRepo:
 
 
 class TokenRepo:
-    """API tokens: ``_id`` (16 hex), ``user``, ``name``, ``hash``, ``created_at``, ``last_used_at``.
+    """API tokens: ``_id`` (16 hex), ``user``, ``name``, ``hash``, ``created_at``, ``last_used_at``,
+    ``last_used_address``, ``scope`` (read/run/admin; missing = admin), ``job`` (a glob, scope run), ``expires_at``.
 
     The token text is never stored; revoking deletes the document.
     """
@@ -161,13 +163,24 @@ class TokenRepo:
         self.store = store
         self.collection = store.collection(schema.TOKENS)
 
-    def create(self, user: str, name: str = "", *, now: datetime | None = None) -> tuple[str, dict]:
-        """Make a token for ``user``; returns (the token text, shown only now; its document)."""
+    def create(self, user: str, name: str = "", *, now: datetime | None = None, scope: TokenScope | None = None,
+               job_glob: str | None = None, expires_in: timedelta | None = None) -> tuple[str, dict]:
+        """Make a token for ``user``; returns (the token text, shown only now; its document).
+
+        ``scope`` (default admin: all the user's role allows), ``job_glob`` and ``expires_in`` are
+        :mod:`sooner.model.token`'s; a job glob needs scope ``run``.
+        """
         if self.store.users.get(user) is None:
             raise UserNotFound(user)
+        if job_glob is not None and scope is not TokenScope.RUN:
+            raise InvalidTokenSetting("job", "a job glob needs scope 'run'")
+        now = now or self.store.clock.now()
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         document = {"_id": token_id, "user": user, "name": name[:100], "hash": _token_hasher.hash(secret),
-                    "created_at": now or self.store.clock.now(), "last_used_at": None}
+                    "created_at": now, "last_used_at": None, "last_used_address": None,
+                    "scope": (scope or TokenScope.ADMIN).value,
+                    "job": validate_job_glob(job_glob) if job_glob is not None else None,
+                    "expires_at": now + expires_in if expires_in is not None else None}
         self.store.retry(lambda: self.collection.insert_one(document))
         return f"sooner_{token_id}_{secret}", document
 
@@ -186,8 +199,12 @@ class TokenRepo:
     def remove_for_user(self, user: str) -> None:
         self.store.retry(lambda: self.collection.delete_many({"user": user}))
 
-    def authenticate(self, token: str, now: datetime | None = None) -> dict:
-        """The user owning a valid token, else AuthError."""
+    def authenticate(self, token: str, now: datetime | None = None, *, address: str | None = None) -> dict:
+        """The user owning a valid, unexpired token, else AuthError; the user's ``token`` is its
+        :class:`~sooner.model.token.TokenGrant` as a dict (``TokenGrant.from_doc`` reads it back).
+
+        Records ``last_used_at`` and ``last_used_address`` at most once a minute per token.
+        """
         match = _TOKEN.match(token or "")
         document = self.store.retry(lambda: self.collection.find_one({"_id": match.group(1)})) if match else None
         try:
@@ -199,9 +216,14 @@ class TokenRepo:
         if document is None or user is None:
             raise AuthError("invalid API token")
         now = now or self.store.clock.now()
+        grant = TokenGrant.from_doc(document)
+        if grant.expired(now):
+            raise AuthError(f"API token {grant.id} expired at {grant.expires_at:%Y-%m-%d %H:%M} UTC")
         last = document.get("last_used_at")
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=timezone.utc)
         if last is None or (now - last).total_seconds() > self.LAST_USED_RESOLUTION_S:
-            self.store.retry(lambda: self.collection.update_one({"_id": document["_id"]},
-                                                                {"$set": {"last_used_at": now}}))
-        return user
+            fields = {"last_used_at": now, "last_used_address": (address or "")[:64] or None}
+            self.store.retry(lambda: self.collection.update_one({"_id": document["_id"]}, {"$set": fields}))
+        return {**user, "token": grant.to_doc()}
 

@@ -3,7 +3,8 @@
 ``create_app(settings, store=None)`` returns ``(app, socketio)``;
 :func:`sooner.webapp.server.serve` runs them with gunicorn. Blueprints:
 ``auth`` (login, account, tokens), ``views`` (dashboard, workers, events,
-deploys), ``jobs``, ``runs``, ``api`` and, when present, ``queues`` (module
+deploys), ``jobs``, ``runs``, ``api``, ``v1`` (the versioned REST API, :mod:`sooner.webapp.v1`), ``failed`` (the Failed view, page and API), ``hooks``/``signed``/``badges`` (webhooks, signed trigger URLs,
+badges: no session, see ``auth.PUBLIC_ENDPOINTS``) and, when present, ``queues`` (module
 ``sooner.webapp.queues`` exposing ``bp``; it finds shared helpers in
 :mod:`sooner.webapp.context`, extends ``base.html`` and may add
 ``static/queues.css``/``queues.js`` through the ``head``/``scripts`` blocks).
@@ -67,7 +68,7 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
     ``hub.tick()`` themselves.
     """
     from sooner.runs.service import RunService
-    from sooner.webapp import api, auth, errors, formatting, jobs, live as live_module, runs, views
+    from sooner.webapp import api, auth, errors, failed, formatting, jobs, live as live_module, live_socket, runs, views
     from sooner.webapp.context import EXTENSION, WebState
     from sooner.webapp.stats import FireCache, RunStats
 
@@ -99,8 +100,17 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
     formatting.register(app)
     errors.register(app)
     auth.register(app)
-    for module in (views, jobs, runs, api):
+    for module in (views, jobs, runs, api, failed):
         app.register_blueprint(module.bp)
+    from sooner.webapp import badges, hooks, signed
+
+    for module in (hooks, signed, badges):  # webhooks, signed trigger URLs, status badges: no session needed
+        app.register_blueprint(module.bp)
+    app.register_blueprint(failed.api_bp)
+    from sooner.webapp import admin_users, v1
+
+    v1.register(app)
+    app.register_blueprint(admin_users.bp)
     app.jinja_env.globals.update(version=__version__, has_queues=_register_optional(app, "queues"))
     app.after_request(_security_headers)
 
@@ -109,7 +119,7 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
     hub = live_module.LiveHub(socketio, store, settings)
     hub.autostart = live  # type: ignore[attr-defined]
     state.hub = hub
-    live_module.register(socketio, hub)
+    live_socket.register(socketio, hub)
     hops = trusted_proxies if trusted_proxies is not None else int(getattr(settings, "web_trusted_proxies", 0) or 0)
     if hops > 0:
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -2,8 +2,11 @@
 
 Every request except the login page, ``/healthz`` and static files needs a
 user. ``/api/`` clients prove who they are with an ``Authorization: Bearer``
-token and nothing else, so cookies never authorise API calls, and those calls
-need no CSRF token. Browsers use a session cookie (HttpOnly, SameSite=Lax,
+token, and those calls need no CSRF token. A token's scope (:mod:`sooner.model.token`)
+narrows its user's role: :func:`token_denial` is the check, called for ``/api`` here and by
+each ``/api/v1`` view. Cookies never authorise ``/api`` calls; ``/api/v1`` also accepts the
+signed-in session (for the UI), and then state changes need the CSRF token as any form does.
+Socket.IO connections may send the same token (:func:`check_token`, see :mod:`sooner.webapp.live_socket`). Browsers use a session cookie (HttpOnly, SameSite=Lax,
 Secure when the request came over https). Every other state-changing request
 must carry the session's CSRF token, in a ``csrf_token`` form field or an
 ``X-CSRF-Token`` header.
@@ -28,6 +31,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass
+from typing import Iterable
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, flash, g, redirect, render_template, request, session, url_for)
@@ -35,6 +39,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 
 from sooner.errors import AuthError, SoonerError
+from sooner.model.token import ApiAction, InvalidTokenSetting, TokenGrant, TokenScope, parse_expiry
 from sooner.webapp.context import current_user, json_error, user_name, wants_json, web_state, web_store
 from sooner.webapp.errors import error_response
 from sooner.webapp.throttle import AuthThrottle
@@ -43,7 +48,9 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
-PUBLIC_ENDPOINTS = {"auth.login", "static", "views.health"}
+# Signed requests (webhooks, signed trigger URLs) need no session or CSRF token; badges check the
+# job's public_badge setting themselves.
+PUBLIC_ENDPOINTS = {"auth.login", "static", "views.health", "hooks.receive", "signed.trigger", "badges.badge"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -140,11 +147,12 @@ def load_user() -> None:
     """Set ``g.user`` from a Bearer token (``/api/``) or the session cookie (everything else)."""
     g.user = g.web_session = g.auth_error = g.retry_after = None
     if request.path.startswith("/api/"):
-        header = request.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer ":
-            _authenticate_token(header[7:].strip())
-        return
-    found = live_session()
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is not None:
+            _authenticate_token(token)
+        if token is not None or not request.path.startswith("/api/v1/") or "Authorization" in request.headers:
+            return
+    found = live_session()  # /api/v1 also serves the signed-in UI (with CSRF on state changes)
     if found is not None:
         g.web_session, user = found
         g.user = _public_user(user)
@@ -153,20 +161,35 @@ def load_user() -> None:
 
 
 def _authenticate_token(token: str) -> None:
+    outcome = check_token(token)
+    if isinstance(outcome, Refusal):
+        g.auth_error, g.retry_after = outcome.message, outcome.wait
+    else:
+        g.user = outcome
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None for any other header."""
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+def check_token(token: str) -> dict | Refusal:
+    """The API token's user (without its hash), else a :class:`Refusal`: 401 invalid, 429 throttled or busy.
+
+    The one token check of the REST API and the Socket.IO channel: invalid tokens back off per address.
+    """
     throttle, address = web_throttle(), client_address()
-    wait = throttle.token_wait(address)
-    if wait > 0:
-        g.auth_error, g.retry_after = f"too many invalid API tokens from this address: try again in " \
-                                      f"{retry_after(wait)} s", wait
-        return
+    if (wait := throttle.token_wait(address)) > 0:
+        return Refusal(429, f"too many invalid API tokens from this address: try again in {retry_after(wait)} s", wait)
     if not throttle.token_slots.try_acquire():
-        g.auth_error, g.retry_after = "the server is busy checking other API tokens: try again in a second", 1.0
-        return
+        return Refusal(429, "the server is busy checking other API tokens: try again in a second", 1.0)
     try:
-        g.user = _public_user(web_store().tokens.authenticate(token))
+        return _public_user(web_store().tokens.authenticate(token, address=address))
     except AuthError as exc:
         throttle.token_failed(address)
-        g.auth_error = str(exc)
+        return Refusal(401, str(exc))
     finally:
         throttle.token_slots.release()
 
@@ -178,12 +201,42 @@ def guard() -> ResponseReturnValue | None:
     if request.path.startswith("/api/"):
         if current_user() is None:
             return _api_refusal()
-        return None
+        if g.web_session is not None:
+            return _check_csrf()
+        return None if request.path.startswith("/api/v1/") else _old_api_scope_refusal()
     if current_user() is None:
         if wants_json():
             return json_error(401, "sign in first")
         return redirect(url_for("auth.login", next=_next_target()))
     return _check_csrf()
+
+
+def token_denial(action: ApiAction, jobs: Iterable[str] = ()) -> str | None:
+    """Why the request's API token may not do ``action`` on ``jobs`` (:meth:`TokenGrant.denial`), else None.
+
+    None for requests without a token (signed-in sessions): their role alone decides.
+    """
+    user = current_user()
+    grant = user.get("token") if user else None
+    return TokenGrant.from_doc(grant).denial(action, jobs) if grant else None
+
+
+def _old_api_scope_refusal() -> ResponseReturnValue | None:
+    """The token scope check of the ``/api`` endpoints (``/api/v1`` views call :func:`token_denial` themselves)."""
+    if request.method in SAFE_METHODS:
+        return None
+    args, store = request.view_args or {}, web_store()
+    jobs: list[str] = []
+    if request.endpoint == "api.start_run":
+        action, jobs = ApiAction.RUN, [args.get("name", "")]
+    elif request.endpoint == "api.cancel":
+        action, jobs = ApiAction.RUN, [store.runs.get(args.get("run_id", "")).job]
+    elif request.endpoint == "api.emit_event":
+        action, jobs = ApiAction.RUN, [job.name for job in store.jobs.with_hook(args.get("name", ""))]
+    else:
+        action = ApiAction.ADMIN
+    denial = token_denial(action, jobs)
+    return json_error(403, denial) if denial else None
 
 
 def _api_refusal() -> ResponseReturnValue:
@@ -296,7 +349,14 @@ def account() -> ResponseReturnValue:
 @bp.post("/account/tokens")
 def create_token() -> ResponseReturnValue:
     name = request.form.get("name", "").strip()[:100]
-    token, _ = web_store().tokens.create(user_name(), name)
+    glob, expires = request.form.get("job", "").strip(), request.form.get("expires", "").strip()
+    try:
+        scope = TokenScope.parse(request.form.get("scope") or "admin")
+        token, _ = web_store().tokens.create(user_name(), name, scope=scope, job_glob=glob or None,
+                                             expires_in=parse_expiry(expires) if expires else None)
+    except InvalidTokenSetting as exc:
+        tokens = web_store().tokens.list(user_name())
+        return render_template("account.html", tokens=tokens, new_token=None, token_error=str(exc)), 400
     tokens = web_store().tokens.list(user_name())
     # Shown once, in this response only; never stored in the session.
     response = render_template("account.html", tokens=tokens, new_token=token)

@@ -99,7 +99,15 @@ def wants_json() -> bool:
 
 
 def json_error(status: int, message: str, **extra: Any) -> Response:
-    response = jsonify({"error": message, **extra})
+    """``{"error": message, …extra}``; under ``/api/v1`` the versioned envelope
+    ``{"error": {"code", "message", "details"}}`` (``details`` = ``extra``)."""
+    if request.path.startswith("/api/v1/"):
+        from werkzeug.http import HTTP_STATUS_CODES
+
+        code = HTTP_STATUS_CODES.get(status, "error").lower().replace(" ", "_").replace("'", "")
+        response = jsonify({"error": {"code": code, "message": message, "details": extra.get("details") or extra}})
+    else:
+        response = jsonify({"error": message, **extra})
     response.status_code = status
     return response
 

@@ -7,6 +7,7 @@ Runs describe themselves: templates call ``run.trigger.describe()`` and
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -54,6 +55,13 @@ def percent(progress: Progress | Mapping[str, Any] | None) -> float | None:
     if progress is not None and not isinstance(progress, Progress):
         progress = Progress.from_doc(progress)
     return progress.percent if progress is not None else None
+
+
+def author_name(author: str | None) -> str:
+    """A git author as pages show it: ``Ada <ada@example.org>`` is ``Ada``; a bare address stays whole."""
+    text = (author or "").strip()
+    name = re.sub(r"\s*<[^<>]*>$", "", text).strip()
+    return name or text.strip("<>") or "?"
 
 
 def status_name(status: Any) -> str:

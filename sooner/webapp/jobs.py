@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import available_timezones
 
@@ -18,8 +18,9 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from sooner.errors import ScheduleError, SoonerError
-from sooner.model import Job, ManualTrigger, Missed, Overlap, Run
+from sooner.model import Job, ManualTrigger, Missed, Overlap, RetryPolicy, Run
 from sooner.model.job_settings import InvalidJobSetting, settings_changes
+from sooner.scheduling.alerts import job_alerts
 from sooner.webapp.context import (admin_required, json_error, user_name, wants_json, web_now, web_runs, web_state,
                                    web_store)
 from sooner.webapp.stats import JobRunStats, describe_schedule
@@ -28,6 +29,8 @@ bp = Blueprint("jobs", __name__)
 
 FILTERS = ("all", "enabled", "disabled", "new", "failing", "deleted")
 HISTORY = 50
+MISSED_PAGE = 20  # missed-tick records per page of a job's page
+BACKOFF_FIELDS = ("backoff_base_s", "backoff_factor", "max_backoff_s", "jitter")
 MAX_SOURCE_BYTES = 512 * 1024
 MAX_DATA_CHARS = 1024 * 1024
 _TIMEZONES: list[str] = []
@@ -51,9 +54,11 @@ def index() -> ResponseReturnValue:
         jobs = [j for j in jobs if needle in j.name.lower()]
     stats = state.stats.get(j.name for j in jobs)
     now = web_now()
+    alerts = job_alerts(state.store, jobs, now)
     rows = []
     for job in jobs:
-        row: dict[str, Any] = {"job": job, "stats": stats[job.name], "next": None, "description": None}
+        row: dict[str, Any] = {"job": job, "stats": stats[job.name], "next": None, "description": None,
+                               "alert": alerts[job.name]}
         if not _matches(show, job, row["stats"]):
             continue
         if job.schedule:
@@ -86,12 +91,22 @@ def _render_detail(job: Job, *, form: dict | None = None, errors: dict | None = 
                    status: int = 200) -> ResponseReturnValue:
     history = web_store().reads.job_history(job.name, HISTORY)
     now = web_now()
-    fires, fires_error = _preview(job.schedule, job.timezone or "UTC")
+    if form:  # a refused form previews what was typed, not the saved schedule
+        shown = (form["schedule"].strip(), form["timezone"].strip() or "UTC")
+    else:
+        shown = (job.schedule or "", job.timezone or "UTC")
+    fires, fires_error = _preview(*shown)
+    before = parse_time_arg("missed_before")
+    missed = web_store().missed.page(job.name, before=before, limit=MISSED_PAGE)
+    missed_runs = web_store().reads.runs_by_id([m.run for m in missed.items if m.run], ("number",))
     return render_template(
         "job.html", job=job, form=form or _form_values(job), errors=errors or {}, history=history, now=now,
+        alert=job_alerts(web_store(), [job], now)[job.name], missed=missed, missed_runs=missed_runs,
+        missed_paged=before is not None,
         chart=history_chart(history, now), fires=fires, fires_error=fires_error, source=_source(job),
         timezones=timezones(), overlaps=[o.value for o in Overlap], misseds=[m.value for m in Missed],
         run_data=run_data, description=describe_schedule(job.schedule) if job.schedule else None,
+        preview_description=describe_schedule(shown[0]) if fires else None,
     ), status
 
 
@@ -100,6 +115,9 @@ def _form_values(job: Job) -> dict[str, Any]:
         "schedule": job.schedule or "", "timezone": job.timezone or "UTC", "worker": job.worker or "",
         "hooks": ", ".join(job.hooks), "timeout_s": _number_text(job.timeout_s), "overlap": job.overlap.value,
         "missed": job.missed.value, "retry_attempts": str(job.retry.attempts), "enabled": job.enabled,
+        "alert_after_s": _number_text(job.alert_after_s), "dedupe_window_s": _number_text(job.dedupe_window_s),
+        "backoff_base_s": _number_text(job.retry.backoff_base_s), "backoff_factor": _number_text(job.retry.backoff_factor),
+        "max_backoff_s": _number_text(job.retry.max_backoff_s), "jitter": _number_text(job.retry.jitter),
     }
 
 
@@ -183,6 +201,16 @@ def _save(job: Job) -> ResponseReturnValue:
             options[key] = (float(text) if key == "timeout_s" else int(text)) if text else 0
         except ValueError:
             errors[key] = f"{label}: not a number: {text!r}"
+    if "alert_after_s" in request.form:  # empty: the default grace (0)
+        form["alert_after_s"] = request.form["alert_after_s"]
+        options["alert_after_s"] = form["alert_after_s"].strip() or "0"
+    if "dedupe_window_s" in request.form:  # empty: off (0)
+        form["dedupe_window_s"] = request.form["dedupe_window_s"]
+        options["dedupe_window_s"] = form["dedupe_window_s"].strip() or "0"
+    for key in BACKOFF_FIELDS:  # absent: unchanged; empty: the default; settings_changes checks the text
+        if key in request.form:
+            form[key] = request.form[key]
+            options[key] = form[key].strip() or str(getattr(RetryPolicy(), key))
     try:
         changes = settings_changes(job, options) if not errors else {}
     except InvalidJobSetting as exc:
@@ -203,7 +231,21 @@ def _save(job: Job) -> ResponseReturnValue:
 
 def _field_of(key: str) -> str:
     return {"timezone": "timezone", "schedule": "schedule", "worker": "worker", "timeout": "timeout_s",
-            "overlap": "overlap", "missed": "missed", "retry": "retry_attempts", "hook": "hooks"}.get(key, key)
+            "overlap": "overlap", "missed": "missed", "retry": "retry_attempts", "hook": "hooks",
+            "backoff_base": "backoff_base_s", "max_backoff": "max_backoff_s",
+            "alert_after": "alert_after_s", "dedupe_window": "dedupe_window_s"}.get(key, key)
+
+
+def parse_time_arg(name: str) -> datetime | None:
+    """The ISO-8601 time in query argument ``name`` (naive = UTC), None if absent; SoonerError (400) if malformed."""
+    text = request.args.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SoonerError(f"{name}: not an ISO-8601 time such as 2026-01-05T10:00:00Z: {text[:40]!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def parse_run_data(text: str) -> Any:

@@ -3,7 +3,8 @@
 Flat ``data`` keys of the newest entries become columns; filters, search,
 sort and paging come from the query string through
 :mod:`sooner.store.queue_filters` (whitelisted fields and operators only). Nothing
-here counts a whole queue on a page view: totals are estimates, exact counts
+here counts a whole queue on a page view: totals are estimates (a queue of at
+most ``EXACT_SIZE_BELOW`` entries is counted, capped), exact counts of filters
 are capped and fetched separately (``/count``, ``/stats``), and every browsing
 query has a time budget. Bulk actions (set status, requeue, delete) need the
 admin role, the CSRF token (checked app-wide by :mod:`sooner.webapp.auth`) and
@@ -57,7 +58,8 @@ def index() -> ResponseReturnValue:
         except InvalidQueueName:
             queues.append({"name": name, "browsable": False})
             continue
-        queues.append({"name": name, "browsable": True, "estimate": queue.estimated_count(),
+        size, exact = queue.size()
+        queues.append({"name": name, "browsable": True, "size": size, "exact": exact,
                        "by_status": queue.store.queues.peek(("counts", name), COUNTS_MAX_AGE_S)})
     return render_template("queues.html", section="queues", queues=queues)
 
@@ -75,6 +77,9 @@ def browse(name: str) -> ResponseReturnValue:
     except QueueFilterError as exc:
         context["error"] = str(exc)
         return _render_table(context, started), 400
+    if any(not f.strip() for f in request.args.getlist("f")):
+        # A filter row left empty (submitted by a browser without scripts): go to the address without it.
+        return redirect(view.url(url_for(".browse", name=queue.name)))
     context["notices"] += _prepare_sort(queue, view, columns)
     try:
         rows, notes = _fetch(queue, view)
@@ -99,9 +104,10 @@ def _fetch(queue: Queue, view: QueueView) -> tuple[list[dict], list[str]]:
 
 def _render_table(context: dict, started: float) -> str:
     queue: Queue = context["queue"]
+    size, exact = queue.size()
     context.update(
         section="queues", operators=OPERATORS, page_sizes=PAGE_SIZES, max_rows=MAX_ROWS, actions=BULK_ACTIONS,
-        admin=is_admin(), estimate=queue.estimated_count(), path=url_for(".browse", name=queue.name),
+        admin=is_admin(), size=size, exact=exact, path=url_for(".browse", name=queue.name),
         by_status=queue.store.queues.peek(("counts", queue.name), COUNTS_MAX_AGE_S),
         fields=[c for c in (*_FIXED, *context["columns"]) if c.usable],
         statuses=_known_statuses(queue, context), server_ms=(time.perf_counter() - started) * 1000)

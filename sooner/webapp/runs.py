@@ -1,4 +1,10 @@
-"""Runs: the run page (output tail + live updates), output pages as JSON, log download, cancel and re-run.
+"""Runs: the run page (output tail + live updates), output pages as JSON, log download, cancel, re-run and move.
+
+Every ``/runs/<ref>`` route takes what people type for a run (``hello.sh#42``
+url-encoded as ``hello.sh%2342``, ``hello.sh:42``, an id or a unique part of
+one; :meth:`sooner.store.runs.RunRepo.get`); the run page redirects to its
+URL by id. The page lists the events the run emitted, at most
+``EMITTED_PAGE`` at a time (``?emitted=OFFSET`` for the next ones).
 
 A run page embeds the newest output (at most ``INITIAL_BYTES``); older
 chunks load on demand ("load earlier") from ``/runs/<id>/output?before=SEQ``,
@@ -18,7 +24,9 @@ from flask.typing import ResponseReturnValue
 
 from sooner.errors import SoonerError
 from sooner.model import EventTrigger, ManualTrigger, Run, RunStatus
-from sooner.store.reads import OUTPUT_PAGE_BYTES
+from sooner.model.job_settings import InvalidJobSetting
+from sooner.model.target import ANY_WORKER, describe_target, tag_target, worker_target
+from sooner.store.reads import EMITTED_PAGE, OUTPUT_PAGE_BYTES
 from sooner.webapp.context import admin_required, json_error, user_name, wants_json, web_now, web_runs, web_store
 from sooner.webapp.views import run_summary
 
@@ -56,12 +64,13 @@ def index() -> ResponseReturnValue:
                            now=web_now())
 
 
-@bp.get("/runs/<run_id>")
+@bp.get("/runs/<path:run_id>")
 def detail(run_id: str) -> ResponseReturnValue:
     store = web_store()
     run = store.runs.get(run_id)
-    if run.id != run_id:  # a prefix: send the browser to the canonical URL
-        return redirect(url_for("runs.detail", run_id=run.id))
+    offset = max(0, request.args.get("emitted", 0, type=int) or 0)
+    if run.id != run_id:  # JOB#N or part of an id: send the browser to the canonical URL
+        return redirect(url_for("runs.detail", run_id=run.id, emitted=offset or None))
     job = store.jobs.find(run.job)
     chunks, more = output_tail(run.id)
     trigger = run.trigger
@@ -71,11 +80,18 @@ def detail(run_id: str) -> ResponseReturnValue:
         flash(f"Output older than {store.output.policy.retention_days:g} days was removed (retention); "
               "the run's record is kept.", "info")
     summary = run_summary(run, now)
+    follows = trigger.source_run or getattr(trigger, "rerun_of", None)
+    linked = store.reads.runs_by_id([rid for rid in (follows, run.relocated_to) if rid], ("number",))
     return render_template("run.html", run=run, job=job, event=event, summary=summary, now=now,
+                           chain=store.reads.chain(run), linked=linked,
+                           emitted=store.reads.emitted_events(run.id, offset=offset, limit=EMITTED_PAGE),
+                           emitted_offset=offset,
+                           target=describe_target(run.target), move_to=MOVE_TO,
+                           running=run.status is RunStatus.RUNNING,
                            initial={"run": run.id, "chunks": chunks, "more": more, "status": summary})
 
 
-@bp.get("/runs/<run_id>/output")
+@bp.get("/runs/<path:run_id>/output")
 def output(run_id: str) -> ResponseReturnValue:
     """Chunks as JSON: ``?before=SEQ`` (older page, for "load earlier") or ``?after=SEQ``."""
     store = web_store()
@@ -91,7 +107,7 @@ def output(run_id: str) -> ResponseReturnValue:
     return {"run": run.id, "chunks": chunks, "more": more}
 
 
-@bp.get("/runs/<run_id>/log.txt")
+@bp.get("/runs/<path:run_id>/log.txt")
 def download(run_id: str) -> ResponseReturnValue:
     """The whole output as text/plain, streamed in batches (works for any size)."""
     store = web_store()
@@ -111,7 +127,7 @@ def download(run_id: str) -> ResponseReturnValue:
         "Content-Disposition": f'{disposition}; filename="run-{run.id}.log"', "Cache-Control": "no-store"})
 
 
-@bp.post("/runs/<run_id>")
+@bp.post("/runs/<path:run_id>")
 @admin_required
 def change(run_id: str) -> ResponseReturnValue:
     run = web_store().runs.get(run_id)
@@ -124,8 +140,10 @@ def change(run_id: str) -> ResponseReturnValue:
         # A queued or waiting run ended now (the service released the next waiting one); a running one was flagged.
         return _answer(200, "cancelled before it started" if run.status is RunStatus.CANCELLED
                        else "cancel requested: the worker stops the script", run)
+    if action == "move":
+        return _move(run)
     if action == "rerun":
-        trigger = ManualTrigger(source="web", author=user_name(), rerun_of=run.id)
+        trigger = ManualTrigger(source="web", author=user_name(), rerun_of=run.id, source_ref=run.ref)
         new = web_runs().queue(run.job, trigger, data=run.data)
         if new is None:
             return _answer(409, "the run was not started", run)
@@ -133,6 +151,33 @@ def change(run_id: str) -> ResponseReturnValue:
             return {"run": new.id, "url": url_for("runs.detail", run_id=new.id)}, 201
         return redirect(url_for("runs.detail", run_id=new.id))
     return _answer(400, f"unknown action {action!r}", run)
+
+
+MOVE_TO = ("worker", "tag", "any")
+
+
+def _move(run: Run) -> ResponseReturnValue:
+    """The run page's Move form: ``to`` (worker, tag or any), ``name``, and ``kill`` for a running run."""
+    to, name = request.form.get("to", ""), request.form.get("name", "").strip()
+    if to not in MOVE_TO:
+        return _answer(400, f"move to: choose one of {', '.join(MOVE_TO)}, got {to[:40]!r}", run)
+    try:
+        target = worker_target(name) if to == "worker" else tag_target(name) if to == "tag" else ANY_WORKER
+        moved = web_runs().move(run.id, target, by=user_name(), kill=request.form.get("kill") == "on")
+    except InvalidJobSetting as exc:
+        return _answer(400, str(exc), run)
+    except SoonerError as exc:
+        return _answer(409, str(exc), run)
+    where = describe_target(target)
+    message = (f"cancelling it on {moved.relocated_from.worker}: it continues as this run on {where}"
+               if moved.relocated_from else f"moved to {where}")
+    if moved.warning:
+        message += f". Warning: {moved.warning}"
+    if wants_json():
+        return {"message": message, "run": moved.run.id, "warning": moved.warning,
+                "url": url_for("runs.detail", run_id=moved.run.id)}
+    flash(message, "info")
+    return redirect(url_for("runs.detail", run_id=moved.run.id))
 
 
 def _answer(status: int, message: str, run: Run) -> ResponseReturnValue:

@@ -5,7 +5,7 @@ allows at most two argon2 password checks at once (each up to 64 MiB) and
 answers 429 to a sign-in that waits over half a second for a slot. Failures
 back off exponentially (1 s, 2 s, 4 s … up to 5 minutes, after a few free
 ones) per (address, account) and per address for passwords, per address for
-bearer tokens. Refused attempts are not failures, so a lockout never outlasts
+bearer tokens (REST API and Socket.IO alike). Refused attempts are not failures, so a lockout never outlasts
 the backoff, and a user at another address is never slowed down. Limits are
 per web process (Flask-Limiter was considered: its MongoDB storage does not
 work on nx-27017, its memory storage is unbounded, and it has neither

@@ -9,8 +9,10 @@ from flask import Blueprint, render_template, request
 from flask.typing import ResponseReturnValue
 
 from sooner.model import Run, WorkerHealth
+from sooner.model.missed import AlertState
+from sooner.scheduling.alerts import job_alerts
 from sooner.webapp.context import web_now, web_state, web_store
-from sooner.webapp.formatting import iso
+from sooner.webapp.formatting import author_name, iso
 
 if TYPE_CHECKING:
     from sooner.config import Settings
@@ -23,16 +25,19 @@ PAGE = 50
 # A stopped worker drops off the dashboard after a day (the workers page keeps it).
 STOPPED_SHOWN_S = 86400
 # What the workers and events pages show of the runs they link to.
-LINKED_RUN_FIELDS = ("job", "status", "progress")
+LINKED_RUN_FIELDS = ("job", "number", "status", "progress")
 
 
 def run_summary(run: Run, now: datetime) -> dict[str, Any]:
     """The fields of a run that pages show and live updates carry (JSON-friendly)."""
     progress = run.progress
     return {
-        "id": run.id, "job": run.job, "status": run.status.value, "worker": run.worker,
+        "id": run.id, "job": run.job, "number": run.number, "ref": run.ref, "status": run.status.value,
+        "worker": run.worker,
         "progress": progress.to_doc() if progress else None, "percent": progress.percent if progress else None,
-        "queued_at": iso(run.queued_at), "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
+        # A time the run does not have yet is null, never "" (API clients test for null).
+        "queued_at": iso(run.queued_at) or None, "started_at": iso(run.started_at) or None,
+        "finished_at": iso(run.finished_at) or None,
         "duration_s": run.duration(now), "exit_code": run.exit_code, "note": run.note,
         "cancel_requested": run.cancel_requested,
     }
@@ -61,6 +66,7 @@ def build_snapshot(store: Store, settings: Settings, now: datetime) -> dict[str,
         "recent": [run_summary(r, now) for r in runs.recent],
         "workers": workers,
         "deploy": deploy and {"commit": deploy.get("commit"), "author": deploy.get("author"),
+                              "author_name": author_name(deploy.get("author")),
                               "message": deploy.get("message"), "time": iso(deploy.get("time")),
                               "changes": sum(len(deploy.get(k) or []) for k in ("created", "updated", "removed"))},
     }
@@ -82,7 +88,16 @@ def upcoming_fires(limit: int = 10) -> list[dict]:
 @bp.get("/")
 def dashboard() -> ResponseReturnValue:
     snapshot = dashboard_snapshot()
-    return render_template("dashboard.html", snapshot=snapshot, upcoming=upcoming_fires())
+    return render_template("dashboard.html", snapshot=snapshot, upcoming=upcoming_fires(), alerts=alert_summary())
+
+
+def alert_summary(shown: int = 10) -> dict[str, Any]:
+    """The dead man's switch over every enabled scheduled job: how many are overdue or missed, and which."""
+    state = web_state()
+    alerts = job_alerts(state.store, state.store.jobs.scheduled(), web_now())
+    overdue = sorted(name for name, alert in alerts.items() if alert.state is AlertState.OVERDUE)
+    missed = sorted(name for name, alert in alerts.items() if alert.state is AlertState.MISSED)
+    return {"overdue": len(overdue), "missed": len(missed), "jobs": (overdue + missed)[:shown]}
 
 
 @bp.get("/healthz")
@@ -110,7 +125,9 @@ def events() -> ResponseReturnValue:
     store = web_store()
     name = request.args.get("name", "").strip()
     page = store.reads.events_page(name=name or None, before_t=_parse_iso(request.args.get("before")), limit=PAGE)
-    runs = store.reads.runs_by_id([run_id for event in page.items for run_id in (event.get("runs") or [])],
+    sources = [event["source"]["run"] for event in page.items
+               if isinstance(event.get("source"), dict) and isinstance(event["source"].get("run"), str)]
+    runs = store.reads.runs_by_id([run_id for event in page.items for run_id in (event.get("runs") or [])] + sources,
                                   LINKED_RUN_FIELDS)
     return render_template("events.html", events=page.items, runs=runs, name=name, more=page.more,
                            next_before=iso(page.next_before) or None)

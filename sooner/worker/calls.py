@@ -6,6 +6,11 @@ end (:meth:`CallHandler.flush_progress`). ``emit`` stores an event and starts
 the hooked jobs, one level deeper in the chain than the emitting run; a run
 may emit :data:`EMIT_BURST` events at once, then :data:`EMIT_PER_S` a second.
 
+With an outage journal (:mod:`sooner.worker.journal`; a worker's runs have
+one) nothing waits on an unreachable database: progress values and events
+are journaled, the script is told an event was ``spooled``, and the records
+are stored in order once the database is back. Without one (tests, tools):
+
 Recording one call never ends the run. A store failure while recording it is
 logged and reported to the script (:class:`CallNotRecorded`: JSON-RPC -32603
 on the socket, a system note on stderr); a progress value that could not be
@@ -21,13 +26,17 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from sooner.errors import ProtocolError, StoreError
+from bson import ObjectId
+
+from sooner.errors import ProtocolError, StoreError, StoreUnreachable
+from sooner.model.job_settings import validate_event_name
 from sooner.worker.methods import METHODS, MethodRegistry, excerpt
 from sooner.worker.protocol import Call
 
 if TYPE_CHECKING:
     from sooner.model import Run
     from sooner.runs.service import RunService
+    from sooner.worker.journal import RunJournal, StoreLink
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +107,12 @@ class CallHandler:
 
     def __init__(self, service: RunService, run: Run, *, throttle_s: float = PROGRESS_THROTTLE_S,
                  on_pending: Callable[[], None] | None = None, registry: MethodRegistry = METHODS,
-                 emits: TokenBucket | None = None) -> None:
+                 emits: TokenBucket | None = None, journal: RunJournal | None = None,
+                 link: StoreLink | None = None) -> None:
         self.service = service
+        # With a journal, progress and events the database cannot take now are journaled (sooner.worker.journal).
+        self.journal = journal
+        self.link = link
         self.store = service.store
         self.registry = registry  # the socket server and stderr reader parse calls against it too
         self.run_id = run.id
@@ -170,10 +183,24 @@ class CallHandler:
             raise ProtocolError(f"emit: over the rate limit ({self.emits.burst} at once, then "
                                 f"{self.emits.per_s:g} per second): event {excerpt(event)!r} was not stored")
         try:
-            stored = self.service.emit(event, data, source={"type": "run", "run": self.run_id, "job": self.job},
-                                       depth=self.depth + 1)
+            validate_event_name(event)
         except ValueError as exc:  # an invalid event name (InvalidJobSetting is a ValueError)
             raise ProtocolError(str(exc)) from None
+        source, depth = {"type": "run", "run": self.run_id, "job": self.job}, self.depth + 1
+        # The id is chosen here, so an event stored just before the database went away is not stored twice.
+        event_id = str(ObjectId())
+        if self._spooling():
+            return self._spool_emit(event, data, source, depth, event_id)
+        try:
+            stored = self.service.emit(event, data, source=source, depth=depth, event_id=event_id)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        except StoreUnreachable as exc:
+            if self.journal is None:
+                logger.warning("run %s: emit %r not recorded: %s", self.run_id, event, exc)
+                raise CallNotRecorded(f"emit {excerpt(event)!r}", exc) from exc
+            self._went_down(exc)
+            return self._spool_emit(event, data, source, depth, event_id)
         except Exception as exc:
             if not is_store_failure(exc):
                 raise
@@ -183,6 +210,23 @@ class CallHandler:
         if stored.get("note"):
             result["note"] = stored["note"]
         return result
+
+    # -- the outage journal ---------------------------------------------------
+    def _spooling(self) -> bool:
+        """Journal this call: the database is unreachable, or the journal still holds earlier records."""
+        journal, link = self.journal, self.link
+        return journal is not None and (journal.active or (link is not None and link.down))
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self.link is not None:
+            self.link.failed(exc)
+
+    def _spool_emit(self, event: str, data: Any, source: dict[str, Any], depth: int, event_id: str) -> dict[str, Any]:
+        assert self.journal is not None
+        self.journal.emit(event, data, source=source, depth=depth, t=self.service.clock.now(), event_id=event_id)
+        return {"event": event_id, "runs": [], "spooled": True,
+                "note": "the database is unreachable: the event is stored, and the jobs hooked to it start, "
+                        "once it is back"}
 
     # -- progress writes ---------------------------------------------------
     def _next_write_at(self) -> float:
@@ -201,13 +245,25 @@ class CallHandler:
                 self._last_write = time.monotonic()
                 self._signalled = False
             try:
-                self.store.runs.set_progress(self.run_id, latest[0], latest[1])
+                if self._spooling():
+                    self._spool_progress(latest)
+                else:
+                    self.store.runs.set_progress(self.run_id, latest[0], latest[1])
+            except StoreUnreachable as exc:
+                if self.journal is None:
+                    return self._write_failed(latest, exc)
+                self._went_down(exc)
+                self._spool_progress(latest)
             except Exception as exc:
                 return self._write_failed(latest, exc)
             with self._lock:
                 self._written = latest
                 self._retry_s = 0.0
             return None
+
+    def _spool_progress(self, latest: tuple[float, float]) -> None:
+        assert self.journal is not None
+        self.journal.progress(*latest)
 
     def _write_failed(self, latest: tuple[float, float], exc: Exception) -> Exception | None:
         if not is_store_failure(exc):

@@ -36,9 +36,10 @@ import psutil
 
 from sooner import __version__
 from sooner.clock import Clock
-from sooner.errors import StoreError
+from sooner.errors import StoreError, StoreUnreachable
 from sooner.model import Run, RunStatus, Worker as WorkerRecord
 from sooner.runs.service import RunService
+from sooner.worker.journal import replay_left_journals
 from sooner.worker.rpc import SOCKET_NAME
 from sooner.worker.runner import ActiveRun, Runner
 from sooner.worker.supervise import process_matching, stop_recorded
@@ -91,6 +92,7 @@ class Worker:
         self.instance = uuid.uuid4().hex
         self.trees = TreeCache(store, Path(cache) if cache else cache_dir_for(settings))
         self.runner = runner or Runner(store, settings, name, self.trees, service=self.service, host=self.host)
+        self.link = self.runner.link
         self.lost_name = False
         self._fencing = False  # set by run_forever: runs stop when their lease could not be renewed
         self.registered = False
@@ -109,6 +111,9 @@ class Worker:
             tags=self.tags, version=__version__, stale_after_s=self.settings.lease_s, now=self.clock.now(),
             pid_started_at=self._process.create_time(), holder_gone=self._holder_gone)
         self.registered = True
+        # Journals a predecessor left (it died during an outage) hold output and perhaps the end of
+        # runs that are still marked running: store them first, then end what is left as lost.
+        replay_left_journals(self.runner.journal_dir, self.service)
         self._recover_orphans()
         self._stop_lost_runs()
         remove_stale_socket_dirs(self.runner.socket_dir)
@@ -225,7 +230,9 @@ class Worker:
                 active.cancel("the run was ended elsewhere (see its status); stopping this copy")
             elif state.get("cancel_requested"):
                 active.cancel(f"cancelled by {state.get('cancelled_by') or 'request'}")
-        if not self.store.workers.heartbeat(self.name, self.instance, running=running, stats=self.stats(), now=now):
+        beat = self.store.workers.heartbeat(self.name, self.instance, running=running, stats=self.stats(), now=now)
+        self.link.answered()  # after the leases were renewed: now runs replay their journals
+        if not beat:
             if not self.lost_name:
                 logger.error("worker %s: another process took the name %r; no new runs will start here",
                              self.instance[:8], self.name)
@@ -266,7 +273,8 @@ class Worker:
                 next_beat = now + self.settings.heartbeat_s
                 self._guarded(self.heartbeat)
             self.finished.clear()
-            claimed = self._guarded(self._claim_while_room)
+            # No claims while the database is down: each would wait out the store's retries.
+            claimed = -1 if self.link.down else self._guarded(self._claim_while_room)
             if claimed == -1:
                 stop_event.wait(STORE_BACKOFF_S)
             elif not claimed or not self.has_room():
@@ -286,6 +294,8 @@ class Worker:
         try:
             return step()
         except StoreError as exc:
+            if isinstance(exc, StoreUnreachable):
+                self.link.failed(exc)
             logger.warning("worker %s: %s", self.name, exc)
             return -1
 
@@ -302,6 +312,12 @@ class Worker:
             self.cancel_all(SHUTDOWN_NOTE)
             # SIGKILL follows after cancel_grace_s; leave time to record each run's end.
             self._wait_for_runs(time.monotonic() + self.settings.cancel_grace_s + 30, None)
+        if self.running:  # ended, but the database is away: their journals wait for the next start
+            with self._lock:
+                waiting = list(self._active.values())
+            for active in waiting:
+                active.abandon()
+            self._wait_for_runs(time.monotonic() + 5, None)
         if self.running:
             logger.error("worker %s: runs %s did not end; their leases will expire", self.name, self.running)
         if not self.lost_name:

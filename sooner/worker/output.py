@@ -8,7 +8,9 @@ so. When the buffer reaches ``max_buffer_chars``, :meth:`write` hands the
 batch to a background thread, so reading the script's pipes overlaps with the
 database write; if the previous batch is still being written, :meth:`write`
 blocks. At most two batches exist, so a script faster than the database waits
-on a full pipe instead of growing the worker's memory.
+on a full pipe instead of growing the worker's memory. While the database is
+unreachable, batches go to the run's outage journal instead
+(:mod:`sooner.worker.journal`), keeping their numbers.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
 from sooner.clock import utcnow
+from sooner.errors import StoreUnreachable
 from sooner.store.output import MAX_CHUNK_CHARS
 
 if TYPE_CHECKING:
     from sooner.store import Store
+    from sooner.worker.journal import RunJournal, StoreLink
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +40,13 @@ class OutputWriter:
     """Buffer and number one run's output chunks; safe to use from several threads."""
 
     def __init__(self, store: Store, run_id: str, *, flush_s: float, max_buffer_chars: int = MAX_BUFFER_CHARS,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, journal: RunJournal | None = None,
+                 link: StoreLink | None = None) -> None:
         self.store = store
+        # With a journal, batches the database cannot take (it is unreachable) go there instead, and so
+        # does every batch after them until the journal is replayed (see sooner.worker.journal).
+        self.journal = journal
+        self.link = link
         self.run_id = run_id
         self.flush_s = flush_s
         self.max_buffer_chars = max_buffer_chars
@@ -83,11 +92,26 @@ class OutputWriter:
                 return
             self._writing = True
         try:
-            self.store.output.append(self.run_id, batch)
+            self._store(batch)
         finally:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+    def _store(self, batch: Batch) -> None:
+        """Insert one batch, or journal it while the database is unreachable (or the journal holds anything)."""
+        journal, link = self.journal, self.link
+        if journal is not None and (journal.active or (link is not None and link.down)):
+            journal.output(batch)
+            return
+        try:
+            self.store.output.append(self.run_id, batch)
+        except StoreUnreachable as exc:
+            if journal is None:
+                raise
+            if link is not None:
+                link.failed(exc)
+            journal.output(batch)
 
     def release(self) -> None:
         """Let the background thread end once idle (call after the last :meth:`flush`)."""
@@ -142,7 +166,7 @@ class OutputWriter:
                 batch, self._handed = self._handed, None
                 self._writing = True
             try:
-                self.store.output.append(self.run_id, batch)
+                self._store(batch)
             except BaseException as exc:  # reported to the run's thread at its next write or flush
                 logger.warning("run %s: could not store output: %s", self.run_id, exc)
                 with self._cond:

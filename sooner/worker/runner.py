@@ -5,10 +5,15 @@ lives on its own thread. That thread starts the script under a supervisor
 process (:mod:`sooner.worker.supervise`: argv[1] = the run's socket, cwd = the
 materialised tree, its own session; the tree dies with the worker), then
 waits in one ``select`` on stdout, stderr, the supervisor's status pipe and
-a wake-up pipe: output goes through
+a wake-up pipe: output, read in the order it arrived on the two pipes
+(:class:`~sooner.worker.streams.ArrivalOrder`), goes through
 :class:`~sooner.worker.streams.StreamDecoder` into the
-:class:`~sooner.worker.output.OutputWriter`. Cancel requests, the run's
-timeout, its job's memory limit and a lease this worker could not renew send
+:class:`~sooner.worker.output.OutputWriter`. While the database does not
+answer, the run's writes go to its outage journal
+(:mod:`sooner.worker.journal`), which the loop replays once it answers
+again; a full journal pauses reading the script's pipes, and the run's end
+waits in the journal until it is stored. Cancel requests, the run's
+timeout, its job's memory limit and a lease this worker could not renew (for ``fence_s``) send
 SIGTERM to the script's whole tree (its group and every descendant, including
 those that left the group) and SIGKILL ``cancel_grace_s`` later; processes
 left behind when the script exits are killed after :data:`LINGER_S`. The run
@@ -33,13 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import sooner
-from sooner.errors import RunError, SoonerError
+from sooner.errors import RunError, SoonerError, StoreUnreachable
 from sooner.model import Run, RunStatus
 from sooner.runs.service import RunService
 from sooner.worker.calls import CallHandler
+from sooner.worker.journal import PROBE_S, RunJournal, StoreLink
 from sooner.worker.output import OutputWriter
 from sooner.worker.rpc import RpcServer
-from sooner.worker.streams import StreamDecoder
+from sooner.worker.streams import ArrivalOrder, StreamDecoder
 from sooner.worker.supervise import SAMPLE_S, Launcher, Supervised
 from sooner.worker.tree import TreeCache
 
@@ -60,7 +66,8 @@ class Runner:
     """Turns claimed runs into running scripts for one worker."""
 
     def __init__(self, store: Store, settings: Settings, worker_name: str, trees: TreeCache, *,
-                 service: RunService | None = None, socket_dir: str | None = None, host: str | None = None) -> None:
+                 service: RunService | None = None, socket_dir: str | None = None, host: str | None = None,
+                 link: StoreLink | None = None, journal_dir: Path | None = None) -> None:
         self.store = store
         self.settings = settings
         self.worker_name = worker_name
@@ -71,6 +78,9 @@ class Runner:
         self.clock = self.service.clock
         self.socket_dir = socket_dir
         self.base_env = script_environment(os.environ, store)
+        # What the worker knows of its database, and where runs journal what it cannot take (an outage).
+        self.link = link or StoreLink(store)
+        self.journal_dir = journal_dir or journal_dir_for(trees.root, worker_name)
 
     def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
         """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``."""
@@ -79,6 +89,11 @@ class Runner:
     def close(self) -> None:
         """Stop the launcher process (it starts again with the next run)."""
         self.launcher.close()
+
+
+def journal_dir_for(cache: Path, worker_name: str) -> Path:
+    """Where a worker's runs keep their outage journals: one folder per worker name, so a successor finds them."""
+    return Path(cache) / "journal" / "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_name)
 
 
 def script_environment(environ: dict | os._Environ, store: Store) -> dict[str, str]:
@@ -123,9 +138,15 @@ class ActiveRun:
         self._wake_closed = False
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.link = runner.link
+        self.journal = RunJournal(runner.journal_dir, self.id, max_bytes=self.settings.outage_journal_mb * MB)
         self.output = OutputWriter(self.store, self.id, flush_s=self.settings.output_flush_ms / 1000,
-                                   clock=runner.clock.now)
-        self.calls = CallHandler(self.service, run, on_pending=self.wake)
+                                   clock=runner.clock.now, journal=self.journal, link=self.link)
+        self.calls = CallHandler(self.service, run, on_pending=self.wake, journal=self.journal, link=self.link)
+        self._store_back = threading.Event()
+        self._abandoned = threading.Event()
+        self._outage_noted = False
+        self._forget_link = self.link.on_up(self._link_up)
 
     # -- control from other threads ---------------------------------------
     def start(self) -> None:
@@ -138,15 +159,26 @@ class ActiveRun:
             self.wake()
 
     def renewed(self, at: float) -> None:
-        """The worker renewed (or took) the run's lease at monotonic ``at``: the script may run ``lease_s`` more.
+        """The worker renewed (or took) the run's lease at monotonic ``at``: the script may run ``fence_s`` more.
 
-        Past that deadline the script is stopped as if cancelled, so a worker cut off from the
-        database has killed its copy by the time the lease's expiry lets a retry start.
+        ``fence_s`` is the lease, or the outage grace when longer: a worker that cannot reach
+        the database keeps its scripts going that long. Past it the script is stopped as if
+        cancelled, so a worker cut off from the database has killed its copy by the time a
+        retry may start (the lease's expiry plus ``outlives_lease_s`` and the cancel grace).
         """
         first = self.lease_deadline is None
-        self.lease_deadline = at + self.settings.lease_s
+        self.lease_deadline = at + self.settings.fence_s
         if first:
             self.wake()  # later renewals only move the deadline on
+
+    def abandon(self) -> None:
+        """Stop waiting for the database to record the run's end (the worker is stopping); the journal stays."""
+        self._abandoned.set()
+        self._store_back.set()
+
+    def _link_up(self) -> None:
+        self._store_back.set()
+        self.wake()
 
     def wake(self) -> None:
         # Under the lock: once the run has ended its descriptor numbers may belong to another file.
@@ -167,6 +199,8 @@ class ActiveRun:
             self._fail_safely(f"worker error: {type(exc).__name__}: {exc}")
         finally:
             self.output.release()
+            self._forget_link()
+            self.journal.close(remove=True)  # kept if it still holds records: the next worker start replays them
             with self._wake_lock:
                 self._wake_closed = True
                 os.close(self._wake_r)
@@ -202,7 +236,8 @@ class ActiveRun:
             self.store.runs.mark_started(
                 self.id, pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
                 pid_started_at=supervised.script_started_at(), pgid=supervised.script_pid,
-                supervisor_pid=supervised.supervisor_pid, supervisor_started_at=supervised.supervisor_started_at)
+                supervisor_pid=supervised.supervisor_pid, supervisor_started_at=supervised.supervisor_started_at,
+                outlives_lease_s=self.settings.outlives_lease_s)
             commit = (run.commit or "")[:8]
             self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
                                f"(commit {commit})")
@@ -232,15 +267,71 @@ class ActiveRun:
             status = RunStatus.SUCCEEDED if returncode == 0 else RunStatus.FAILED
         self.output.flush()
         self.status = status
-        if status is RunStatus.LOST:
-            self.store.runs.mark_process_gone(self.id)  # its retry need not wait for this copy
-        self.service.finish(self.id, status, exit_code=returncode, note=note, started_at=self.started_at)
+        # A lost run's retry need not wait for this copy: it is gone.
+        self._record_end(status, exit_code=returncode, note=note, started_at=self.started_at,
+                         process_gone=status is RunStatus.LOST)
 
     def _end_without_process(self, reason: str) -> None:
         self.output.system(f"sooner: {reason}")
         self.output.flush()
         self.status = RunStatus.FAILED
-        self.service.finish(self.id, RunStatus.FAILED, note=reason)
+        self._record_end(RunStatus.FAILED, note=reason)
+
+    # -- the outage journal ------------------------------------------------
+    def _record_end(self, status: RunStatus, *, exit_code: int | None = None, note: str | None = None,
+                    started_at: datetime | None = None, process_gone: bool = False) -> None:
+        """End the run through the service; while the database is unreachable, journal the end and wait for it.
+
+        The run keeps its slot (and its lease, which the worker's heartbeat renews once the
+        database is back) until its end is stored, so it is never marked lost and retried for
+        an outage it lived through.
+        """
+        if not self.journal.active and not self.link.down:
+            try:
+                if process_gone:
+                    self.store.runs.mark_process_gone(self.id)
+                self.service.finish(self.id, status, exit_code=exit_code, note=note, started_at=started_at)
+                return
+            except StoreUnreachable as exc:
+                self.link.failed(exc)
+        self.journal.end(status, exit_code=exit_code, note=note, started_at=started_at, process_gone=process_gone)
+        self._replay_until_stored()
+
+    def _replay_until_stored(self) -> None:
+        while not self._abandoned.is_set():
+            if not self.link.down:
+                try:
+                    if self.journal.replay(self.service, limit=None):
+                        return
+                except StoreUnreachable as exc:
+                    self.link.failed(exc)
+            self._store_back.wait(PROBE_S)  # woken when the link is back; the timeout only re-checks
+            self._store_back.clear()
+        logger.warning("run %s: the worker stopped before the database came back; its journal %s is replayed by "
+                       "the next worker of this name on this host", self.id, self.journal.path)
+
+    def keep_journal(self) -> None:
+        """Called by the run's loop: note an outage in the output, and replay the journal once the database is back."""
+        journal = self.journal
+        if not journal.active:
+            return
+        if not self._outage_noted:
+            self._outage_noted = True
+            self.output.system("sooner: the database is unreachable; the run goes on, and its output is kept in "
+                               "the worker's journal until the database is back")
+        if self.link.down:
+            return
+        try:
+            if journal.replay(self.service):
+                self._outage_noted = False
+                self.output.system("sooner: the database is back; the journaled output is stored")
+        except StoreUnreachable as exc:
+            self.link.failed(exc)
+
+    @property
+    def replay_pending(self) -> bool:
+        """The journal holds records and the database answers: the run's loop should replay now."""
+        return self.journal.active and not self.link.down
 
     def _fail_safely(self, reason: str) -> None:
         if self.supervised is not None:
@@ -252,7 +343,7 @@ class ActiveRun:
             logger.warning("run %s: could not write its last output", self.id, exc_info=True)
         try:
             self.status = RunStatus.FAILED
-            self.service.finish(self.id, RunStatus.FAILED, note=reason)
+            self._record_end(RunStatus.FAILED, note=reason)
         except Exception:
             logger.exception("run %s: could not record its end; its lease will expire", self.id)
 
@@ -276,6 +367,7 @@ class _Follower:
         self.killed = False
         self.leftovers_killed = False
         self.linger_until: float | None = None
+        self.paused = False  # the outage journal is full: output is not read
 
     @property
     def returncode(self) -> int | None:
@@ -309,33 +401,60 @@ class _Follower:
 
     def _loop(self, selector: selectors.BaseSelector, streams: dict) -> None:
         output, calls = self.active.output, self.active.calls
-        while streams or not self.supervisor_done:
-            for key, _ in selector.select(self._timeout()):
-                if key.data == "status":
-                    self._read_status(selector)
-                elif key.data is None:
-                    _drain(key.fd)
-                else:
-                    data = os.read(key.fd, READ_BYTES)
-                    if data:
-                        key.data(data)
+        arrival = ArrivalOrder(streams)  # the selector's order is not the order the pipes became readable in
+        try:
+            while streams or not self.supervisor_done:
+                self._pause_while_journal_full(selector, streams)
+                ready = []
+                for key, _ in selector.select(self._timeout()):
+                    if key.data == "status":
+                        self._read_status(selector)
+                    elif key.data is None:
+                        _drain(key.fd)
                     else:
-                        selector.unregister(key.fd)
-                        del streams[key.fd]
-            now = time.monotonic()
-            self._control(now)
-            if self.linger_until is not None and now >= self.linger_until:
-                if not self._leftovers(selector, streams):
-                    break
-            due = output.due()
-            if due is not None and now >= due:
-                output.flush()
-            due = calls.progress_due()
-            if due is not None and now >= due:
-                calls.flush_progress()
+                        ready.append(key.fd)
+                for fd in arrival.order(ready, () if self.paused else streams):
+                    data = os.read(fd, READ_BYTES)
+                    arrival.read(fd, drained=len(data) < READ_BYTES)
+                    if data:
+                        streams[fd](data)
+                    else:
+                        arrival.forget(fd)
+                        selector.unregister(fd)
+                        del streams[fd]
+                now = time.monotonic()
+                self._control(now)
+                if self.linger_until is not None and now >= self.linger_until:
+                    if not self._leftovers(selector, streams):
+                        break
+                due = output.due()
+                if due is not None and now >= due:
+                    output.flush()
+                due = calls.progress_due()
+                if due is not None and now >= due:
+                    calls.flush_progress()
+                self.active.keep_journal()
+        finally:
+            arrival.close()
+
+    def _pause_while_journal_full(self, selector: selectors.BaseSelector, streams: dict) -> None:
+        """Stop reading the script's output while its outage journal is full: it waits on its pipe, nothing drops."""
+        full = self.active.journal.full
+        if full == self.paused:
+            return
+        self.paused = full
+        for fd, feed in streams.items():
+            if full:
+                selector.unregister(fd)
+            else:
+                selector.register(fd, selectors.EVENT_READ, feed)
+        if full:
+            self.active.output.system("sooner: the outage journal is full; output waits until the database is back")
 
     def _timeout(self) -> float | None:
         running = self.returncode is None
+        if self.active.replay_pending:
+            return 0.0
         deadlines = [d for d in (self.active.output.due(), self.active.calls.progress_due(),
                                  self.timeout_at if self.forced is None and running else None,
                                  self.active.lease_deadline if self.forced is None and running else None,
@@ -364,7 +483,8 @@ class _Follower:
             self._terminate((RunStatus.TIMED_OUT, f"timed out after {self.timeout_s:g}s"))
         elif self.forced is None and lease_deadline is not None and now >= lease_deadline:
             self._terminate((RunStatus.LOST, f"lost: worker {self.active.runner.worker_name} could not renew its "
-                                             f"lease for {self.active.settings.lease_s:g}s; stopped the script"))
+                                             f"lease for {self.active.settings.fence_s:g}s (the database did not "
+                                             f"answer); stopped the script"))
         elif self.kill_at is not None and not self.killed and now >= self.kill_at:
             self.killed = True
             grace = self.active.settings.cancel_grace_s
@@ -407,7 +527,8 @@ class _Follower:
         if streams:
             self.active.output.system("sooner: stopped reading output held open by processes outside the run")
             for fd in list(streams):
-                selector.unregister(fd)
+                if not self.paused:
+                    selector.unregister(fd)
                 del streams[fd]
         if not self.supervisor_done:
             self.supervised.kill_supervisor()

@@ -20,7 +20,7 @@
     var box = el("div", "progress"), bar = document.createElement("progress");
     bar.max = 100;
     bar.value = run.percent === null || run.percent === undefined ? 0 : run.percent;
-    if (run.percent === null || run.percent === undefined) { bar.setAttribute("data-empty", ""); }
+    if (run.percent === null || run.percent === undefined) { bar.setAttribute("data-empty", ""); box.hidden = true; }
     box.appendChild(bar);
     var text = "";
     if (run.percent !== null && run.percent !== undefined && run.progress) {
@@ -34,7 +34,8 @@
     var list = document.getElementById("running");
     var items = runs.map(function (run) {
       var li = el("li", "run-item");
-      li.appendChild(link(runUrl(run.id), run.job, "job"));
+      li.setAttribute("data-run", run.id);
+      li.appendChild(link(runUrl(run.id), run.ref || run.job, "job"));
       var meta = el("span", "meta", "on " + (run.worker || "?") + " · started ");
       meta.appendChild(timeNode(run.started_at));
       li.appendChild(meta);
@@ -46,11 +47,21 @@
     document.getElementById("running-count").textContent = String(runs.length);
   }
 
+  /* Between snapshots the server sends "run" for the runs the last one showed running: their progress. */
+  function updateRunning(run) {
+    if (!run || run.status !== "running") { return; }
+    var items = document.querySelectorAll("#running li[data-run]");
+    for (var i = 0; i < items.length; i++) {
+      var old = items[i].querySelector(".progress");
+      if (items[i].getAttribute("data-run") === run.id && old) { items[i].replaceChild(progressNode(run), old); }
+    }
+  }
+
   function renderRecent(runs) {
     var body = document.getElementById("recent");
     var rows = runs.map(function (run) {
       var tr = el("tr"), td;
-      td = el("td"); td.appendChild(link(runUrl(run.id), run.job)); tr.appendChild(td);
+      td = el("td"); td.appendChild(link(runUrl(run.id), run.ref || run.job)); tr.appendChild(td);
       td = el("td"); td.appendChild(badge(run.status)); tr.appendChild(td);
       td = el("td", "hide-sm"); td.appendChild(timeNode(run.queued_at)); tr.appendChild(td);
       tr.appendChild(el("td", null, S.duration(run.duration_s)));
@@ -77,9 +88,13 @@
   function renderDeploy(deploy) {
     var box = document.getElementById("deploy");
     if (!deploy) { return; }
-    var p1 = el("p"), p2 = el("p", "meta", deploy.message || "");
+    var p1 = el("p", "deploy-line"), p2 = el("p", "meta", deploy.message || "");
     p1.appendChild(el("span", "mono", (deploy.commit || "").slice(0, 8)));
-    p1.appendChild(document.createTextNode(" by " + (deploy.author || "?") + " · "));
+    p1.appendChild(document.createTextNode(" by "));
+    var author = el("span", "author", deploy.author_name || deploy.author || "?");
+    author.title = deploy.author || "";
+    p1.appendChild(author);
+    p1.appendChild(document.createTextNode(" · "));
     p1.appendChild(timeNode(deploy.time));
     box.replaceChildren(p1, p2);
   }
@@ -95,5 +110,5 @@
   }
 
   var socket = S.connectLive(function (sock) { sock.emit("join_dashboard", {}); });
-  if (socket) { socket.on("dashboard", render); }
+  if (socket) { socket.on("dashboard", render); socket.on("run", updateRunning); }
 })();

@@ -68,6 +68,15 @@
     var add = document.getElementById("q-add-row");
     if (!rows || !add) { return; }
     add.hidden = false;
+    // The blank row after the filters is for browsers without scripts; here "+ filter" adds one.
+    Array.prototype.forEach.call(rows.querySelectorAll(".q-row.q-blank"), function (row) { row.remove(); });
+    // A row without a field is not sent, so the address does not fill with f=&op=eq&v=.
+    form.addEventListener("submit", function () {
+      Array.prototype.forEach.call(rows.querySelectorAll(".q-row"), function (row) {
+        if (row.querySelector('select[name="f"]').value) { return; }
+        Array.prototype.forEach.call(row.querySelectorAll("select, input"), function (field) { field.disabled = true; });
+      });
+    });
     add.addEventListener("click", function () {
       var last = rows.querySelector(".q-row:last-child");
       var copy = last.cloneNode(true);

@@ -1,6 +1,7 @@
 /* Run page: render the embedded output tail, then follow the live tail over Socket.IO.
-   The page remembers the last seq it has; on every (re)connect it asks for what came after,
-   and ignores anything it already has, so lines are never missed or repeated. */
+   The page remembers the last seq it has; on every (re)connect, and when the database is back
+   after an outage (live.js), it asks for what came after, and ignores anything it already has,
+   so lines are never missed or repeated. */
 (function () {
   "use strict";
   var S = window.Sooner;
@@ -105,6 +106,7 @@
     note.textContent = run.note || "";
     note.hidden = !run.note;
     if (run.percent !== null && run.percent !== undefined) {
+      progress.parentNode.hidden = false;  // hidden until the run reports progress
       progress.value = run.percent;
       progress.removeAttribute("data-empty");
       var p = run.progress || {};
@@ -120,6 +122,8 @@
       S.refreshTimes(started);
     }
     finished = ["waiting", "queued", "running"].indexOf(run.status) < 0;
+    var live = document.getElementById("live");
+    if (live && finished) { live.hidden = true; }  // nothing more will change
     if (finished || run.duration_s !== null) { durationBox.textContent = S.duration(run.duration_s); }
     var cancelForm = document.getElementById("cancel-form");
     if (cancelForm) { cancelForm.hidden = finished; }
@@ -141,6 +145,7 @@
 
   var socket = S.connectLive(function (sock) {
     sock.emit("join_run", { run: runId, after_seq: lastSeq }, function (ack) {
+      if (ack && ack.code === "store_unavailable") { S.storeBanner(true); return; }
       if (!ack || !ack.ok) { gap("live updates unavailable: " + ((ack && ack.error) || "unknown error")); }
     });
   });
