@@ -40,7 +40,10 @@ def test_up_creates_a_site_runs_a_pushed_job_and_stops_cleanly_on_ctrl_c(tmp_pat
                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "SOONER_CONFIG": ""})
     try:
-        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/login") == 200, timeout=60, message="web server")
+        # (a loaded machine may take a while; a `sooner up` that gave up says why in its output)
+        wait_for(lambda: up.poll() is not None or http_status(f"http://127.0.0.1:{port}/login") == 200, timeout=120,
+                 message="web server")
+        assert up.poll() is None, up.communicate()[0]
         settings = load_settings(site / "config.json", environ={})
         store = open_store(settings)
         wait_for(lambda: store.workers.get("local"), timeout=30, message="local worker to register")
