@@ -259,10 +259,11 @@ def test_the_scheduler_marks_no_lease_lost_for_a_lease_after_the_database_did_no
     # when the scheduler could not reach the database (a failed tick), then can again
     scheduler.database_unreachable()
     assert scheduler.expire_leases() == []
-    fake_clock.advance(29)
+    hold = 30 + clocked_store.retry_window_s  # a lease, once the worker's own retries are through
+    fake_clock.advance(hold - 1)
     assert scheduler.expire_leases() == []
     assert clocked_store.runs.get(run.id).status is RunStatus.RUNNING
-    # then once a whole lease has passed without a renewal, the run is lost
+    # then once that has passed without a renewal, the run is lost
     fake_clock.advance(2)
     assert [r.id for r in scheduler.expire_leases()] == [run.id]
 
@@ -280,7 +281,7 @@ def test_an_outage_hidden_by_the_stores_retries_holds_the_lease_checks_too(clock
     assert scheduler.expire_leases() == []
     monkeypatch.setattr(clocked_store.runs, "expired_leases", original)
     assert scheduler.expire_leases() == []
-    fake_clock.advance(31)
+    fake_clock.advance(31 + clocked_store.retry_window_s)
     assert [r.id for r in scheduler.expire_leases()] == [run.id]
 
 

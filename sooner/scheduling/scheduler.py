@@ -129,16 +129,17 @@ class Scheduler:
     def expire_leases(self, now: datetime | None = None) -> list[Run]:
         """End running runs whose lease expired as ``lost`` (retried per their job's policy).
 
-        Not for ``lease_s`` after this scheduler could not reach the database (a failed
-        tick, or a connection failure the store's retries hid): leases that ran out during
-        an outage belong to workers that could not renew them either, and those get one
-        whole lease to do so.
+        Not for ``lease_s`` (plus the store's retry window) after this scheduler could not
+        reach the database (a failed tick, or a connection failure the store's retries hid):
+        leases that ran out during an outage belong to workers that could not renew them
+        either, and those get one whole lease, once their own retries are through, to do so.
         """
         now = _utc_ms(now or self.clock.now())
         failures = self.store.connection_failures
         if self._outage_seen or failures != self._failures_seen:
             self._outage_seen, self._failures_seen = False, failures
-            self._leases_resume_at = now + timedelta(seconds=self.settings.lease_s)
+            # A worker's heartbeat may still be inside the store's retries when the database is back.
+            self._leases_resume_at = now + timedelta(seconds=self.settings.lease_s + self.store.retry_window_s)
             logger.warning("the database did not answer: no run is marked lost before %s UTC (workers renew "
                            "their leases meanwhile)", f"{self._leases_resume_at:%H:%M:%S}")
         if self._leases_resume_at is not None:

@@ -86,6 +86,11 @@ class Store:
         self.changes = Changes(self)
 
     @property
+    def retry_window_s(self) -> float:
+        """How long one operation may spend retrying an unreachable database (see ``Retrier.window_s``)."""
+        return self._retrier.window_s
+
+    @property
     def connection_failures(self) -> int:
         """How many times the database did not answer an operation (each retry counts), since the store opened."""
         return self._retrier.failures

@@ -68,6 +68,19 @@ class Retrier:
         # that succeeded in the end (the scheduler holds lease checks after one).
         self.failures = 0
 
+    @property
+    def window_s(self) -> float:
+        """About how long one operation may spend in these retries before it fails or succeeds.
+
+        Every attempt may wait out the server-selection timeout, and the pauses between them grow.
+        A process whose database came back may still be this far from its next successful call.
+        """
+        pauses, delay = 0.0, self.first_delay_s
+        for _ in range(self.attempts - 1):
+            pauses += delay
+            delay = min(delay * 2.5, 5.0)
+        return pauses + self.attempts * SERVER_SELECTION_TIMEOUT_MS / 1000
+
     def __call__(self, operation: Callable[[], T]) -> T:
         delay = self.first_delay_s
         for attempt in range(1, self.attempts + 1):

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 PROBE_S = 1.0
 """How often a link that is down pings the database."""
+READ_BLOCK = 256 * 1024
 REPLAY_BATCH = 64
 """Records one :meth:`RunJournal.replay` step writes, so the run's loop keeps reading the script between steps."""
 
@@ -205,13 +206,7 @@ class RunJournal:
         with self._lock:
             if self._file is None or not self._pending:
                 return True
-            self._file.seek(self._read_at)
-            lines = []
-            for _ in range(limit or self._pending):
-                line = self._file.readline()
-                if not line:
-                    break
-                lines.append(line)
+            lines = self._read_lines(limit or self._pending)
         done = 0
         try:
             for record in _parse(lines, self.path):
@@ -225,6 +220,21 @@ class RunJournal:
                     self._file.truncate(0)  # O_APPEND: the next record starts the file again
                     self._size = self._read_at = 0
         return not self._pending
+
+    def _read_lines(self, most: int) -> list[bytes]:
+        """Up to ``most`` whole records from the first one not replayed (called with the lock held)."""
+        lines: list[bytes] = []
+        offset, tail = self._read_at, b""
+        while len(lines) < most and offset < self._size:
+            block = os.pread(self._file.fileno(), READ_BLOCK, offset)
+            if not block:
+                break
+            offset += len(block)
+            *whole, tail = (tail + block).split(b"\n")
+            lines += [line + b"\n" for line in whole]
+        if len(lines) < most and tail:
+            lines.append(tail)  # cut short (its writer was killed): _parse stops there
+        return lines[:most]
 
     def close(self, *, remove: bool) -> None:
         """Close the file; remove it (``remove``) once everything in it is stored."""
