@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -190,6 +191,21 @@ def mock_web_app(mock_store: Store, fast_passwords):
     mock_store.users.add("admin", "admin-password", admin=True)
     mock_store.users.add("viewer", "viewer-password")
     return app, socketio, settings
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` behind a real HTTP server (werkzeug, threads) in this process; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 def csrf_of(page_text: str) -> str:

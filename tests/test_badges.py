@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Iterator
 from urllib.parse import quote
 
 import pytest
-from werkzeug.serving import make_server
 
-from conftest import run_sooner, signed_in
+from conftest import served, run_sooner, signed_in
 from sooner.clock import FakeClock, utcnow
 from sooner.config import load_settings
 from sooner.model import ManualTrigger, RunStatus
@@ -25,18 +21,6 @@ from sooner.worker.testing import deploy_files
 
 SVG = "{http://www.w3.org/2000/svg}"
 ODD = 'odd/<b>&"quote".sh'
-
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 @pytest.fixture

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
-from werkzeug.serving import make_server
 
-from conftest import run_sooner
+from conftest import served, run_sooner
 from sooner.clock import FakeClock, utcnow
 from sooner.config import load_settings
 from sooner.errors import SoonerError
@@ -31,18 +27,6 @@ SCRIPTS = {
     "hello.sh": '#!/bin/sh\necho "hello $SOONER_DATA"\n',
     "result.py": "#!/usr/bin/env python3\nfrom sooner import api\napi.emit('result', {'sum': 1 + 2})\n",
 }
-
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 @pytest.fixture

@@ -13,18 +13,14 @@ import hashlib
 import http.client
 import itertools
 import json
-import threading
 import urllib.parse
-from contextlib import contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 from argon2 import PasswordHasher
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.serving import make_server
 
 from sooner.clock import FakeClock, utcnow
 from sooner.config import load_settings
@@ -34,7 +30,7 @@ from sooner.store.embedded import EmbeddedServer
 from sooner.webapp import create_app
 from sooner.webapp.testing import WebServer
 
-from conftest import csrf_of, run_sooner
+from conftest import served, csrf_of, run_sooner
 
 PASSWORD = "session-test-password"
 _names = itertools.count()
@@ -247,19 +243,6 @@ def test_healthz_answers_json_without_a_session_and_nothing_else_becomes_public(
 
 
 # -- idle and absolute lifetimes, on a fake clock --------------------------------------------------
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    """``app`` behind a real HTTP server (werkzeug, threads) in this process; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
-
 
 @pytest.fixture
 def clocked(embedded_store, monkeypatch):

@@ -13,14 +13,11 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
-from werkzeug.serving import make_server
 
-from conftest import run_sooner, wait_for
+from conftest import served, run_sooner, wait_for
 from sooner.clock import FakeClock, utcnow
 from sooner.config import load_settings
 from sooner.model import FINISHED, RunStatus
@@ -37,18 +34,6 @@ PUSH = {"ref": "refs/heads/main", "compare": "https://example.com/compare/1",
         "head_commit": {"message": "Fix the thing", "url": "https://example.com/c/abc",
                         "author": {"name": "Ada L", "email": "ada@example.com", "username": "ada"}},
         "pusher": {"name": "ada", "email": "ada@example.com"}}
-
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 @pytest.fixture
