@@ -12,7 +12,7 @@
 Targets on a 2-core machine: >= 100 no-op runs/s, p50 dispatch < 50 ms,
 >= 20,000 calls/s, >= 20 MB/s with worker RSS < 100 MB.
 
-    python bench/runtime.py [--runs 500] [--quick]
+    python bench/runtime.py [--runs 500] [--latency-runs 100] [--only N] [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import figure, use_json  # noqa: E402
 from sooner.config import load_settings  # noqa: E402
 from sooner.model import ManualTrigger, Run, RunStatus  # noqa: E402
 from sooner.runs.service import RunService  # noqa: E402
@@ -68,11 +69,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500, help="no-op runs for the throughput figure")
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--only", type=int, choices=[1, 2, 3, 4], help="run only this benchmark")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per figure (python -m bench)")
     args = parser.parse_args()
+    use_json(args.json)
     with tempfile.TemporaryDirectory(prefix="sooner-bench-") as tmp:
         settings = init_site(Path(tmp) / "site")
+        # The ingest script writes OUTPUT_MB plus a stamp line, just over the default per-run cap (50 MiB).
         settings = load_settings(settings.site_dir / "config.json", environ={},
-                                 overrides={"database": f"bench{uuid.uuid4().hex[:8]}"})
+                                 overrides={"database": f"bench{uuid.uuid4().hex[:8]}",
+                                            "output_max_bytes_per_run": 2 * OUTPUT_MB * 2 ** 20})
         store = open_store(settings)
         try:
             deploy_files(store, SCRIPTS)
@@ -148,6 +153,8 @@ def throughput(store, settings, tree: Path, cache: Path, count: int) -> None:
     print(f"1. no-op throughput: {rate:.0f} runs/s through one worker (capacity {worker.capacity}) "
           f"vs {baseline:.0f} spawns/s with subprocess in a loop -> ratio {rate / baseline:.2f} "
           f"(target >= 100 runs/s)\n   CPU seconds during it, for {count} runs: {usage}")
+    figure(f"no-op runs/s, one worker (capacity {worker.capacity})", rate, "runs/s", key="throughput.one_worker",
+           baseline="subprocess spawn loop", baseline_value=baseline, target="ratio >= 0.5", note=usage)
 
 
 def _cpu_meter(settings):
@@ -173,23 +180,33 @@ def _cpu_meter(settings):
 def latency(store, worker: Worker, count: int) -> None:
     worker.wait_idle(30)
     job = store.jobs.get("noop.sh")
-    delays = []
+    delays, complete = [], []
     for i in range(count):
         run = queue(store, job)
         done = wait_finished(store, run.id)
-        assert done.started_at is not None and run.queued_at is not None, done
+        assert done.started_at is not None and done.finished_at is not None and run.queued_at is not None, done
         delays.append((done.started_at - run.queued_at).total_seconds() * 1000)
+        complete.append((done.finished_at - run.queued_at).total_seconds() * 1000)
         time.sleep(0.005 + (i % 7) * 0.004)  # queue at varying points of the worker's poll cycle
-    spawn = []
+    spawn, spawn_done = [], []
     for _ in range(50):
         t = time.perf_counter()
         process = subprocess.Popen(["/bin/sh", "-c", "exit 0"])
         spawn.append((time.perf_counter() - t) * 1000)
         process.wait()
+        spawn_done.append((time.perf_counter() - t) * 1000)
     p50, p95 = statistics.median(delays), _percentile(delays, 95)
     base = statistics.median(spawn)
     print(f"2. dispatch latency queued->started: p50 {p50:.1f} ms, p95 {p95:.1f} ms "
           f"vs bare Popen {base:.1f} ms -> ratio p50 {p50 / base:.1f} (target p50 < 50 ms)")
+    done50, base_done = statistics.median(complete), statistics.median(spawn_done)
+    print(f"   manual run queued->finished (no-op): p50 {done50:.1f} ms, p95 {_percentile(complete, 95):.1f} ms "
+          f"vs Popen+wait {base_done:.1f} ms (target p50 < 25 ms)")
+    figure("dispatch latency queued->started p50", p50, "ms", key="latency.started", baseline="bare Popen",
+           baseline_value=base, target="< 10", note=f"p95 {p95:.1f} ms, {count} runs")
+    figure("manual run queued->no-op finished p50", done50, "ms", key="latency.finished",
+           baseline="Popen + wait", baseline_value=base_done, target="< 25",
+           note=f"p95 {_percentile(complete, 95):.1f} ms")
 
 
 def phase_seconds(store, run: Run) -> float:
@@ -206,6 +223,8 @@ def rpc(store, worker: Worker, tree: Path) -> None:
     base_rate = CALLS / (time.perf_counter() - started)
     plain = run_and_wait(store, "plain_lines.py")
     sooner_plain = CALLS / phase_seconds(store, plain)
+    figure("plain lines/s through the worker", sooner_plain, "lines/s", key="rpc.plain_lines",
+           baseline="the script to /dev/null", baseline_value=base_rate)
     print(f"3. protocol calls (20,000 progress calls, timed after the script's imports); baseline: the script "
           f"writing 20,000 plain lines: {base_rate:,.0f} lines/s to /dev/null (with Python start-up), "
           f"{sooner_plain:,.0f} lines/s through the worker")
@@ -216,6 +235,8 @@ def rpc(store, worker: Worker, tree: Path) -> None:
         rate = CALLS / phase_seconds(store, run)
         print(f"   {label}: {rate:,.0f} calls/s -> ratio {rate / sooner_plain:.2f} to plain lines through the worker "
               f"(target >= 20,000 calls/s)")
+        figure(f"progress calls/s, {label}", rate, "calls/s", key=f"rpc.{job}",
+               baseline="plain lines through the worker", baseline_value=sooner_plain, target=">= 20000")
 
 
 def ingest(store, worker: Worker, tree: Path, tmp: Path) -> None:
@@ -251,6 +272,9 @@ def ingest(store, worker: Worker, tree: Path, tmp: Path) -> None:
     print(f"4. output ingest: {rate:.1f} MB/s ({size_mb:.0f} MB, all bytes stored), peak RSS of the "
           f"process running the worker {max(peak) / 1e6:.0f} MB vs cat to /dev/null {base:.0f} MB/s "
           f"-> ratio {rate / base:.3f} (target >= 20 MB/s, RSS < 100 MB)\n   CPU seconds during it: {usage}")
+    figure(f"output ingest ({size_mb:.0f} MB)", rate, "MB/s", key="ingest.rate", baseline="cat to /dev/null",
+           baseline_value=base, target=">= 20", note=usage)
+    figure("peak RSS of the worker process during ingest", max(peak) / 1e6, "MB", key="ingest.rss", target="< 100")
 
 
 def _percentile(values: list[float], pct: float) -> float:

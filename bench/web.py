@@ -14,7 +14,7 @@
 
 Target: p95 line latency < 150 ms (the polling peer delivers in ~200 ms).
 
-    python bench/web.py [--lines 200] [--clients 50] [--seconds 5]
+    python bench/web.py [--lines 200] [--clients 50] [--seconds 5] [--json]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import figure, use_json  # noqa: E402
 from sooner.config import load_settings  # noqa: E402
 from sooner.model import ManualTrigger, Run, RunStatus  # noqa: E402
 from sooner.runs.service import RunService  # noqa: E402
@@ -75,6 +76,12 @@ def percentiles(values: list[float]) -> str:
         return "no samples"
     p = lambda q: values[min(len(values) - 1, int(round(q * (len(values) - 1))))]  # noqa: E731
     return f"p50 {p(0.50):6.1f} ms   p95 {p(0.95):6.1f} ms   max {values[-1]:6.1f} ms   (n={len(values)})"
+
+
+def pick(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (as :func:`percentiles` prints it), None without samples."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else None
 
 
 def wait(condition, timeout: float, what: str):
@@ -285,7 +292,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=100.0,
                         help="chunks/s the fan-out writer inserts (a worker flushes a busy run ~10 times/s)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per figure (python -m bench)")
     args = parser.parse_args()
+    use_json(args.json)
     problem = chromium_problem()
     with tempfile.TemporaryDirectory(prefix="sooner-bench-web-") as tmp:
         env = Env(Path(tmp))
@@ -297,8 +306,12 @@ def main() -> None:
             else:
                 sooner = line_latency(env, args.lines)
                 print("1. line latency, script print -> Chromium DOM")
+                peer = polling_peer_latency(args.lines)
                 print(f"   sooner (worker -> MongoDB -> Socket.IO): {percentiles(sooner)}")
-                print(f"   baseline (poll a log file every 250 ms):  {percentiles(polling_peer_latency(args.lines))}")
+                print(f"   baseline (poll a log file every 250 ms):  {percentiles(peer)}")
+                figure("line latency print -> browser DOM p95", pick(sooner, 0.95), "ms", key="web.line_p95",
+                       baseline="poll a log file every 250 ms", baseline_value=pick(peer, 0.95), target="< 150",
+                       note=f"p50 {pick(sooner, 0.5):.1f} ms")
             pushed = fan_out(env, args.clients, args.seconds, args.rate)
             polled = polling_clients(env, args.clients, args.seconds, args.rate)
             print(f"2. fan-out to {args.clients} clients of one run ({pushed['produced']} chunks inserted in "
@@ -309,6 +322,11 @@ def main() -> None:
             print(f"   baseline HTTP polling every 250 ms: {polled['chunks'] / polled['elapsed']:8.0f} chunks/s, "
                   f"{polled['requests'] / polled['elapsed']:6.0f} requests/s; "
                   f"latency {percentiles(polled['latencies'])}")
+            for q in (0.5, 0.95):
+                figure(f"live output to {args.clients} clients p{q * 100:.0f}", pick(pushed["latencies"], q), "ms",
+                       key=f"web.fanout_p{q * 100:.0f}", baseline="HTTP polling every 250 ms",
+                       baseline_value=pick(polled["latencies"], q), target="ratio < 1",
+                       note=f"{pushed['chunks'] / pushed['elapsed']:.0f} chunks/s delivered")
         finally:
             env.close()
 

@@ -49,6 +49,7 @@ class Settings:
     secret_key: str | None = field(default=None, metadata={"doc": "signs web sessions; `sooner init` generates one"})
     web_session_idle_s: float = field(default=8 * 3600.0, metadata={"doc": "a web session ends after this long without a request"})
     web_session_max_s: float = field(default=14 * 86400.0, metadata={"doc": "a web session ends this long after sign-in, however busy"})
+    web_token_cache_s: float = field(default=10.0, metadata={"doc": "a web process trusts an API token it verified for this long (0 = verify every request)"})
     worker_capacity: int = field(default=4, metadata={"doc": "runs a worker executes at once"})
     heartbeat_s: float = field(default=2.0, metadata={"doc": "worker heartbeat interval"})
     lease_s: float = field(default=30.0, metadata={"doc": "a running run is lost if its worker is silent this long"})
@@ -60,9 +61,22 @@ class Settings:
     output_max_bytes_per_run: int = field(default=50 * 2 ** 20, metadata={"doc": "a run stores this much output; the rest is counted, not stored"})
     output_max_line_bytes: int = field(default=2 ** 20, metadata={"doc": "longer lines are cut to this, with a marker"})
     output_retention_days: float = field(default=30.0, metadata={"doc": "output older than this is removed (0 = kept forever); runs are kept"})
+    sample_s: float = field(default=5.0, metadata={"doc": "how often workers sample CPU and memory of their host, themselves and their runs"})
+    sample_retention_hours: float = field(default=24.0, metadata={"doc": "monitoring samples older than this are removed (the graphs show the last hour)"})
     chain_depth_limit: int = field(default=10, metadata={"doc": "events chained deeper than this start no runs"})
     log_level: str = field(default="warning", metadata={"doc": "debug, info, warning or error"})
     embedded_idle_stop_s: float = field(default=600.0, metadata={"doc": "an embedded database started on demand stops after this long without clients (0 = never)"})
+    http_allow: tuple[str, ...] = field(default=(), metadata={"doc": "hosts HTTP jobs may call: host, host:port, *.domain or * (empty = none)"})
+    http_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False, metadata={"doc": "values of ${secret:NAME} in HTTP jobs (never shown)"})
+    public_url: str | None = field(default=None, metadata={"doc": "the web server's address as people reach it (links in notifications)"})
+    notify: tuple[Any, ...] = field(default=(), repr=False, hash=False, metadata={"doc": "site-wide notify rules: [{on: [failure, recovery, success, missed], to: [apprise URL or webhook+https://…], jobs: GLOB}]"})
+    notify_webhook_secret: str | None = field(default=None, metadata={"doc": "signs webhook+https:// notifications (Standard Webhooks, whsec_ + base64)"})
+    notify_rate_per_target: int = field(default=20, metadata={"doc": "notifications one target gets per notify_rate_window_s; the rest are counted in one summary"})
+    notify_rate_window_s: float = field(default=600.0, metadata={"doc": "the window of notify_rate_per_target"})
+    notify_attempts: int = field(default=3, metadata={"doc": "tries per notification before it is recorded failed"})
+    notify_backoff_s: float = field(default=30.0, metadata={"doc": "wait before a notification's second try, doubling for each later one"})
+    dispatch_hold_ms: int = field(default=100, metadata={"doc": "a worker leaves a run this long for a faster worker with a free slot (0 = take at once)"})
+    concurrency_limits: Mapping[str, int] = field(default_factory=dict, hash=False, metadata={"doc": "fleet-wide limits of runs at once: {\"backup/*\": 2, \"tag:gpu\": 1} (job glob or tag:TAG)"})
     site_dir: Path | None = field(default=None, metadata={"internal": True})
 
     def site_path(self, relative: str) -> Path:
@@ -227,10 +241,16 @@ def _base_type(f: dataclasses.Field[Any]) -> str:
 
 def _coerce_json(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
     kind = _base_type(f)
+    if kind == "Mapping[str, int]":
+        return _limits(value, source=source, key=f.name)
+    if kind in _COLLECTIONS:
+        return _coerce_collection(f, value, source=source)
     if value is None and "None" in str(f.type):
         return None
     if kind == "str" and isinstance(value, str):
         return value
+    if kind.startswith("tuple") and isinstance(value, list):  # a list of JSON values (notify rules)
+        return tuple(value)
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -238,14 +258,37 @@ def _coerce_json(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
             return float(value)
         except OverflowError:  # an integer beyond any float: out of every range, which the checks report
             return value
-    expected = {"str": "a string", "int": "a whole number", "float": "a number"}[kind]
-    raise ConfigError(f"must be {expected}, got {json.dumps(value)}", source=source, key=f.name)
+    expected = {"str": "a string", "int": "a whole number", "float": "a number"}.get(kind, "a list")
+    raise ConfigError(f"must be {expected}, got {json.dumps(value)[:200]}", source=source, key=f.name)
 
 
 def _coerce_text(f: dataclasses.Field[Any], text: str, variable: str) -> Any:
     kind = _base_type(f)
+    if kind == "Mapping[str, int]":
+        try:
+            value = json.loads(text) if text.strip() else {}
+        except ValueError:
+            raise ConfigError("must be a JSON object such as {\"backup/*\": 2}", source=variable) from None
+        return _limits(value, source=variable)
+    if kind in _COLLECTIONS:
+        # JSON, or for a list also plain comma-separated text (SOONER_HTTP_ALLOW=api.example.com,127.0.0.1:8080).
+        try:
+            value = json.loads(text)
+        except ValueError:
+            if kind != "tuple[str, ...]":
+                raise ConfigError("must be a JSON object of names to text values", source=variable) from None
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        return _coerce_collection(f, value, variable=variable)
     if kind == "str":
         return text if text or "None" not in str(f.type) else None
+    if kind.startswith("tuple"):  # JSON text of a list
+        try:
+            value = json.loads(text) if text.strip() else []
+        except ValueError as exc:
+            raise ConfigError(f"must be JSON of a list ({exc})", source=variable) from None
+        if not isinstance(value, list):
+            raise ConfigError("must be JSON of a list", source=variable)
+        return tuple(value)
     if kind == "int" and _LONG_INTEGER.match(text):
         # int() refuses over 4,300 digits; such a number is out of every range,
         # and the range error shows the variable's own text.
@@ -256,6 +299,34 @@ def _coerce_text(f: dataclasses.Field[Any], text: str, variable: str) -> Any:
         expected = "a whole number" if kind == "int" else "a number"
         raise ConfigError(f"must be {expected}, got {(text if len(text) <= 40 else text[:12] + '…')!r}",
                           source=variable) from None
+
+
+_COLLECTIONS = ("tuple[str, ...]", "Mapping[str, str]")
+
+
+def _limits(value: Any, *, source: str, key: str | None = None) -> dict[str, int]:
+    """``concurrency_limits`` by the model's rule (:func:`sooner.model.dispatch.parse_limits`)."""
+    from sooner.model.dispatch import InvalidLimit, parse_limits
+
+    try:
+        return parse_limits(value, "")
+    except InvalidLimit as exc:
+        raise ConfigError(str(exc).lstrip(": "), source=source, key=key) from None
+
+
+def _coerce_collection(f: dataclasses.Field[Any], value: Any, *, source: str | None = None,
+                       variable: str | None = None) -> Any:
+    """A list of text (a tuple) or an object of text values (a dict); ConfigError naming the key otherwise."""
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(problem, source=source, key=f.name) if variable is None else \
+            ConfigError(f"{f.name} {problem}", source=variable)
+    if f.type.startswith("tuple"):
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise fail("must be a list of text values")
+        return tuple(value)
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise fail("must be an object of names to text values")  # the values are never shown: they are secrets
+    return dict(value)
 
 
 _MAX_DIGITS = 30
@@ -271,7 +342,11 @@ _SECONDS: dict[str, tuple[float, bool, float]] = {
     "outage_grace_s": (0.0, True, 7 * 86400.0),
     "web_session_idle_s": (0.0, False, 366 * 86400.0),
     "web_session_max_s": (0.0, False, 366 * 86400.0),
+    "web_token_cache_s": (0.0, True, 300.0),  # also how late another process's revocation may take effect
     "embedded_idle_stop_s": (0.0, True, 366 * 86400.0),  # 0 = never
+    "notify_rate_window_s": (0.0, False, 7 * 86400.0),
+    "notify_backoff_s": (0.0, True, 86400.0),
+    "sample_s": (0.5, True, 3600.0),  # faster costs the database a write per worker that often
 }
 # Whole numbers: (lowest, highest), both allowed.
 _WHOLE: dict[str, tuple[int, int]] = {
@@ -283,7 +358,10 @@ _WHOLE: dict[str, tuple[int, int]] = {
     "output_max_bytes_per_run": (1, 2 ** 40),
     "output_max_line_bytes": (1, 2 ** 30),
     "chain_depth_limit": (1, 1000),
+    "dispatch_hold_ms": (0, 10_000),
     "outage_journal_mb": (1, 2 ** 20),
+    "notify_rate_per_target": (1, 100_000),
+    "notify_attempts": (1, 20),
 }
 
 
@@ -305,16 +383,50 @@ def _check_values(settings: Settings, origins: Mapping[str, _Origin]) -> None:
     days = settings.output_retention_days  # a TTL index takes at most 2**31 - 1 seconds
     if not 0 <= days <= 24_855:
         raise fail("output_retention_days", "must be a finite number of days from 0 (keep forever) to 24855", days)
+    hours = settings.sample_retention_hours  # the workers page charts the last hour
+    if not 1 <= hours <= 24 * 366:
+        raise fail("sample_retention_hours", "must be a finite number of hours from 1 to 8784", hours)
     if settings.log_level.lower() not in _LOG_LEVELS:
         raise fail("log_level", f"must be one of {', '.join(_LOG_LEVELS)}", settings.log_level)
+    _check_http(settings, fail)
     url = settings.mongo_url
     if url is not None and not url.startswith(("mongodb://", "mongodb+srv://", "mongomock://")):
         # The URL is not shown: it may hold a password.
         raise fail("mongo_url", "must start with mongodb://, mongodb+srv:// or mongomock:// "
                                 "(or be null for the embedded default)")
+    _check_notify(settings, fail)
     if not settings.database or any(c in settings.database for c in '/\\. "$'):
         raise fail("database", "must be a valid MongoDB database name (not empty, none of / \\ . space \" $)",
                    settings.database)
+
+
+def _check_notify(settings: Settings, fail: Any) -> None:
+    """The notify rules and the webhook secret, by the model's rules (:mod:`sooner.model.notify`)."""
+    from sooner.model.notify import InvalidNotifyRule, parse_rules, validate_webhook_secret
+
+    try:
+        parse_rules(list(settings.notify), "rule", site=True)
+    except InvalidNotifyRule as exc:
+        raise fail("notify", str(exc)) from None
+    try:
+        validate_webhook_secret(settings.notify_webhook_secret)
+    except InvalidNotifyRule:
+        raise fail("notify_webhook_secret", "must be 'whsec_' followed by base64 (Standard Webhooks)") from None
+    url = settings.public_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise fail("public_url", "must start with http:// or https://", url)
+
+
+def _check_http(settings: Settings, fail: Any) -> None:
+    from sooner.model.http_job import check_allow_pattern, secret_names
+
+    for index, pattern in enumerate(settings.http_allow):
+        problem = check_allow_pattern(pattern)
+        if problem:
+            raise fail("http_allow", f"entry {index}: {problem}")
+    for name in settings.http_secrets:
+        if secret_names("${secret:%s}" % name) != [name]:
+            raise fail("http_secrets", f"{name!r} is not a secret name (letters, digits and _, not first a digit)")
 
 
 def _check_lease(settings: Settings, origins: Mapping[str, _Origin]) -> None:
@@ -331,7 +443,7 @@ def _check_lease(settings: Settings, origins: Mapping[str, _Origin]) -> None:
 
 def _redacted(key: str, text: str) -> str:
     """A variable's text as an error may show it: never a password in a URL, never the secret key."""
-    if key == "secret_key":
+    if key in ("secret_key", "notify_webhook_secret", "notify", "http_secrets"):  # notify targets may hold tokens
         return "***"
     return re.sub(r"//[^/@]*@", "//***@", text) if key == "mongo_url" else text
 
@@ -370,6 +482,7 @@ def default_config(secret_key: str) -> dict[str, Any]:
     """The config.json that `sooner init` writes: every key with its default."""
     values: dict[str, Any] = {}
     for f in config_keys():
-        values[f.name] = f.default
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc,operator]
+        values[f.name] = list(default) if isinstance(default, tuple) else default
     values["secret_key"] = secret_key
     return values

@@ -230,6 +230,14 @@ def test_errors_have_the_envelope_and_the_right_status(app, client):
     assert client.get("/api/v1/nothing").json["error"]["code"] == "not_found"
 
 
+def test_data_that_cannot_be_stored_is_a_422_naming_the_part_not_a_server_error(client):
+    started = client.post(f"/api/v1/jobs/{JOB}/runs", json={"data": {"$set": {"status": "x"}}})
+    assert started.status_code == 422 and list(started.json["error"]["details"]) == ["data"]
+    emitted = client.post("/api/v1/events", json={"name": "data-ready", "data": {"n": 2 ** 70}})
+    assert emitted.status_code == 422 and "64 bits" in emitted.json["error"]["message"]
+    assert client.get("/api/v1/runs").json["runs"] == []
+
+
 def test_token_scopes_apply_to_v1_with_the_same_rule(app, store):
     client = app.test_client()
     read = bearer(store, scope=TokenScope.READ)
@@ -302,6 +310,21 @@ def test_end_to_end_poll_with_etags_scopes_and_expiry(served, store, fake_clock)
     assert status == 401 and "expired" in body["error"]["message"]
 
 
+def test_a_run_ref_with_a_slash_reaches_the_v1_run_routes(served, store):
+    """``reports/daily.sh#1``, url-encoded, names the run in every ``/api/v1/runs/{run_id}`` route (path converter)."""
+    from urllib.parse import quote
+
+    run = RunService(store).queue(JOB, ManualTrigger())
+    auth, url = bearer(store), f"{served}/api/v1/runs/{quote(run.ref, safe='')}"
+    assert run.ref == f"{JOB}#1" and "%2F" in url
+    status, headers, body = http("GET", url, auth)
+    assert status == 200 and body["id"] == run.id and headers["ETag"]
+    assert http("GET", url + "/output", auth)[2]["run"] == run.id
+    status, _, body = http("DELETE", url, auth)
+    assert status == 200 and body["status"] == RunStatus.CANCELLED.value
+    assert http("GET", f"{served}/api/v1/runs/{quote(JOB + '#9', safe='')}", auth)[0] == 404
+
+
 def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_document(served, store):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -310,11 +333,16 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_documen
                                                    status_code_conformance)
 
     auth = bearer(store)
+    store.queues("pages").put({"url": "https://example.com", "n": 1})  # so queue operations meet an entry too
+    store.hooks.create("github", "gh", JOB, events=["push"])
+    store.deliveries.record("gh", "refused", 401, "unsigned", delivery="d-1", address="127.0.0.1")
     _, _, spec = http("GET", f"{served}/api/v1/openapi.json", auth)
     schema = schemathesis.openapi.from_dict(spec)
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 11
+    assert len(operations) >= 19
+    assert {"/api/v1/queues", "/api/v1/queues/{name}/entries", "/api/v1/queues/{name}/entries/{entry_id}",
+            "/api/v1/hooks", "/api/v1/hooks/{name}/deliveries"} <= {op.path for op in operations}
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=15, deadline=None, database=None,

@@ -59,8 +59,8 @@ def test_run_prints_the_id_and_runs_lists_it(site, store):
     listed = sooner(site, "runs")
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()[:2]
-    assert header.split() == ["RUN", "STATUS", "WORKER", "TRIGGER", "STARTED", "DURATION", "PROGRESS", "ID"]
-    assert row.split() == ["hello.sh#1", "queued", "-", "manual", "by", "alice", "-", "-", "-", run_id]
+    assert header.split() == ["RUN", "STATUS", "WORKER", "TRIGGER", "STARTED", "DURATION", "PROGRESS", "ETA", "ID"]
+    assert row.split() == ["hello.sh#1", "queued", "-", "manual", "by", "alice", "-", "-", "-", "no", "worker", run_id]
     assert sooner(site, "runs", "--status", "running").stdout.strip() == "no runs match"
     assert run_id in sooner(site, "runs", "--job", "hello.sh", "--limit", "1").stdout
 

@@ -187,7 +187,7 @@ def test_a_manual_retry_is_the_next_attempt_of_the_chain_and_a_second_one_is_ref
     # and a second retry of the same run, or a retry of a run that did not fail, is refused
     with pytest.raises(SoonerError, match=f"retried already, as run {retry.id}"):
         service.retry(run.id, by="bob")
-    with pytest.raises(SoonerError, match="is queued: only failed, timed-out or lost runs are retried"):
+    with pytest.raises(SoonerError, match="is queued: only failed, timed-out, lost or poison runs are retried"):
         service.retry(retry.id, by="bob")
     # and when that attempt fails too, it is the one in the view
     assert service.take(retry.id, "w1", lease_s=60) is not None

@@ -180,7 +180,7 @@ def test_fields_a_job_does_not_know_are_kept_in_extra():
 def test_run_statuses_fall_into_active_and_finished_and_the_retried_and_busy_groups():
     assert ACTIVE == {RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING}
     assert FINISHED == {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT,
-                        RunStatus.LOST}
+                        RunStatus.LOST, RunStatus.POISON}
     assert ACTIVE | FINISHED == set(RunStatus) and not ACTIVE & FINISHED
     assert FAILED_KINDS == {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.LOST} and FAILED_KINDS <= FINISHED
     assert BUSY == {RunStatus.QUEUED, RunStatus.RUNNING} and BUSY <= ACTIVE
@@ -191,6 +191,7 @@ def test_run_statuses_fall_into_active_and_finished_and_the_retried_and_busy_gro
 
 @pytest.mark.parametrize(("status", "outcome"), [
     (RunStatus.SUCCEEDED, "succeeded"), (RunStatus.FAILED, "failed"), (RunStatus.TIMED_OUT, "failed"),
+    (RunStatus.POISON, "failed"),
     (RunStatus.CANCELLED, None), (RunStatus.LOST, None), (RunStatus.WAITING, None), (RunStatus.QUEUED, None),
     (RunStatus.RUNNING, None),
 ])
@@ -200,7 +201,7 @@ def test_only_succeeded_failed_and_timed_out_runs_have_an_outcome_to_emit(status
 
 def test_statuses_are_stored_as_their_lowercase_values_and_parsed_back():
     assert RunStatus.values() == ["waiting", "queued", "running", "succeeded", "failed", "cancelled", "timed_out",
-                                  "lost"]
+                                  "lost", "poison"]
     assert RunStatus.values(BUSY) == ["queued", "running"]
     assert RunStatus.TIMED_OUT == "timed_out" and RunStatus.parse("lost") is RunStatus.LOST
     with pytest.raises(ValueError, match="unknown status 'done': use one of waiting, queued"):

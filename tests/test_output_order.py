@@ -224,9 +224,10 @@ def test_run_follow_prints_started_on_before_output_read_in_the_same_poll(mock_s
                                           (2, "system", "sooner: exited with code 0 after 0.0s\n", now)])
 
     steps = [lambda: None, runs_to_its_end, lambda: service.finish(run_id, RunStatus.SUCCEEDED, exit_code=0)]
-    store = SimpleNamespace(runs=StagedRuns(mock_store, steps), output=mock_store.output)
+    store = SimpleNamespace(runs=StagedRuns(mock_store, steps), output=mock_store.output, reads=mock_store.reads,
+                            clock=mock_store.clock)
     # when `sooner run --follow` follows it
-    final = _follow(store, run_id)
+    final = _follow(store, run_id, 1.0)
     # then "started on" comes before everything the worker wrote, the exit line included
     err = capsys.readouterr().err
     assert final.status is RunStatus.SUCCEEDED

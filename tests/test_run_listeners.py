@@ -17,7 +17,7 @@ from sooner.errors import SoonerError
 from sooner.model import Job, ManualTrigger, RunStatus
 from sooner.runs.listeners import LISTENERS, ListenerRegistry, RunEnded
 
-DEFAULT_ORDER = ["retry", "release-waiting", "emit-outcome"]
+DEFAULT_ORDER = ["retry", "release-waiting", "emit-outcome", "notify"]
 
 
 @dataclass
@@ -64,7 +64,7 @@ def test_a_listener_added_after_retry_runs_in_that_slot_and_is_removed_afterward
     # when a usage counter is added after retry for the duration of a block
     with LISTENERS.added("count-usage", counter, after="retry"):
         # then it sits between retry and release-waiting
-        assert LISTENERS.names() == ["retry", "count-usage", "release-waiting", "emit-outcome"]
+        assert LISTENERS.names() == ["retry", "count-usage", "release-waiting", "emit-outcome", "notify"]
         deployed(clocked_store, "a.sh")
         run = service.queue("a.sh", ManualTrigger())
         claim_and_finish(service, run.id, RunStatus.SUCCEEDED, exit_code=0)
@@ -143,7 +143,7 @@ def test_a_listener_that_raises_is_logged_and_the_others_still_run(clocked_store
     listeners = LISTENERS.copy()
     listeners.register("broken", broken, after="retry")
     listeners.register("count-usage", counter, after="broken")
-    assert listeners.names() == ["retry", "broken", "count-usage", "release-waiting", "emit-outcome"]
+    assert listeners.names() == ["retry", "broken", "count-usage", "release-waiting", "emit-outcome", "notify"]
     service = make_service(clocked_store, listeners=listeners)
     deployed(clocked_store, "a.sh", retry={"attempts": 1, "delay_s": 30})
     run = service.queue("a.sh", ManualTrigger())

@@ -257,22 +257,21 @@ def test_run_forever_ticks_until_stopped(store):
     make_job(store, schedule="* * * * * *", overlap="allow")  # every second
     stop = threading.Event()
 
-    class SteppingClock(FakeClock):
-        """Each tick sees a moment one second later; stops the loop after five ticks."""
+    clock = FakeClock(at(12))
 
-        def __init__(self) -> None:
-            super().__init__(at(12))
-            self.calls = 0
+    class SteppingScheduler(Scheduler):
+        """Each tick sees a moment one second later; the loop stops after five ticks."""
 
-        def now(self) -> datetime:
-            self.calls += 1
-            if self.calls % 2 == 1:  # tick() and wait_s() each ask once per loop
-                self.advance(1)
-            if self.calls >= 10:
+        ticks = 0
+
+        def tick(self, now: datetime | None = None) -> list:
+            clock.advance(1)
+            self.ticks += 1
+            if self.ticks >= 5:
                 stop.set()
-            return super().now()
+            return super().tick(now)
 
-    scheduler = Scheduler(store, Settings(), SteppingClock(), interval_s=0.001)
+    scheduler = SteppingScheduler(store, Settings(), clock, interval_s=0.001)
     scheduler.run_forever(stop)
     assert ticks(store.runs.list()) == [at(12, 0, 5), at(12, 0, 4), at(12, 0, 3), at(12, 0, 2)]
 

@@ -16,6 +16,7 @@ import pytest
 from conftest import wait_for
 from sooner.clock import FakeClock
 from sooner.model import ManualTrigger, Progress, Run, RunStatus
+from sooner.model.sample import Sample, SampleKind
 from sooner.runs.service import RunService
 from sooner.store import reads, schema
 from sooner.store.changes import Change
@@ -163,6 +164,68 @@ def test_dashboard_runs_are_running_queued_and_recent(any_store, service):
     assert done.id not in [r.id for r in dashboard.recent]
 
 
+def test_waiting_facts_gather_the_workers_the_queue_and_recent_durations(any_store, service):
+    # given a worker, two finished runs (5 s and 7 s), a running one, queued ones (one a later attempt
+    # not due yet, one for a tag), a waiting one, and a run of another job
+    any_store.workers.register("w1", instance="i1", host="h", pid=1, capacity=2, tags=["gpu"], version="t",
+                               stale_after_s=60, now=service.clock.now())
+    finish(service, queue(service), seconds=5)
+    finish(service, queue(service), seconds=7)
+    running = start(service, queue(service))
+    first = queue(service)
+    service.clock.advance(1)
+    gpu = service.queue("b.sh", ManualTrigger(author="me"), target="tag:gpu")
+    service.clock.advance(1)
+    later = service.queue("a.sh", ManualTrigger(author="me"), attempt=2, not_before=service.clock.now() + timedelta(60))
+    service.clock.advance(1)
+    waiting = any_store.runs.insert(Run(id=any_store.runs.new_id(), job="a.sh", status=RunStatus.WAITING,
+                                        queued_at=service.clock.now()))
+    assert gpu and later and waiting
+    # when the facts of the not-started ones (and others) are read
+    facts = any_store.reads.waiting_facts([first.id, gpu.id, later.id, waiting.id, running.id, "missing"])
+    # then they hold what the wait rule needs, in claim order
+    assert set(facts.runs) == {first.id, gpu.id, later.id, waiting.id}
+    assert facts.runs[gpu.id].target == "tag:gpu" and facts.runs[later.id].attempt == 2
+    assert facts.runs[later.id].not_before is not None
+    assert [w.name for w in facts.workers] == ["w1"] and facts.workers[0].tags == ("gpu",)
+    assert [r.id for r in facts.queued] == [first.id, gpu.id, later.id] and facts.queued_complete
+    assert [(r.id, r.worker) for r in facts.running] == [(running.id, "w1")]
+    assert [r.id for r in facts.waiting] == [waiting.id]
+    assert facts.durations == {"a.sh": [7, 5], "b.sh": []}
+    assert set(facts.retry) == {"a.sh"}
+    # and a started run alone needs nothing more
+    assert any_store.reads.waiting_facts([running.id]).runs == {}
+
+
+def test_job_usage_counts_runs_by_trigger_token_and_hook(any_store, service, fast_passwords):
+    from sooner.model import ApiTrigger
+    from sooner.model.trigger import WebhookTrigger
+
+    # given runs of a.sh started by hand, by two API calls with a token, one without, by a webhook twice
+    any_store.users.add("admin", "admin-password", admin=True)
+    _, token = any_store.tokens.create("admin", "ci-token")
+    service.queue("a.sh", ManualTrigger(author="me"))
+    for _ in range(2):
+        service.queue("a.sh", ApiTrigger(source="api", author="admin", token=token["_id"]))
+    service.queue("a.sh", ApiTrigger(source="api", author="admin"))
+    for delivery in ("d1", "d2"):
+        service.queue("a.sh", WebhookTrigger(provider="github", hook="deploy-hook", delivery=delivery))
+    service.queue("b.sh", ApiTrigger(source="api", author="admin", token=token["_id"]))
+    # when its usage is read
+    usage = any_store.reads.job_usage("a.sh")
+    # then
+    assert usage.total == 6
+    assert usage.triggers == {"manual": 1, "api": 3, "webhook": 2}
+    assert usage.tokens == {token["_id"]: 2, None: 1}
+    assert usage.token_names == {token["_id"]: "ci-token"}
+    assert usage.hooks == {"deploy-hook": 2}
+    # and ``since`` counts runs created from then on (a run's id holds its creation time)
+    real_now = datetime.now(UTC)
+    assert any_store.reads.job_usage("a.sh", since=real_now - timedelta(hours=1)).total == 6
+    assert any_store.reads.job_usage("a.sh", since=real_now + timedelta(hours=1)).triggers == {}
+    assert any_store.reads.job_usage("nothing.sh").total == 0
+
+
 # -- output --------------------------------------------------------------------------------
 def chunks(store, run_id: str, n: int) -> None:
     store.output.append(run_id, [(seq, "stderr" if seq % 3 == 0 else "stdout", f"line {seq}\n", T0)
@@ -286,6 +349,41 @@ def test_deploys_page_by_time(any_store):
     assert [d["message"] for d in first.items] == ["change 2", "change 1"] and first.more
     assert first.next_before == T0 + timedelta(hours=1)
     assert ([d["message"] for d in second.items], second.more, second.next_before) == (["change 0"], False, None)
+
+
+# -- monitoring samples -------------------------------------------------------------------------
+def test_samples_are_one_series_after_since_oldest_first_bounded_and_merged_down(any_store):
+    # given 30 host samples of w1 five seconds apart, and samples of other series at the same times
+    any_store.samples.insert([Sample(SampleKind.HOST, "w1", T0 + timedelta(seconds=5 * i), cpu_percent=float(i),
+                                     rss_bytes=i) for i in range(30)])
+    any_store.samples.insert([Sample(SampleKind.WORKER, "w1", T0, cpu_percent=99.0),
+                              Sample(SampleKind.HOST, "w2", T0 + timedelta(seconds=60), cpu_percent=98.0)])
+    # when the series is read after its tenth sample, then only that series' newer samples come, oldest first
+    found = any_store.reads.samples(SampleKind.HOST, "w1", T0 + timedelta(seconds=45))
+    assert [s.cpu_percent for s in found] == [float(i) for i in range(10, 30)]
+    assert {(s.kind, s.key) for s in found} == {(SampleKind.HOST, "w1")}
+    # a limit keeps the newest; more than `points` are merged (CPU averaged, memory peaked, the last time kept)
+    assert [s.cpu_percent for s in any_store.reads.samples(SampleKind.HOST, "w1", limit=5)] == [25.0, 26.0, 27.0,
+                                                                                              28.0, 29.0]
+    merged = any_store.reads.samples(SampleKind.HOST, "w1", points=10)
+    assert len(merged) == 10 and (merged[0].cpu_percent, merged[0].rss_bytes) == (1.0, 2)
+    assert merged[-1].t == T0 + timedelta(seconds=145)
+
+
+def test_runs_per_minute_counts_finished_runs_by_minute_and_says_when_it_read_too_few(any_store, service, clock):
+    # given two runs that finished in the first minute, one two minutes later and one still queued
+    finish(service, queue(service))
+    finish(service, queue(service, "b.sh"))
+    clock.advance(120)
+    finish(service, queue(service))
+    queue(service)
+    # when the last five minutes are counted
+    rate = any_store.reads.runs_per_minute(T0, T0 + timedelta(minutes=5))
+    # then every minute of the window has its count, oldest first
+    first = int(T0.timestamp())
+    assert rate.minutes == [(first + 60 * i, n) for i, n in enumerate([2, 0, 1, 0, 0, 0])] and not rate.capped
+    # and reading fewer runs than the window holds says so
+    assert any_store.reads.runs_per_minute(T0, T0 + timedelta(minutes=5), limit=2).capped
 
 
 # -- seeding and collection names --------------------------------------------------------------

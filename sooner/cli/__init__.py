@@ -7,11 +7,12 @@ and exit code 1; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
@@ -66,8 +67,46 @@ class AppContext:
             self._store.close()
 
 
+# Which module defines each command: a command's module is imported when it is used, so a one-shot
+# command does not pay for all the others (issue #12; tests/test_cli_lazy.py keeps this table complete).
+# A command missing here still works: an unknown name imports every module first.
+# (space-separated names: a command named like a status, `queue`, must not read as one)
+_BY_MODULE = {
+    "sooner.cli.site": "init db up",
+    "sooner.cli.jobs": "jobs job",
+    "sooner.cli.deploy": "deploy",
+    "sooner.cli.runtime": "scheduler run runs logs emit queue workers",
+    "sooner.cli.move": "move",
+    "sooner.cli.failed": "retry dismiss",
+    "sooner.cli.poison": "discard",
+    "sooner.cli.worker": "worker cancel",
+    "sooner.cli.web": "web user token",
+    "sooner.cli.hooks": "hook sign",
+}
+COMMAND_MODULES = {command: module for module, commands in _BY_MODULE.items() for command in commands.split()}
+MODULES = tuple(_BY_MODULE)
+
+
+def load_commands(modules: Iterable[str] = MODULES) -> None:
+    """Import command modules (importing one registers its commands on :data:`main`)."""
+    for module in modules:
+        importlib.import_module(module)
+
+
 class SoonerGroup(click.Group):
-    """A click group that reports SoonerError as one clear line."""
+    """A click group that reports SoonerError as one clear line and imports its commands when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_commands()  # help lists them all
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = COMMAND_MODULES.get(cmd_name)
+            load_commands([module] if module else MODULES)
+            if cmd_name not in self.commands:
+                load_commands()
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -111,16 +150,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 
 pass_app = click.make_pass_decorator(AppContext)
 
-# Importing the modules registers their commands on `main`.
-from sooner.cli import site as _site  # noqa: E402,F401
-from sooner.cli import jobs as _jobs  # noqa: E402,F401
-from sooner.cli import deploy as _deploy  # noqa: E402,F401
-from sooner.cli import runtime as _runtime  # noqa: E402,F401
-from sooner.cli import move as _move  # noqa: E402,F401
-from sooner.cli import failed as _failed  # noqa: E402,F401
-from sooner.cli import worker as _worker  # noqa: E402,F401
-from sooner.cli import web as _web  # noqa: E402,F401
-from sooner.cli import hooks as _hooks  # noqa: E402,F401
+# The command modules (MODULES) register their commands on `main` when SoonerGroup imports them.
 
 
 def run() -> None:

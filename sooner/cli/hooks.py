@@ -9,7 +9,7 @@ from sooner.cli.output import ago, echo_table
 from sooner.errors import SoonerError
 from sooner.model.data import load_json
 from sooner.model.signed_url import parse_expires, sign, signing_key
-from sooner.model.webhook import PROVIDERS, make_hook, validate_hook_name
+from sooner.model.webhook import PROVIDERS
 
 
 def public_url(app: AppContext, given: str | None) -> str:
@@ -37,15 +37,10 @@ def hook_group() -> None:
 def add_command(app: AppContext, provider: str, name: str, job_name: str, events: tuple[str, ...],
                 branches: tuple[str, ...], secret: str | None, base_url: str | None) -> None:
     """Add hook NAME for PROVIDER: deliveries to /hooks/PROVIDER/NAME run --job."""
-    validate_hook_name(name)  # before anything else, so the message names what is wrong
-    store = app.store
-    job = store.jobs.get(job_name)
-    if job.deleted:
-        raise SoonerError(f"job {job.name!r} was removed from the repository")
     from sooner.cli.runtime import current_user
 
-    hook = store.hooks.add(make_hook(provider, name, job.name, secret=secret, events=events, branches=branches,
-                                     now=store.clock.now(), by=current_user()))
+    hook = app.store.hooks.create(provider, name, job_name, secret=secret, events=events, branches=branches,
+                                  by=current_user())
     click.echo(f"hook {hook.name}: {public_url(app, base_url)}/hooks/{provider}/{hook.name} runs {hook.job}")
     if secret is None:
         click.echo(f"secret (shown only now; give it to {provider}): {hook.secret}")

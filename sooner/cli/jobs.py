@@ -56,7 +56,8 @@ def job_show(app: AppContext, name: str) -> None:
         f"commit:    {job.commit}",
         f"schedule:  {job.schedule or '-'}" + (f"  ({describe(job.schedule)})" if job.schedule else ""),
         f"timezone:  {job.timezone}",
-        f"worker:    {job.worker or 'any'}",
+        f"worker:    {job.worker or 'any'}" + (f" with tags {', '.join(job.requires)}" if job.requires else ""),
+        f"at once:   {job.max_concurrent or 'no limit'} (over all workers)",
         f"hooks:     {', '.join(job.hooks) or '-'}",
         f"timeout:   {str(job.timeout_s) + 's' if job.timeout_s else 'none'}",
         f"memory:    {f'{job.memory_limit_mb} MB' if job.memory_limit_mb else 'no limit'}",
@@ -65,16 +66,36 @@ def job_show(app: AppContext, name: str) -> None:
         f"dedupe:    {f'{job.dedupe_window_s:g}s window' if job.dedupe_window_s else 'off (dedupe keys are ignored)'}",
         f"alert:     {_alert_line(app, job)}",
         f"badge:     {'public' if job.public_badge else 'signed-in users only'} (/badge/{job.name}.svg)",
+        f"notify:    {'; '.join(rule.describe() for rule in job.notify_rules()) or '-'}",
         f"retry:     {job.retry.describe()}" + (f"  (waits {_waits(job)})" if job.retry.attempts else ""),
         f"updated:   {ago(job.updated_at)}",
     ]
     click.echo("\n".join(lines))
+    _echo_http_steps(app, job)
     _echo_missed(app, job)
     if job.schedule:
         fires = next_fires(job.schedule, job.timezone, app.store.clock.now(), 5)
         click.echo("next fires:" + ("" if job.enabled else "  (job is disabled: these will not run)"))
         for fire in fires:
             click.echo(f"  {fire.strftime('%Y-%m-%d %H:%M:%S %Z (%z)')}")
+
+
+def _echo_http_steps(app: AppContext, job: Job) -> None:
+    """An HTTP job's kind and steps, as deployed (placeholders, never secret values)."""
+    from sooner.model.http_job import InvalidHttpJob, JobKind, parse_http_job
+
+    click.echo(f"kind:      {job.kind.value}")
+    if job.kind is not JobKind.HTTP:
+        return
+    raw = app.store.objects.get_blob(job.blob) if job.blob else None
+    try:
+        spec = parse_http_job(raw or b"")
+    except InvalidHttpJob as exc:
+        click.echo(f"steps:     cannot read the deployed document: {exc}")
+        return
+    click.echo("steps:" + (f"     {spec.description}" if spec.description else ""))
+    for number, step in enumerate(spec.steps, 1):
+        click.echo(f"  {number}. {step.name}: {step.describe(spec.retry_base_s)}")
 
 
 @job_group.command("enable")
@@ -100,6 +121,10 @@ def job_disable(app: AppContext, name: str) -> None:
 @click.option("--schedule", help="Cron string (5 fields, optional seconds, or @hourly…); '' clears it.")
 @click.option("--timezone", "tz", help="IANA timezone the schedule is read in, e.g. Europe/Berlin.")
 @click.option("--worker", help="Worker name or tag that must run it; '' = any worker.")
+@click.option("--requires", metavar="TAGS",
+              help="Tags a worker must all have to run it, e.g. gpu,eu; '' clears them.")
+@click.option("--max-concurrent", "max_concurrent", type=click.IntRange(0, 10_000), metavar="N",
+              help="At most N runs of it at once over all workers; 0 = no limit.")
 @click.option("--hook", "hooks", multiple=True, help="Also run when this event is emitted (repeatable).")
 @click.option("--no-hook", "no_hooks", multiple=True, help="Stop running on this event (repeatable).")
 @click.option("--timeout", "timeout_s", type=float, help="Kill a run after this many seconds; 0 = no limit.")
@@ -127,6 +152,10 @@ def job_disable(app: AppContext, name: str) -> None:
               help="No retry waits longer than this (default 3600).")
 @click.option("--jitter", type=float, metavar="FRACTION",
               help="Spread each wait randomly by up to this fraction (0-1, e.g. 0.1 = ±10%%; default 0).")
+@click.option("--notify", metavar="JSON",
+              help='Notify rules (replace the job\'s): \'[{"on": ["failure", "recovery"], "to": ["slack://…"]}]\'; '
+                   "events failure, recovery, success, missed; targets apprise URLs or webhook+https://…; "
+                   "'[]' clears.")
 @pass_app
 def job_set(app: AppContext, name: str, **options: Any) -> None:
     """Change a job's schedule, timezone, worker, hooks, timeout or policies."""
@@ -174,8 +203,12 @@ def _describe_change(key: str, job: Job) -> str:
     value = job.to_doc().get(key)
     if key == "hooks":
         value = ",".join(job.hooks) or "none"
+    if key == "requires":
+        value = ",".join(job.requires) or "none"
     if key == "retry":
         value = job.retry.describe()
+    if key == "notify":
+        value = "; ".join(rule.describe() for rule in job.notify_rules()) or "nobody"
     return f"{key}={value if value not in (None, '') else 'none'}"
 
 

@@ -29,9 +29,12 @@ from sooner.cli.output import ago, duration, echo_table
 from sooner.errors import SoonerError, StoreUnreachable
 from sooner.model import ManualTrigger, Progress, Run, RunStatus
 from sooner.model.data import check_data, check_run_data, load_json
+from sooner.model.waiting import WaitCode, explained, wait_reasons
 from sooner.model import failed as failed_view
 
 FOLLOW_POLL_S = 0.05
+# How often --follow asks why a run that has not started waits (a few queries each time).
+WAIT_CHECK_S = 1.0
 STATUS_EXIT_CODES = {RunStatus.SUCCEEDED: 0, RunStatus.TIMED_OUT: 124, RunStatus.CANCELLED: 130, RunStatus.LOST: 75}
 PROGRESS_LINE_EVERY_S = 1.0  # without a TTY, progress lines at most this often
 
@@ -55,10 +58,11 @@ def current_user() -> str:
 
 # -- scheduler ---------------------------------------------------------------
 @main.command("scheduler")
-@click.option("--once", is_flag=True, help="Tick once (fire due runs, expire lost ones) and exit.")
+@click.option("--once", is_flag=True,
+              help="Tick once (fire due runs, expire lost ones, send due notifications) and exit.")
 @pass_app
 def scheduler_command(app: AppContext, once: bool) -> None:
-    """Fire cron schedules and end runs whose worker vanished, until SIGTERM/SIGINT.
+    """Fire cron schedules, end runs whose worker vanished and send notifications, until SIGTERM/SIGINT.
 
     Any number of schedulers may run against one database: each tick fires at
     most once. Schedule and enable changes take effect within a second.
@@ -67,8 +71,12 @@ def scheduler_command(app: AppContext, once: bool) -> None:
 
     scheduler = Scheduler(app.store, app.settings, service=app.runs)
     if once:
+        from sooner.runs.notifier import Notifier
+
         for run in scheduler.tick():
             click.echo(f"fired {run.job} ({run.trigger.describe()}): run {run.ref} ({run.id})")
+        for entry in Notifier(app.store, app.settings).step():  # the outbox too, once
+            click.echo(f"notification {entry.describe()}")
         return
     stop = threading.Event()
 
@@ -79,7 +87,13 @@ def scheduler_command(app: AppContext, once: bool) -> None:
     click.echo(f"sooner scheduler ready (pid {os.getpid()}, database {app.store.database_name}); "
                f"SIGTERM or Ctrl-C stops it")
     sys.stdout.flush()
-    scheduler.run_forever(stop)
+    from sooner.runs.notifier import start_notifier
+
+    stop_notifier = start_notifier(app.store, app.settings)  # sends the notification outbox, in this process
+    try:
+        scheduler.run_forever(stop)
+    finally:
+        stop_notifier()
     click.echo("sooner scheduler stopped")
 
 
@@ -124,7 +138,7 @@ def run_command(app: AppContext, name: str, data_text: str | None, follow: bool,
         return
     if not run.deduplicated:
         _system(f"queued run {run.ref} ({run.id})")
-    final = _follow(app.store, run.id)
+    final = _follow(app.store, run.id, app.settings.heartbeat_s)
     sys.exit(exit_code_for(final))
 
 
@@ -151,17 +165,25 @@ def warn_if_no_worker(app: AppContext, target: str | None) -> None:
 @click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--failed", is_flag=True, help="The Failed view: runs that failed, timed out or were lost and got "
                                              "no further attempt (not dismissed).")
+@click.option("--poison", is_flag=True, help="The poison list: HTTP job runs whose steps failed every attempt.")
 @click.option("--worker", help="With --failed: only runs of this worker.")
 @click.option("--search", metavar="TEXT", help="With --failed: only runs whose error or job contains TEXT.")
 @click.option("--sort", type=click.Choice(failed_view.SORTS), default="time", show_default=True,
               help="With --failed: newest first, or by job or worker.")
 @click.option("--group-by", type=click.Choice(failed_view.GROUPS), help="With --failed: count runs per group.")
 @pass_app
-def runs_command(app: AppContext, job: str | None, status: str | None, limit: int, failed: bool,
+def runs_command(app: AppContext, job: str | None, status: str | None, limit: int, failed: bool, poison: bool,
                  worker: str | None, search: str | None, sort: str, group_by: str | None) -> None:
     """List runs, newest first; with --failed, the Failed view (`sooner retry` / `sooner dismiss` act on it)."""
     from sooner.cli.failed import attempt_label, jobs_of, show_failed
 
+    if poison:
+        from sooner.cli.poison import show_poison
+
+        if status or failed:
+            raise click.UsageError("--poison lists poison runs: leave out --status and --failed")
+        show_poison(app, job=job, limit=limit)
+        return
     if failed:
         if status:
             raise click.UsageError("--failed lists failed, timed-out and lost runs: leave out --status")
@@ -172,11 +194,13 @@ def runs_command(app: AppContext, job: str | None, status: str | None, limit: in
     now = app.store.clock.now()
     runs = app.store.runs.list(job=job, status=status, limit=limit)
     jobs = jobs_of(app, [run for run in runs if run.attempt > 1])
+    waits = wait_reasons(app.store.reads, runs, now, app.settings.heartbeat_s)
     rows = [[run.ref, run.status.value, run.worker,
              run.trigger.describe() + (f" · attempt {attempt_label(run, jobs)}" if run.attempt > 1 else ""),
-             ago(run.started_at, now) if run.started_at else None, _duration(run, now), _progress(run.progress), run.id]
+             ago(run.started_at, now) if run.started_at else None, _duration(run, now), _progress(run.progress),
+             waits[run.id].short() if run.id in waits else None, run.id]
             for run in runs]
-    echo_table(["run", "status", "worker", "trigger", "started", "duration", "progress", "id"], rows,
+    echo_table(["run", "status", "worker", "trigger", "started", "duration", "progress", "eta", "id"], rows,
                "no runs yet" if not (job or status) else "no runs match")
 
 
@@ -192,7 +216,7 @@ def logs_command(app: AppContext, run_id: str, follow: bool) -> None:
     store = app.store
     run = store.runs.get(run_id)
     if follow:
-        _follow(store, run.id)
+        _follow(store, run.id, app.settings.heartbeat_s)
         return
     from sooner.cli.failed import chain_line
 
@@ -212,6 +236,9 @@ def logs_command(app: AppContext, run_id: str, follow: bool) -> None:
     if run.finished:
         _system(_ending(run))
     _print_emitted(store, run)
+    notified = [entry.describe() for entry in store.notifications.for_run(run.id)]
+    if notified:
+        _system("notified: " + "; ".join(notified))
 
 
 def _print_emitted(store: Any, run: Run) -> None:
@@ -227,19 +254,52 @@ def _print_emitted(store: Any, run: Run) -> None:
         _system(f"more events follow: the run's page or GET /api/runs/{run.id}/events?offset={emitted.next_offset}")
 
 
-def _follow(store: Any, run_id: str) -> Run:
-    """Stream a run's output and progress until it ends; returns the finished run."""
+class WaitNotes:
+    """What ``--follow`` says while the run has not started: ``waiting: …`` each time the reason changes.
+
+    Asked at most every ``every_s``; ``starting`` (a worker takes it within a poll) is not worth a line,
+    and a retry's countdown is one line, not one per second.
+    """
+
+    def __init__(self, heartbeat_s: float, every_s: float = WAIT_CHECK_S, clock: Callable[[], float] = time.monotonic):
+        self.heartbeat_s = heartbeat_s
+        self.every_s = every_s
+        self.clock = clock
+        self.checked = float("-inf")
+        self.shown: tuple[object, ...] | None = None
+
+    def check(self, store: Any, run: Run) -> str | None:
+        """The line to print now, if any."""
+        if not explained(run) or self.clock() - self.checked < self.every_s:
+            return None
+        self.checked = self.clock()
+        reason = wait_reasons(store.reads, [run], store.clock.now(), self.heartbeat_s).get(run.id)
+        if reason is None or reason.code is WaitCode.STARTING:
+            return None
+        key = (reason.code,) if reason.code is WaitCode.RETRY_WAIT else (reason.code, reason.message)
+        if key == self.shown:
+            return None
+        self.shown = key
+        return f"waiting: {reason.line()}"
+
+
+def _follow(store: Any, run_id: str, heartbeat_s: float) -> Run:
+    """Stream a run's output and progress until it ends (saying why while it waits); returns the finished run."""
     progress = ProgressDisplay(sys.stderr.isatty())
+    waits = WaitNotes(heartbeat_s)
     after, status, unreachable, shown = -1, None, False, run_id
     try:
         while True:
             try:
                 run = store.runs.get(run_id)
                 shown = run.ref
-                if run.status != status and run.status is RunStatus.RUNNING and status is not None:
+                if _started_since(status, run):
                     progress.clear()
                     _system(f"started on {run.worker}")  # before its output, which the worker writes after
                 status = run.status
+                if (note := waits.check(store, run)) is not None:
+                    progress.clear()
+                    _system(note)
                 chunks = store.output.read(run_id, after_seq=after)
             except StoreUnreachable as exc:  # wait for it: the run goes on, and its worker keeps the output
                 if not unreachable:
@@ -266,6 +326,13 @@ def _follow(store: Any, run_id: str) -> Run:
         progress.clear()
         click.echo(f"stopped following; run {shown} goes on (`sooner logs {shlex.quote(shown)} --follow`)", err=True)
         sys.exit(130)
+
+
+def _started_since(seen: RunStatus | None, run: Run) -> bool:
+    """Whether a worker started ``run`` since the follower last saw it not yet started (a run that ran
+    and ended between two polls was started too)."""
+    waited = seen is not None and seen.active and seen is not RunStatus.RUNNING
+    return waited and run.worker is not None and (run.status is RunStatus.RUNNING or run.finished)
 
 
 def _print_chunks(chunks: list[dict]) -> None:

@@ -75,7 +75,7 @@ def db_start(app: AppContext) -> None:
 @pass_app
 def db_stop(app: AppContext) -> None:
     """Stop the embedded database."""
-    stopped = _embedded(app).stop()
+    stopped = _embedded(app).stop(say=click.echo)
     click.echo("embedded database stopped" if stopped else "embedded database was not running")
 
 
@@ -95,7 +95,7 @@ def up_command(app: AppContext, directory: Path | None, host: str | None, port: 
     """
     from sooner.config import CONFIG_FILE, load_settings
     from sooner.site import ignore_pattern, init_site, unignored_work_tree
-    from sooner.site.up import run_up
+    from sooner.site.up import exec_up
 
     if directory is not None:
         config_path = directory.resolve() / CONFIG_FILE
@@ -114,6 +114,5 @@ def up_command(app: AppContext, directory: Path | None, host: str | None, port: 
                     f"which does not ignore it: `git add -A` there would commit {CONFIG_FILE} and its session "
                     f"secret. Move the site out, or add {ignore_pattern(config_path.parent, work_tree)!r} to "
                     f"{work_tree / '.gitignore'}", fg="yellow", bold=True, err=True)
-    code = run_up(settings, config_path, host or settings.web_host, port or settings.web_port,
-                  worker_name, capacity, echo=click.echo)
-    raise SystemExit(code)
+    # Becomes the lean gunicorn master (same pid): web, scheduler and worker run in its one worker process.
+    exec_up(config_path, host or settings.web_host, port or settings.web_port, worker_name, capacity)

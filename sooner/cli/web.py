@@ -166,6 +166,6 @@ def token_list(app: AppContext, user_arg: str | None, user: str | None) -> None:
 @click.argument("token_id")
 @pass_app
 def token_revoke(app: AppContext, token_id: str) -> None:
-    """Delete a token by id; clients using it get 401 at once."""
+    """Delete a token by id; clients using it get 401 within web_token_cache_s (10 s)."""
     app.store.tokens.revoke(token_id)
     click.echo(f"revoked {token_id}")

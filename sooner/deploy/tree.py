@@ -18,7 +18,10 @@ each path and what is wrong with it. Refused:
   time instead of deploying something incomplete;
 - any other mode, or an entry whose object is missing or of the wrong kind.
 
-Executable regular files (mode 100755) are jobs. Other regular files and
+Executable regular files (mode 100755) are jobs, and so is every regular file
+named ``*.http.json`` (an HTTP job, :mod:`sooner.model.http_job`), whose
+document is checked here too: a push is refused with each problem's JSON
+path. Other regular files and
 symlinks are supporting files: a symlink is never a job, even when it points
 to an executable script (that script is a job under its own name). A regular
 file that starts with a shebang is most likely a forgotten ``chmod +x``:
@@ -36,6 +39,7 @@ from dulwich.errors import ObjectFormatException
 from dulwich.objects import parse_tree
 
 from sooner.errors import DeployError
+from sooner.model.http_job import InvalidHttpJob, JobKind, parse_http_job
 
 if TYPE_CHECKING:
     from dulwich.objects import ObjectID
@@ -87,7 +91,7 @@ class TreeFile:
 
     @property
     def is_job(self) -> bool:
-        return self.mode == EXECUTABLE_MODE
+        return is_job_file(self.path, self.mode)
 
     @property
     def is_symlink(self) -> bool:
@@ -108,6 +112,11 @@ class DeployTree:
     def jobs(self) -> dict[str, str]:
         """Job name (the script's path) -> blob sha, for every executable file."""
         return {path: f.sha for path, f in self.files.items() if f.is_job}
+
+
+def is_job_file(path: str, mode: int) -> bool:
+    """An executable file, or a regular file named ``*.http.json`` (an HTTP job); never a symlink."""
+    return mode == EXECUTABLE_MODE or (mode == REGULAR_MODE and JobKind.of(path) is JobKind.HTTP)
 
 
 def scripts_not_executable(files: Iterable[TreeFile], read_blob: Callable[[str], bytes]) -> list[str]:
@@ -323,7 +332,19 @@ class _TreeReader:
                 self.problems.append(f"file {path!r} is {size:,} bytes, over the limit of "
                                      f"{self.max_file_bytes:,} (max_file_bytes)")
                 return
-        result.files[path] = TreeFile(path, mode, sha.decode(), size)
+        file = TreeFile(path, mode, sha.decode(), size)
+        if file.is_job and JobKind.of(path) is JobKind.HTTP:
+            self._check_http_job(path, sha)
+        result.files[path] = file
+
+    def _check_http_job(self, path: str, sha: bytes) -> None:
+        kind, raw = self._get(sha, repr(path))
+        if kind is None:
+            return
+        try:
+            parse_http_job(raw)
+        except InvalidHttpJob as exc:
+            self.problems.extend(f"HTTP job {path!r}: {problem}" for problem in exc.problems)
 
     def _blob_size(self, path: str, sha: bytes) -> int | None:
         if sha not in self.sizes:

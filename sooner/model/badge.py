@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from sooner.model.run import Run
-from sooner.model.status import ACTIVE, FAILED_KINDS, RunStatus
+from sooner.model.status import ACTIVE, RunStatus
 
 
 class BadgeState(str, Enum):
@@ -30,6 +30,6 @@ def badge_state(last_run: Run | None) -> BadgeState:
         return BadgeState.RUNNING
     if last_run.status is RunStatus.SUCCEEDED:
         return BadgeState.PASSING
-    if last_run.status in FAILED_KINDS:
+    if last_run.status.unsuccessful:
         return BadgeState.FAILING
     return BadgeState.CANCELLED

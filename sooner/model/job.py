@@ -7,9 +7,13 @@ import random as _random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sooner.model.http_job import JobKind
 from sooner.model.status import Missed, Overlap
+
+if TYPE_CHECKING:
+    from sooner.model.notify import NotifyRule
 
 # The policy a job has until someone sets one: no retries; if enabled, 30 s doubling up to an hour, no jitter.
 DEFAULT_BACKOFF_BASE_S = 30.0
@@ -119,11 +123,14 @@ JOB_DEFAULTS: dict[str, Any] = {
     "alert_after_s": None,
     "dedupe_window_s": None,
     "public_badge": False,
+    "notify": [],
+    "requires": [],
+    "max_concurrent": None,
 }
 
 _FIELDS = ("enabled", "schedule", "timezone", "worker", "hooks", "timeout_s", "memory_limit_mb", "retry", "overlap",
-           "missed", "alert_after_s", "dedupe_window_s", "public_badge",
-           "deleted", "new", "commit", "blob", "created_at", "updated_at", "deleted_at", "scheduler_state")
+           "missed", "alert_after_s", "dedupe_window_s", "public_badge", "notify", "requires", "max_concurrent",
+           "deleted", "new", "commit", "blob", "kind", "created_at", "updated_at", "deleted_at", "scheduler_state")
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,12 @@ class Job:
     dedupe_window_s: float | None = None
     # Its status badge (/badge/<name>.svg) is shown to anyone, not only to signed-in users.
     public_badge: bool = False
+    # Notify rules of this job ({on, to}; sooner.model.notify), as validated by job_settings when set.
+    notify: tuple[Mapping[str, Any], ...] = ()
+    # Tags a worker must all have to run it (copied onto each run when queued; sooner.model.dispatch).
+    requires: tuple[str, ...] = ()
+    # At most this many of its runs at once, fleet-wide (None = no limit; sooner.store.limits).
+    max_concurrent: int | None = None
     deleted: bool = False
     new: bool = False
     commit: str | None = None
@@ -156,6 +169,8 @@ class Job:
     updated_at: datetime | None = None
     deleted_at: datetime | None = None
     scheduler_state: Mapping[str, Any] | None = None
+    # A script, or an HTTP job (``*.http.json``); documents without it are scripts unless the name says otherwise.
+    kind: JobKind = JobKind.SCRIPT
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -166,6 +181,15 @@ class Job:
     def schedulable(self) -> bool:
         """Enabled, not removed: its triggers may start runs."""
         return self.enabled and not self.deleted
+
+    def notify_rules(self) -> tuple[NotifyRule, ...]:
+        """The job's notify rules; a stored rule that is no longer valid counts as none (it was checked when set)."""
+        from sooner.model.notify import InvalidNotifyRule, parse_rules
+
+        try:
+            return parse_rules(list(self.notify), "notify")
+        except InvalidNotifyRule:
+            return ()
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Job:
@@ -178,10 +202,14 @@ class Job:
             retry=RetryPolicy.from_doc(values["retry"]), overlap=_enum(Overlap, values["overlap"], Overlap.SKIP),
             missed=_enum(Missed, values["missed"], Missed.SKIP), alert_after_s=_positive(values.get("alert_after_s")),
             dedupe_window_s=_positive(values.get("dedupe_window_s")), public_badge=bool(values.get("public_badge")),
+            notify=tuple(rule for rule in values.get("notify") or () if isinstance(rule, Mapping)),
+            requires=tuple(str(tag) for tag in values.get("requires") or ()),
+            max_concurrent=_whole(values.get("max_concurrent")),
             deleted=bool(values.get("deleted")),
             new=bool(values.get("new")), commit=values.get("commit"), blob=values.get("blob"),
             created_at=values.get("created_at"), updated_at=values.get("updated_at"),
             deleted_at=values.get("deleted_at"), scheduler_state=values.get("scheduler_state"),
+            kind=_enum(JobKind, values.get("kind"), JobKind.of(str(doc["_id"]))),
             extra={k: v for k, v in doc.items() if k != "_id" and k not in _FIELDS},
         )
 
@@ -192,8 +220,10 @@ class Job:
             "memory_limit_mb": self.memory_limit_mb, "retry": self.retry.to_doc(), "overlap": self.overlap.value,
             "missed": self.missed.value, "alert_after_s": self.alert_after_s,
             "dedupe_window_s": self.dedupe_window_s, "public_badge": self.public_badge,
+            "notify": [dict(rule) for rule in self.notify], "requires": list(self.requires),
+            "max_concurrent": self.max_concurrent,
             "deleted": self.deleted, "new": self.new, "commit": self.commit, "blob": self.blob,
-            "created_at": self.created_at, "updated_at": self.updated_at,
+            "created_at": self.created_at, "updated_at": self.updated_at, "kind": self.kind.value,
             # Written only once set, as the repository does (a new job has neither).
             **({"deleted_at": self.deleted_at} if self.deleted_at is not None else {}),
             **({"scheduler_state": self.scheduler_state} if self.scheduler_state is not None else {}),

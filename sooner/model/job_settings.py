@@ -45,7 +45,9 @@ def validate_worker_name(name: str, key: str = "worker", kind: str = "worker nam
 def settings_changes(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
     """Turn user options (None = unchanged) into validated job fields.
 
-    Keys understood: schedule, tz, worker, timeout_s, memory_limit_mb, overlap, missed, alert_after_s, dedupe_window_s, public_badge, the retry policy's
+    Keys understood: schedule, tz, worker, timeout_s, memory_limit_mb, overlap, missed, alert_after_s, dedupe_window_s, public_badge,
+    requires (tags, :func:`validate_requires`), max_concurrent,
+    notify (rules, :func:`sooner.model.notify.parse_rules`), the retry policy's
     (:data:`RETRY_OPTIONS`), hooks/no_hooks (validated only; applied by the repository).
     """
     from sooner.scheduling.cron import validate_cron, validate_timezone  # cron maths is not part of the model
@@ -76,12 +78,53 @@ def settings_changes(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
                                                       MAX_DEDUPE_WINDOW_S, "seconds (30 days)", False) or None
     if options.get("public_badge") is not None:
         changes["public_badge"] = _yes_no("public_badge", options["public_badge"])
+    if options.get("requires") is not None:  # tags as a list or comma-separated text; '' or [] clears them
+        changes["requires"] = validate_requires(options["requires"])
+    if options.get("max_concurrent") is not None:  # 0 or '' = no limit
+        changes["max_concurrent"] = _max_concurrent(options["max_concurrent"])
+    if options.get("notify") is not None:  # rules as JSON text or a list; '' or [] clears them
+        changes["notify"] = _notify(options["notify"])
     retry = retry_changes(options)
     if retry:
         changes["retry"] = replace(job.retry, **retry).to_doc()
     for event in list(options.get("hooks") or ()) + list(options.get("no_hooks") or ()):
         validate_event_name(event)
     return changes
+
+
+MAX_REQUIRED_TAGS = 20
+
+
+def validate_requires(value: Any) -> list[str]:
+    """The tags a job requires of its worker: a list, or text with commas (``gpu,eu``); each a valid tag."""
+    if isinstance(value, str):
+        tags = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        tags = list(value)
+    else:
+        raise InvalidJobSetting("requires", f"must be a list of tags or text like 'gpu,eu', got {value!r}")
+    for tag in tags:
+        validate_worker_name(tag, "requires", "tag")
+    if len(tags) > MAX_REQUIRED_TAGS:
+        raise InvalidJobSetting("requires", f"at most {MAX_REQUIRED_TAGS} tags, got {len(tags)}")
+    return list(dict.fromkeys(tags))
+
+
+def _max_concurrent(value: Any) -> int | None:
+    """A whole number of runs at once fleet-wide, 1-10000; 0 or empty text = no limit."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    number = _number_in_range("max_concurrent", value, 0, 10_000, "runs (0 = no limit)", True)
+    return int(number) or None
+
+
+def _notify(value: Any) -> list[dict[str, Any]]:
+    from sooner.model.notify import InvalidNotifyRule, parse_rules
+
+    try:
+        return [rule.to_doc() for rule in parse_rules(value, "rule")]
+    except InvalidNotifyRule as exc:
+        raise InvalidJobSetting("notify", str(exc)) from None
 
 
 def _yes_no(key: str, value: Any) -> bool:

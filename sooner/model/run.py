@@ -48,11 +48,13 @@ _PROCESS_FIELDS = ("host", "pid_started_at", "pgid", "supervisor_pid", "supervis
 # The attempt chain and the Failed view (written once set): see the fields' comments on Run.
 _ATTEMPT_FIELDS = ("chain", "next_attempt", "failed_view", "dismissed_at", "dismissed_by")
 # Dedupe and relocation (written once set): see the fields' comments on Run.
-_ROUTING_FIELDS = ("dedupe_key", "relocated_to")
+_ROUTING_FIELDS = ("dedupe_key", "relocated_to", "has_waiters")
+# What the run's process tree used (RunUsage), recorded with its end.
+_USAGE_FIELDS = ("peak_rss_bytes", "cpu_s")
 _FIELDS = ("fire_kind", "job", "number", "status", "trigger", "data", "commit", "target", "worker", "pid", "exit_code",
            "progress", "attempt", "depth", "timeout_s", "queued_at", "not_before", "started_at", "finished_at", "claimed_at",
            "lease_until", "cancel_requested", "cancelled_by", "note", "duration_s", "scheduled_for", *_PROCESS_FIELDS,
-           *_ATTEMPT_FIELDS, *_ROUTING_FIELDS)
+           *_ATTEMPT_FIELDS, *_ROUTING_FIELDS, *_USAGE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class Run:
     dedupe_key: str | None = None
     # The run that continues this one on another worker (kill and relocate: RunService.relocate).
     relocated_to: str | None = None
+    # What its process tree used (RunUsage): the peak of its summed resident memory, its CPU seconds.
+    peak_rss_bytes: int | None = None
+    cpu_s: float | None = None
+    # A run of its job waits behind this one (overlap queue): its end releases the oldest (RunService.queue).
+    has_waiters: bool = False
     # Never stored: True on the run RunService.queue returned instead of a new one (it held the dedupe key).
     deduplicated: bool = field(default=False, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -135,6 +142,11 @@ class Run:
             return None
         end = self.finished_at or now
         return max(0.0, (_aware(end) - _aware(self.started_at)).total_seconds())
+
+    def waited_s(self, started_at: datetime) -> float:
+        """Seconds from when the run could first start (queued, or its retry time) until ``started_at``."""
+        ready = max((_aware(t) for t in (self.queued_at, self.not_before) if t is not None), default=None)
+        return 0.0 if ready is None else max(0.0, (_aware(started_at) - ready).total_seconds())
 
     @property
     def chain_root(self) -> str:
@@ -178,6 +190,8 @@ class Run:
             chain=doc.get("chain"), next_attempt=doc.get("next_attempt"), failed_view=bool(doc.get("failed_view")),
             dismissed_at=doc.get("dismissed_at"), dismissed_by=doc.get("dismissed_by"),
             dedupe_key=doc.get("dedupe_key"), relocated_to=doc.get("relocated_to"),
+            peak_rss_bytes=doc.get("peak_rss_bytes"), cpu_s=doc.get("cpu_s"),
+            has_waiters=bool(doc.get("has_waiters")),
             extra={k: v for k, v in doc.items() if k != "_id" and k not in _FIELDS},
         )
 
@@ -191,7 +205,7 @@ class Run:
             "lease_until": self.lease_until, "cancel_requested": self.cancel_requested, "note": self.note,
         }
         for name in ("number", "claimed_at", "cancelled_by", "duration_s", *_PROCESS_FIELDS, *_ATTEMPT_FIELDS,
-                     *_ROUTING_FIELDS):
+                     *_ROUTING_FIELDS, *_USAGE_FIELDS):
             value = getattr(self, name)
             if value is not None and value is not False:  # process_gone is written once true
                 doc[name] = value
@@ -210,3 +224,29 @@ _RUN_ID = re.compile(r"\b[0-9a-f]{10,24}\b")
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """What a run's process tree used: the peak of its summed resident memory and its CPU seconds (user + system).
+
+    Recorded on the run by its end (``RunService.finish(usage=…)``) in the same write.
+    """
+
+    peak_rss_bytes: int
+    cpu_s: float
+
+    def fields(self) -> dict[str, Any]:
+        """The run document's fields."""
+        return {"peak_rss_bytes": int(self.peak_rss_bytes), "cpu_s": round(float(self.cpu_s), 3)}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> RunUsage | None:
+        """From :meth:`fields` (a journal record); None for anything else."""
+        if not isinstance(doc, Mapping):
+            return None
+        rss, cpu = doc.get("peak_rss_bytes"), doc.get("cpu_s")
+        if isinstance(rss, bool) or isinstance(cpu, bool) or not isinstance(rss, (int, float)) \
+                or not isinstance(cpu, (int, float)):
+            return None
+        return cls(int(rss), float(cpu))

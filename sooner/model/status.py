@@ -16,6 +16,9 @@ class RunStatus(str, Enum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
     LOST = "lost"
+    # An HTTP job whose step failed every attempt (sooner.model.http_job): its steps were retried
+    # already, so the job's retry policy does not apply; it waits in the poison list instead.
+    POISON = "poison"
 
     @property
     def active(self) -> bool:
@@ -32,13 +35,28 @@ class RunStatus(str, Enum):
         return self in FAILED_KINDS
 
     @property
+    def unsuccessful(self) -> bool:
+        """Ended badly: failed, timed out, lost or poison. Such a run may be retried by hand."""
+        return self in FAILED_KINDS or self is RunStatus.POISON
+
+    @property
     def outcome(self) -> str | None:
         """``succeeded``/``failed`` for ends that emit ``job:<name>:<outcome>``; None for the others."""
         if self is RunStatus.SUCCEEDED:
             return "succeeded"
-        if self in (RunStatus.FAILED, RunStatus.TIMED_OUT):
+        if self in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.POISON):
             return "failed"
         return None
+
+    @staticmethod
+    def outcome_event(job: str, outcome: str) -> str:
+        """The event that announces a run of ``job`` ended with ``outcome`` (see :attr:`outcome`)."""
+        return f"job:{job}:{outcome}"
+
+    @staticmethod
+    def outcome_events(job: str) -> list[str]:
+        """Every event a run of ``job`` may announce its end with."""
+        return [RunStatus.outcome_event(job, outcome) for outcome in ("succeeded", "failed")]
 
     @classmethod
     def values(cls, statuses: frozenset[RunStatus] | None = None) -> list[str]:

@@ -59,7 +59,7 @@ class ApiAction(str, Enum):
 
     READ = "read"      # any GET
     RUN = "run"        # start or cancel a run, emit an event
-    ADMIN = "admin"    # anything else that changes state (job settings, moving runs, the Failed view, ...)
+    ADMIN = "admin"    # anything else that changes state (job settings, queue entries, moving runs, Failed view …)
 
 
 def parse_expiry(text: str) -> timedelta:

@@ -126,9 +126,10 @@ class ManualTrigger(Trigger):
 @trigger_kind
 @dataclass(frozen=True)
 class ApiTrigger(Trigger):
-    """A REST API call started the run."""
+    """A REST API call started the run; ``token`` is the id of the API token it came with (None: a session)."""
 
     type: ClassVar[str] = "api"
+    token: str | None = None
 
 
 @trigger_kind

@@ -211,6 +211,16 @@ def _standard_key(secret: str) -> bytes:
         raise InvalidHook("a Standard Webhooks secret is 'whsec_' followed by base64") from None
 
 
+def standard_signature(secret: str, msg_id: str, stamp: str, body: bytes) -> str:
+    """Standard Webhooks' signature (without the ``v1,``): base64 HMAC-SHA256 of ``id.timestamp.body``.
+
+    The one signing rule: incoming deliveries are verified with it and outgoing
+    notifications (:mod:`sooner.model.notify`) are signed with it.
+    """
+    signed = msg_id.encode() + b"." + stamp.encode() + b"." + body
+    return base64.b64encode(hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()).decode()
+
+
 def _verify_standard(secret: str, headers: dict[str, str], body: bytes, now: datetime) -> str | None:
     msg_id, stamp, sent = (headers.get(name) for name in ("webhook-id", "webhook-timestamp", "webhook-signature"))
     if not (msg_id and stamp and sent):
@@ -221,8 +231,7 @@ def _verify_standard(secret: str, headers: dict[str, str], body: bytes, now: dat
         raise WebhookRefused(401, f"webhook-timestamp {stamp[:30]!r} is not Unix seconds") from None
     if abs(now.astimezone(timezone.utc).timestamp() - moment) > REPLAY_WINDOW_S:
         raise WebhookRefused(401, f"webhook-timestamp is more than {REPLAY_WINDOW_S} s from now (replay window)")
-    signed = msg_id.encode() + b"." + stamp.encode() + b"." + body
-    expected = base64.b64encode(hmac.new(_standard_key(secret), signed, hashlib.sha256).digest())
+    expected = standard_signature(secret, msg_id, stamp, body).encode()
     matches = [_same(expected, part[3:]) for part in sent.split() if part.startswith("v1,")]
     if not any(matches):
         raise WebhookRefused(401, "no v1 webhook-signature matches the body and this hook's secret")

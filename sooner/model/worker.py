@@ -37,6 +37,8 @@ class Worker:
     running: tuple[str, ...] = ()
     cpu_percent: float | None = None
     rss_bytes: int | None = None
+    # How fast it runs jobs relative to the fleet (sooner.model.dispatch.fleet_speeds; None = not measured).
+    speed: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def heartbeat_age(self, now: datetime) -> float | None:
@@ -68,13 +70,14 @@ class Worker:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Worker:
         known = ("instance", "host", "pid", "capacity", "tags", "version", "started_at", "heartbeat_at",
-                 "stopped_at", "running", "cpu_percent", "rss_bytes")
+                 "stopped_at", "running", "cpu_percent", "rss_bytes", "speed")
         return cls(
             name=str(doc["_id"]), instance=doc.get("instance"), host=doc.get("host"), pid=doc.get("pid"),
             capacity=int(doc.get("capacity") or 1), tags=tuple(doc.get("tags") or ()), version=doc.get("version"),
             started_at=doc.get("started_at"), heartbeat_at=doc.get("heartbeat_at"), stopped_at=doc.get("stopped_at"),
             running=tuple(doc.get("running") or ()), cpu_percent=doc.get("cpu_percent"),
-            rss_bytes=doc.get("rss_bytes"), extra={k: v for k, v in doc.items() if k != "_id" and k not in known},
+            rss_bytes=doc.get("rss_bytes"), speed=doc.get("speed"),
+            extra={k: v for k, v in doc.items() if k != "_id" and k not in known},
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -82,4 +85,4 @@ class Worker:
                 "capacity": self.capacity, "tags": list(self.tags), "version": self.version,
                 "started_at": self.started_at, "heartbeat_at": self.heartbeat_at, "stopped_at": self.stopped_at,
                 "running": list(self.running), "cpu_percent": self.cpu_percent, "rss_bytes": self.rss_bytes,
-                **self.extra}
+                **({"speed": self.speed} if self.speed is not None else {}), **self.extra}

@@ -18,32 +18,34 @@ from sooner.model.job_settings import validate_event_name
 from sooner.scheduling.triggers import TRIGGERS
 
 if TYPE_CHECKING:
+    from sooner.model import Job
     from sooner.runs.service import RunService
 
 logger = logging.getLogger(__name__)
 
 
 def emit_event(service: RunService, name: str, data: Any = None, *, source: dict[str, Any], depth: int,
-               now: datetime, event_id: str | None = None) -> dict:
+               now: datetime, event_id: str | None = None, hooked: list[Job] | None = None) -> dict:
     """Store the event and queue a run of every job hooked to it. Returns the event (with ``runs``).
 
     With ``event_id`` (an event a worker journaled during an outage) an event
     stored under that id already is returned as it is: its runs were started
-    when it was first stored.
+    when it was first stored. ``hooked`` are the jobs hooked to ``name`` as the caller read them
+    a moment ago (enabled, not deleted); None reads them.
     """
     validate_event_name(name)
     store = service.store
     event = store.events.record(name, data, source=source, depth=depth, now=now, event_id=event_id)
     if event.get("replayed"):
         return event
-    hooked = [(job, trigger) for job in store.jobs.with_hook(name)
-              for trigger in TRIGGERS.event_triggers(job) if trigger.matches(name)]
-    if not hooked:
+    jobs = store.jobs.with_hook(name) if hooked is None else hooked
+    hooks = [(job, trigger) for job in jobs for trigger in TRIGGERS.event_triggers(job) if trigger.matches(name)]
+    if not hooks:
         return event
     limit = service.depth_limit
     if depth > limit:
-        note = (f"chain depth limit ({limit}) reached: {len(hooked)} hooked job(s) not started "
-                f"({', '.join(job.name for job, _ in hooked)}); is there a cycle of events?")
+        note = (f"chain depth limit ({limit}) reached: {len(hooks)} hooked job(s) not started "
+                f"({', '.join(job.name for job, _ in hooks)}); is there a cycle of events?")
         logger.warning("event %s: %s", name, note)
         store.events.attach_runs(event["_id"], [], note)
         if source.get("run"):
@@ -51,7 +53,7 @@ def emit_event(service: RunService, name: str, data: Any = None, *, source: dict
         event["note"] = note
         return event
     run_ids = []
-    for job, trigger in hooked:
+    for job, trigger in hooks:
         run = service.queue(job, trigger.cause(event), data=data, depth=depth, overlap_check=True, now=now)
         if run:
             run_ids.append(run.id)

@@ -12,9 +12,12 @@ default registry, :data:`LISTENERS`, holds (in this order):
 2. ``release-waiting`` -- the oldest ``waiting`` run of the job (overlap
    ``queue``) may go now;
 3. ``emit-outcome`` -- ``job:<name>:succeeded`` / ``job:<name>:failed`` is
-   emitted, which starts the jobs hooked to it.
+   emitted, which starts the jobs hooked to it;
+4. ``notify`` -- the notifications the end calls for (failure with no retry
+   following, recovery, success) go into the outbox, which the scheduler
+   process's notifier sends (:mod:`sooner.runs.notifier`).
 
-A later feature (notify, poison list, usage counters, SLA checks, fan-in) is
+A later feature (poison list, usage counters, SLA checks, fan-in) is
 one more listener: ``LISTENERS.register(listener, after="retry")``. A
 listener that raises is logged and skipped; the run's end is recorded
 already and the other listeners still run.
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from sooner.model import Job, RetryTrigger, Run, RunStatus
 
 if TYPE_CHECKING:
+    from sooner.runs.facts import JobFacts
     from sooner.runs.service import RunService
 
 logger = logging.getLogger(__name__)
@@ -45,11 +49,18 @@ class RunEnded:
     run: Run
     service: RunService
     now: datetime
+    facts: JobFacts | None = None  # what the worker read when the run started (sooner.runs.facts)
 
     @cached_property
     def job(self) -> Job | None:
-        """The run's job (read once, shared by all listeners); None if it no longer exists."""
+        """The run's job (read once, shared by all listeners; the worker's read if fresh); None if it no longer exists."""
+        if self.facts is not None and self.facts.fresh():
+            return self.facts.job
         return self.service.store.jobs.find(self.run.job)
+
+    def hooked_to(self, event: str) -> list[Job] | None:
+        """The jobs hooked to the run's outcome ``event`` as the worker read them, if still fresh (else None: read)."""
+        return self.facts.hooked_to(event) if self.facts is not None else None
 
 
 class EndOfRunListener(Protocol):
@@ -147,8 +158,12 @@ def old_process_grace_s(ended: RunEnded) -> float:
 
 
 def release_waiting(ended: RunEnded) -> None:
-    """Let the oldest waiting run of the job go now that this one is over (overlap ``queue``)."""
-    ended.service.release_waiting(ended.run.job, now=ended.now)
+    """Let the oldest waiting run of the job go now that this one is over (overlap ``queue``).
+
+    Only a run something waits behind (``has_waiters``, set by :meth:`RunService.queue`) looks.
+    """
+    if ended.run.has_waiters:
+        ended.service.release_waiting(ended.run.job, now=ended.now)
 
 
 def emit_outcome(ended: RunEnded) -> None:
@@ -157,10 +172,18 @@ def emit_outcome(ended: RunEnded) -> None:
     outcome = run.status.outcome
     if outcome is None:
         return
+    event = RunStatus.outcome_event(run.job, outcome)
     ended.service.emit(
-        f"job:{run.job}:{outcome}",
-        {"run": run.id, "job": run.job, "status": run.status.value, "exit_code": run.exit_code, "data": run.data},
-        source={"type": "system", "run": run.id, "job": run.job}, depth=run.depth + 1, now=ended.now)
+        event, {"run": run.id, "job": run.job, "status": run.status.value, "exit_code": run.exit_code, "data": run.data},
+        source={"type": "system", "run": run.id, "job": run.job}, depth=run.depth + 1, now=ended.now,
+        hooked=ended.hooked_to(event))
+
+
+def notify_outcome(ended: RunEnded) -> None:
+    """Put the notifications the end calls for into the outbox (:mod:`sooner.runs.notifier` sends them)."""
+    from sooner.runs.notifier import enqueue_run_end  # the notifier imports this module
+
+    enqueue_run_end(ended)
 
 
 # The one place the default listeners are registered, in the order they run.
@@ -168,4 +191,5 @@ LISTENERS = ListenerRegistry([
     ("retry", retry_per_policy),
     ("release-waiting", release_waiting),
     ("emit-outcome", emit_outcome),
+    ("notify", notify_outcome),
 ])

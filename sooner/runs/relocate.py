@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from sooner.errors import RunError
 from sooner.model import RelocateTrigger, Run, RunStatus
 from sooner.model.target import ANY_WORKER, WORKER_PREFIX, describe_target, matching
+from sooner.model.waiting import eligible
 
 if TYPE_CHECKING:
     from sooner.runs.service import RunService
@@ -98,10 +99,10 @@ def relocate_run(service: RunService, run_id: str, target: str | None, *, by: st
 
 def target_warning(service: RunService, target: str | None) -> str | None:
     """Why no worker may take a run aimed at ``target`` right now; None when an online worker serves it."""
-    now = service.clock.now()
-    serving = [w for w in service.store.workers.list() if w.serves(target)]
-    if any(w.online(now, service.settings.heartbeat_s) for w in serving):
+    workers = service.store.workers.list()
+    if eligible(workers, target, service.clock.now(), service.settings.heartbeat_s):  # the wait rule's check
         return None
+    serving = [w for w in workers if w.serves(target)]
     name = target[len(WORKER_PREFIX):] if target and target.startswith(WORKER_PREFIX) else "NAME"
     named = target not in (None, ANY_WORKER)
     unknown = " (none is known yet; it may come online later)" if named and not serving else ""

@@ -16,20 +16,23 @@ store's unless another is given), so a fake clock drives a whole scenario.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import random as _random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sooner.errors import SoonerError
 from sooner.model import ACTIVE, Job, ManualTrigger, Overlap, Run, RunStatus, Trigger
+from sooner.model.run import RunUsage
+from sooner.model import dispatch
 from sooner.model.dedupe import key_expired, validate_dedupe_key
 from sooner.runs.events import emit_event
 from sooner.runs.listeners import LISTENERS, ListenerRegistry, RunEnded
 
 if TYPE_CHECKING:
     from sooner.clock import Clock
+    from sooner.runs.facts import JobFacts
     from sooner.runs.relocate import Moved
     from sooner.model.failed import BulkResult
     from sooner.config import Settings
@@ -38,6 +41,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NOT_STARTED = frozenset({RunStatus.QUEUED, RunStatus.WAITING})
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One fire of a job's time trigger for :meth:`RunService.queue_fires`: its run's trigger record, and
+    what to call when overlap=skip drops it."""
+
+    job: Job
+    trigger: Trigger
+    on_skip: Callable[[Job], object] | None = None
 
 
 class RunService:
@@ -93,19 +106,72 @@ class RunService:
                     on_skip(job)
                 return None
             status = RunStatus.WAITING
-        deploy = self.store.deploys.latest()
-        run_id = run_id or self.store.runs.new_id()
-        new = Run(
-            id=run_id, chain=chain or run_id, job=job.name, status=status, trigger=trigger, data=data,
-            commit=deploy["commit"] if deploy else None, target=target if target is not None else job.worker,
-            attempt=attempt, depth=depth, timeout_s=job.timeout_s, queued_at=now, not_before=not_before or now,
-            dedupe_key=key)
+        new = self._new_run(job, trigger, status, self.store.deploys.latest(), now, data=data, target=target,
+                            depth=depth, attempt=attempt, not_before=not_before, chain=chain, run_id=run_id,
+                            dedupe_key=key)
         run = self.store.runs.insert(new) if key is None else self.store.runs.insert_holding_key(new, expired)
         if run is not None and run.deduplicated:
             return run
         if run is not None and status is RunStatus.WAITING:
+            self.store.runs.mark_waiters(job.name)  # so the active run's end releases it
             self.release_waiting(job.name, now=now)  # the active run may have ended between check and insert
         return run
+
+    def queue_fires(self, fires: Sequence[Fire]) -> list[Run | None]:
+        """Queue the runs of many time-trigger fires at once (one scheduler tick); one answer per fire.
+
+        As :meth:`queue` with ``overlap_check`` answers for each, in a handful of round trips
+        for all of them: the latest deploy once, which of the jobs have an active run in one
+        query, and the runs in one bulk insert (:meth:`~sooner.store.runs.RunRepo.insert_fires`).
+        A fire of an overlap=``queue`` job that has to wait takes :meth:`queue`'s own path.
+        Two fires of one job in the list are treated in order: the second sees the first as
+        active. Every run's ``queued_at`` is when it was inserted, not when the tick began
+        (``trigger.scheduled_for`` holds the tick).
+        """
+        checked = [fire.job.name for fire in fires if fire.job.overlap is not Overlap.ALLOW]
+        active = self.store.runs.active_jobs(checked) if checked else set()
+        answers: list[Run | None] = [None] * len(fires)
+        batch: list[tuple[int, Run]] = []
+        batched: set[str] = set()
+        deploy: dict | None = None
+        for index, fire in enumerate(fires):
+            job = fire.job
+            if job.deleted:
+                logger.warning("not starting %s: it was removed from the repository", job.name)
+                continue
+            status = RunStatus.QUEUED
+            if job.overlap is not Overlap.ALLOW and (job.name in active or job.name in batched):
+                if job.overlap is Overlap.SKIP:
+                    logger.info("not starting %s: a run is still active (overlap=skip)", job.name)
+                    if fire.on_skip is not None:
+                        fire.on_skip(job)
+                    continue
+                if job.name in active:  # waits behind a stored run, which may end meanwhile: queue() knows
+                    answers[index] = self.queue(job, fire.trigger, overlap_check=True, on_skip=fire.on_skip)
+                    continue
+                status = RunStatus.WAITING  # behind a run of this batch, which its end releases
+                batch = [(i, replace(run, has_waiters=True) if run.job == job.name else run) for i, run in batch]
+            batched.add(job.name)
+            if deploy is None:
+                deploy = self.store.deploys.latest() or {}
+            batch.append((index, self._new_run(job, fire.trigger, status, deploy, None)))
+        inserted_at = self.clock.now()
+        runs = [replace(run, queued_at=inserted_at, not_before=inserted_at) for _, run in batch]
+        for (index, _), run in zip(batch, self.store.runs.insert_fires(runs)):
+            answers[index] = run
+        return answers
+
+    def _new_run(self, job: Job, trigger: Trigger, status: RunStatus, deploy: dict | None, now: datetime | None, *,
+                 data: Any = None, target: str | None = None, depth: int = 0, attempt: int = 1,
+                 not_before: datetime | None = None, chain: str | None = None, run_id: str | None = None,
+                 dedupe_key: str | None = None) -> Run:
+        """A new run of ``job`` at ``deploy``'s commit, not stored yet (queued_at ``now``)."""
+        run_id = run_id or self.store.runs.new_id()
+        return Run(
+            id=run_id, chain=chain or run_id, job=job.name, status=status, trigger=trigger, data=data,
+            commit=deploy.get("commit") if deploy else None, target=target if target is not None else job.worker,
+            attempt=attempt, depth=depth, timeout_s=job.timeout_s, queued_at=now, not_before=not_before or now,
+            dedupe_key=dedupe_key, extra=dispatch.run_fields(job.requires, job.max_concurrent))
 
     @staticmethod
     def _dedupe(job: Job, dedupe_key: str | None, now: datetime) -> tuple[str | None, Callable[[Run], bool]]:
@@ -146,8 +212,9 @@ class RunService:
         SoonerError if the run did not fail or has a next attempt already.
         """
         run = self.store.runs.get(run_id)
-        if not run.status.failed:
-            raise SoonerError(f"run {run.id} is {run.status.value}: only failed, timed-out or lost runs are retried")
+        if not run.status.unsuccessful:
+            raise SoonerError(f"run {run.id} is {run.status.value}: only failed, timed-out, lost or poison runs "
+                              f"are retried")
         if run.next_attempt:
             raise SoonerError(f"run {run.id} was retried already, as run {run.next_attempt}")
         new = self.queue_next_attempt(run, ManualTrigger(source=source, author=by, rerun_of=run.id, source_ref=run.ref), now=now)
@@ -207,22 +274,69 @@ class RunService:
         return self.store.runs.claim_candidates(worker, tags, now=self.clock.now())
 
     def take(self, run_id: str, worker: str, lease_s: float) -> Run | None:
-        """Claim this queued run for ``worker`` (running, leased); None if another worker was faster."""
+        """Claim this queued run for ``worker`` (running, leased); None if another worker was faster.
+
+        Takes no concurrency limit slots: claims go through :meth:`take_offer` (tests take runs directly).
+        """
         return self.store.runs.take(run_id, worker, lease_s, now=self.clock.now())
 
+    def claim_offers(self, worker: str, tags: Iterable[str]) -> list[dispatch.Candidate]:
+        """Queued runs ``worker`` may take now, oldest first, with what dispatch needs (:meth:`take_offer`)."""
+        return self.store.runs.claim_offers(worker, tags, now=self.clock.now())
+
+    @property
+    def concurrency_limits(self) -> dict[str, int]:
+        """The site's fleet-wide limits (``concurrency_limits``, validated when the settings were loaded)."""
+        return dispatch.parse_limits(self.settings.concurrency_limits)
+
+    def take_offer(self, offer: dispatch.Candidate, worker: str, lease_s: float,
+                   full: Collection[str] = ()) -> Run | None:
+        """Claim a candidate for ``worker``, within the concurrency limits it counts against.
+
+        None if another worker was faster; :class:`~sooner.model.dispatch.LimitReached` if a limit
+        is full (the run stays queued), without asking the database when its key is in ``full``
+        (found full a moment ago). A run without limits costs the one ``take``.
+        """
+        now = self.clock.now()
+        limits = dispatch.limit_keys(offer, self.concurrency_limits)
+        slots: list[str] | None = []
+        if limits:
+            known = next(((key, limit) for key, limit in limits if key in full), None)
+            if known is not None:
+                raise dispatch.LimitReached(offer, *known)
+            slots, key = self.store.limits.acquire(limits, offer.id, now=now)
+            if slots is None:
+                raise dispatch.LimitReached(offer, str(key), dict(limits)[str(key)])
+        run = self.store.runs.take(offer.id, worker, lease_s, now=now, slots=slots)
+        if run is None and slots:
+            self.store.limits.release(slots, offer.id)
+        return run
+
     def claim(self, worker: str, tags: Iterable[str], lease_s: float) -> Run | None:
-        """Claim the oldest queued run ``worker`` may take now, or None."""
-        for run_id in self.claim_candidates(worker, tags):
-            run = self.take(run_id, worker, lease_s)
+        """Claim the oldest queued run ``worker`` may take now (within the concurrency limits), or None."""
+        full: set[str] = set()
+        for offer in self.claim_offers(worker, tags):
+            try:
+                run = self.take_offer(offer, worker, lease_s, full)
+            except dispatch.LimitReached as exc:
+                full.add(exc.key)
+                continue
             if run is not None:
                 return run
         return None
 
     # -- ending ----------------------------------------------------------------
     def finish(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, note: str | None = None,
-               started_at: datetime | None = None, now: datetime | None = None) -> Run | None:
-        """Record how an active run ended, then run the end-of-run listeners. None if it had ended already."""
-        return self._end(run_id, status, now=now, exit_code=exit_code, note=note, started_at=started_at)
+               started_at: datetime | None = None, now: datetime | None = None,
+               facts: JobFacts | None = None, usage: RunUsage | None = None) -> Run | None:
+        """Record how an active run ended, then run the end-of-run listeners. None if it had ended already.
+
+        ``facts``: what the worker read of the job when the run started, which the listeners
+        use instead of reading it again while it is fresh (:mod:`sooner.runs.facts`).
+        ``usage`` (what its process tree used: peak memory, CPU seconds) is recorded in the same write.
+        """
+        return self._end(run_id, status, now=now, exit_code=exit_code, note=note, started_at=started_at, facts=facts,
+                         fields=usage.fields() if usage is not None else None)
 
     def cancel(self, run_id: str, *, by: str) -> Run:
         """Cancel a run: a queued or waiting one ends now (listeners run); a running one is flagged for its worker.
@@ -266,19 +380,33 @@ class RunService:
 
     def _end(self, run_id: str, status: RunStatus, *, now: datetime | None = None, exit_code: int | None = None,
              note: str | None = None, started_at: datetime | None = None,
-             only_from: frozenset[RunStatus] = ACTIVE, fields: dict[str, Any] | None = None) -> Run | None:
+             only_from: frozenset[RunStatus] = ACTIVE, fields: dict[str, Any] | None = None,
+             facts: JobFacts | None = None) -> Run | None:
         if status.active:
             raise ValueError(f"a run cannot end as {status.value}")
         now = now or self.clock.now()
         run = self.store.runs.finish(run_id, status, now=now, exit_code=exit_code, note=note, started_at=started_at,
                                      only_from=only_from, fields=fields)
+        if run is not None and (slots := run.extra.get("limit_slots")):
+            self._release_slots(run.id, slots)
         if run is not None:
-            self.listeners.notify(RunEnded(run=run, service=self, now=now))
+            self.listeners.notify(RunEnded(run=run, service=self, now=now, facts=facts))
         return run
+
+    def _release_slots(self, run_id: str, slots: list[str]) -> None:
+        # Before the listeners: a retry they queue may need the very slot. A failure is logged only:
+        # the end is recorded, and LimitRepo.repair frees a slot whose holder ended.
+        try:
+            self.store.limits.release(slots, run_id)
+        except SoonerError as exc:
+            logger.warning("run %s: could not free its concurrency limit slots: %s", run_id, exc)
 
     # -- events ------------------------------------------------------------------
     def emit(self, name: str, data: Any = None, *, source: dict[str, Any], depth: int = 0,
-             now: datetime | None = None, event_id: str | None = None) -> dict:
-        """Store an event and queue a run of every job hooked to it (see :mod:`sooner.runs.events`)."""
-        return emit_event(self, name, data, source=source, depth=depth, now=now or self.clock.now(),
+             now: datetime | None = None, event_id: str | None = None, hooked: list[Job] | None = None) -> dict:
+        """Store an event and queue a run of every job hooked to it (see :mod:`sooner.runs.events`).
+
+        ``hooked``: those jobs as read a moment ago (a run's end, :mod:`sooner.runs.facts`); None reads them.
+        """
+        return emit_event(self, name, data, source=source, depth=depth, now=now or self.clock.now(), hooked=hooked,
                           event_id=event_id)

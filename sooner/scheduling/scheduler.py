@@ -48,15 +48,16 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from sooner.clock import to_ms
 from sooner.errors import SoonerError, StoreUnreachable
+from sooner.metrics import PROCESS, Publisher
 from sooner.model import Job, Missed, Run, Trigger
 from sooner.model.missed import MissedTick, MissReason
-from sooner.runs.service import RunService
+from sooner.runs.service import Fire, RunService
 from sooner.scheduling.triggers import GRACE_S, TRIGGERS, DueTicks, TimeTrigger, TriggerRegistry, missed_span
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class Scheduler:
         self._outage_seen = False  # the database did not answer since the last lease check
         self._failures_seen = store.connection_failures
         self._leases_resume_at: datetime | None = None
+        self.metrics = Publisher(store, "scheduler", self.name)  # this process's counters, for /metrics
 
     # -- one step ---------------------------------------------------------
     def tick(self, now: datetime | None = None) -> list[Run]:
@@ -103,9 +105,9 @@ class Scheduler:
         self.expire_leases(now)
         self.store.output.prune_expired(now)  # retention where no TTL index does it (at most hourly)
         self.store.missed.prune_expired(now)
+        self.store.samples.tick(now, every_s=self.settings.sample_s)  # queue depth for the workers page; retention
         self.store.jobs.clear_trigger_states()
-        fired: list[Run] = []
-        upcoming: list[datetime] = []
+        plans: list[_Plan] = []
         seen: set[tuple[str, str]] = set()
         for job in self.store.jobs.schedulable():
             triggers = self._time_triggers(job)
@@ -113,18 +115,52 @@ class Scheduler:
             for trigger in triggers:
                 seen.add((job.name, trigger.key))
                 try:
-                    runs, cursor = self._fire(job, trigger, now)
-                    next_fire = self._next_after(job, trigger, cursor)
+                    plans.append(self._plan(job, trigger, now))
                 except SoonerError as exc:  # a bad stored schedule or a job removed meanwhile
                     self._warn_once(job, trigger, str(exc))
-                    continue
-                fired += runs
-                if next_fire is not None:
-                    upcoming.append(next_fire)
+        fired = self._fire_all(plans, now)
+        upcoming: list[datetime] = []
+        for plan in plans:
+            try:
+                next_fire = self._next_after(plan.job, plan.trigger, plan.cursor)
+            except SoonerError as exc:
+                self._warn_once(plan.job, plan.trigger, str(exc))
+                continue
+            if next_fire is not None:
+                upcoming.append(next_fire)
         self.next_due = min(upcoming, default=None)
         for key in [k for k in self._upcoming if k not in seen]:
             del self._upcoming[key]
+        self.metrics.maybe_publish()
         return fired
+
+    def _fire_all(self, plans: list[_Plan], now: datetime) -> list[Run]:
+        """Queue the on-time fires of all plans at once, then move their cursors at once.
+
+        Runs first, cursors second: a crash in between fires the same ticks again, which
+        the unique index rejects. Batching keeps a tick's database work close to one bulk
+        insert whatever the number of jobs (issue #12; ``bench/round_trips.py``).
+        """
+        due = [plan for plan in plans if plan.on_time is not None]
+        fires = [Fire(plan.job, replace(plan.trigger.cause(plan.on_time), source=self.name),
+                      on_skip=self._on_skip(plan.job, plan.trigger, plan.on_time, now))
+                 for plan in due if plan.on_time is not None]
+        runs = [*(plan.caught_up for plan in plans if plan.caught_up is not None)]
+        for plan, run in zip(due, self.service.queue_fires(fires)):
+            if run is not None:
+                logger.info("fired %s for %s: run %s", plan.job.name, plan.on_time, run.id)
+                if run.queued_at is not None and plan.on_time is not None:
+                    PROCESS.fire_lateness.observe(max(0.0, (run.queued_at - plan.on_time).total_seconds()))
+                runs.append(run)
+        self.store.jobs.save_trigger_states(
+            (plan.job.name, plan.trigger.key, self._state(plan.trigger, plan.cursor, plan.since or now),
+             dict(plan.previous) if plan.previous else None)
+            for plan in plans if plan.save)
+        # Where another scheduler moved a cursor first, the next tick reads its state.
+        return runs
+
+    def _on_skip(self, job: Job, trigger: TimeTrigger, moment: datetime, now: datetime) -> Callable[[Job], None]:
+        return lambda _: self._skipped(job, trigger, moment, now, due=None)
 
     def expire_leases(self, now: datetime | None = None) -> list[Run]:
         """End running runs whose lease expired as ``lost`` (retried per their job's policy).
@@ -172,28 +208,23 @@ class Scheduler:
         if removed:
             self.store.jobs.forget_trigger_states(job.name, removed)
 
-    def _fire(self, job: Job, trigger: TimeTrigger, now: datetime) -> tuple[list[Run], datetime]:
-        """Fire what ``trigger`` has due; returns the runs and the trigger's cursor afterwards."""
+    def _plan(self, job: Job, trigger: TimeTrigger, now: datetime) -> _Plan:
+        """What ``trigger`` has due: its on-time fire (queued with the tick's others), its missed ticks
+        (handled here, one by one: rare), and where its cursor goes."""
         state = trigger.saved_state(job)
         identity = trigger.identity()
         if not state or any(state.get(k) != v for k, v in identity.items()) or not state.get("last_tick_at"):
-            self._save(job, trigger, state, now, since=now)
-            return [], now
+            return _Plan(job, trigger, cursor=now, previous=state, since=now, save=True)
         cursor = _utc_ms(state["last_tick_at"])
         next_fire = self._next_after(job, trigger, cursor)
         if next_fire is None or next_fire > now:
-            return [], cursor
+            return _Plan(job, trigger, cursor=cursor)
         due = trigger.due(cursor, now, self.grace_s)
         if due is None:
-            return [], cursor
-        runs: list[Run | None] = []
-        if due.missed_count:
-            runs.append(self._handle_missed(job, trigger, due, now))
-        if due.on_time is not None:
-            runs.append(self._queue(job, trigger, trigger.cause(due.on_time), due.on_time, now))
-        # Runs first, cursor second: a crash in between re-fires the same ticks, which the unique index rejects.
-        self._save(job, trigger, state, due.latest, since=state.get("since") or now)
-        return [run for run in runs if run is not None], due.latest
+            return _Plan(job, trigger, cursor=cursor)
+        caught_up = self._handle_missed(job, trigger, due, now) if due.missed_count else None
+        return _Plan(job, trigger, cursor=due.latest, previous=state, since=state.get("since") or now, save=True,
+                     on_time=due.on_time, caught_up=caught_up)
 
     def _handle_missed(self, job: Job, trigger: TimeTrigger, due: DueTicks, now: datetime) -> Run | None:
         assert due.missed_latest is not None
@@ -213,7 +244,7 @@ class Scheduler:
                due: DueTicks | None = None) -> Run | None:
         """Queue the run of ``moment`` (of the missed ticks in ``due`` for a catch-up run); a fire dropped by
         overlap=skip is recorded. None too when another scheduler fired it first (and recorded what it did)."""
-        run = self.service.queue(job, replace(cause, source=self.name), overlap_check=True, now=now,
+        run = self.service.queue(job, replace(cause, source=self.name), overlap_check=True,
                                  on_skip=lambda _: self._skipped(job, trigger, moment, now, due=due))
         if run is not None:
             logger.info("fired %s for %s: run %s", job.name, moment, run.id)
@@ -235,11 +266,8 @@ class Scheduler:
             capped=due.missed_capped if due is not None else False, trigger_kind=trigger.kind,
             trigger_key=trigger.key, recorded_at=now, run=run))
 
-    def _save(self, job: Job, trigger: TimeTrigger, previous: Any, cursor: datetime, *, since: datetime) -> None:
-        state = {**trigger.identity(), "last_tick_at": cursor, "since": since, "by": self.name}
-        self.store.jobs.save_trigger_state(job.name, trigger.key, state,
-                                           previous=dict(previous) if previous else None)
-        # If another scheduler moved the cursor first, the next tick reads its state.
+    def _state(self, trigger: TimeTrigger, cursor: datetime, since: datetime) -> dict[str, Any]:
+        return {**trigger.identity(), "last_tick_at": cursor, "since": since, "by": self.name}
 
     def _next_after(self, job: Job, trigger: TimeTrigger, cursor: datetime) -> datetime | None:
         """The first fire after the trigger's cursor (cached until the cursor or the trigger changes)."""
@@ -285,6 +313,20 @@ class Scheduler:
                     logger.exception("tick failed (retrying in %.1fs)", wait)
             stop_event.wait(wait)
         logger.info("scheduler %s stopped", self.name)
+
+
+@dataclass
+class _Plan:
+    """One time trigger of one job in a tick: its cursor after the tick, and what it fires."""
+
+    job: Job
+    trigger: TimeTrigger
+    cursor: datetime
+    previous: Any = None  # the stored state the cursor moves from (compare-and-set)
+    since: datetime | None = None
+    save: bool = False  # the cursor moves
+    on_time: datetime | None = None  # the tick that fires now
+    caught_up: Run | None = None  # the catch-up run queued for missed ticks
 
 
 def _utc_ms(moment: datetime) -> datetime:

@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from dulwich.repo import Repo
-
 from sooner.config import CONFIG_FILE, Settings, default_config, load_settings
 from sooner.errors import ConfigError
 from sooner.resources import resource_dir
@@ -93,6 +91,8 @@ def _relative(path: Path, root: Path) -> str:
 def create_bare_repo(settings: Settings) -> None:
     """The bare scripts repository, its default branch and Sooner's hooks."""
     path = settings.repo_path
+    from dulwich.repo import Repo  # here: `sooner up`'s lean master imports this package
+
     path.mkdir(parents=True)
     repo = Repo.init_bare(str(path))
     repo.refs.set_symbolic_ref(cast("Ref", b"HEAD"), cast("Ref", b"refs/heads/" + settings.branch.encode()))
@@ -123,6 +123,8 @@ def install_hooks(settings: Settings) -> None:
 
 def create_working_copy(settings: Settings) -> None:
     """An empty clone-to-be of scripts.git; deploys keep it checked out at the deployed commit."""
+    from dulwich.repo import Repo
+
     path = settings.working_copy_path
     repo = Repo.init(str(path), mkdir=True)
     config = repo.get_config()

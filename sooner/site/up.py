@@ -1,84 +1,31 @@
 """``sooner up``: web + scheduler + one local worker for a single machine.
 
-Each part runs as its own child process (``python -m sooner web`` …), exactly
-as in a real deployment, so ``up`` adds no code path of its own: it starts the
-embedded database first, supervises the children, stops them all on Ctrl-C or
-SIGTERM (or when one of them dies), and stops the database last. The database
-it starts (or finds) is kept running meanwhile: it never stops for being idle.
+``sooner up`` is the gunicorn master of one web worker process that also
+runs the scheduler (with its notifier) and the local worker as threads
+(:mod:`sooner.site.one_process`): three processes with the embedded database
+and the worker's launcher, instead of six interpreters. The code paths are
+those of ``sooner web``, ``sooner scheduler`` and ``sooner worker``, which
+stay the commands for real deployments. The worker process starts (or
+adopts) the embedded database first and keeps it running meanwhile (it never
+stops for being idle); Ctrl-C or SIGTERM stops everything, the database last.
+
+The ``sooner up`` command checks what it can (the site, the worker name, the
+port), then replaces itself (``exec``, same pid) with ``python -m
+sooner.site.up``: a master that imports neither click nor the CLI's modules,
+which would otherwise sit in the master for its whole life.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sooner.config import Settings
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Part:
-    """One supervised child process."""
-
-    name: str
-    args: list[str]
-    process: subprocess.Popen | None = None
-
-
-def parts(host: str, port: int, worker_name: str, capacity: int | None) -> list[Part]:
-    worker = ["worker", "-n", worker_name] + (["--capacity", str(capacity)] if capacity else [])
-    return [
-        Part("web", ["web", "--host", host, "--port", str(port)]),
-        Part("scheduler", ["scheduler"]),
-        Part("worker", worker),
-    ]
-
-
-class Supervisor:
-    """Start parts, wait until asked to stop or until one exits, then stop the rest."""
-
-    def __init__(self, config_path: Path, grace_s: float, echo: Callable[[str], None] = print) -> None:
-        self.config_path = config_path
-        self.grace_s = grace_s
-        self.echo = echo
-        self.stop_event = threading.Event()
-
-    def run(self, to_start: list[Part]) -> int:
-        env = {**os.environ, "SOONER_CONFIG": str(self.config_path)}
-        for part in to_start:
-            part.process = subprocess.Popen([sys.executable, "-m", "sooner", *part.args], env=env)
-        failed = None
-        while not self.stop_event.is_set() and failed is None:
-            failed = next((p for p in to_start if p.process and p.process.poll() is not None), None)
-            self.stop_event.wait(0.2)
-        if failed is not None:
-            assert failed.process is not None, "only a started part can have exited"
-            self.echo(f"sooner up: {failed.name} exited with code {failed.process.returncode}; stopping the rest")
-        self._stop(to_start)
-        return 0 if failed is None else 1
-
-    def _stop(self, running: list[Part]) -> None:
-        alive = [(p, p.process) for p in running if p.process and p.process.poll() is None]
-        for _part, process in alive:
-            process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_s + 5
-        for part, process in alive:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.echo(f"sooner up: {part.name} did not stop in time; killing it")
-                process.kill()
-                process.wait()
 
 
 def ensure_first_admin(store, echo: Callable[[str], None]) -> None:
@@ -92,34 +39,91 @@ def ensure_first_admin(store, echo: Callable[[str], None]) -> None:
          f"  (shown once; change it with `sooner user passwd admin`)")
 
 
-def run_up(settings: Settings, config_path: Path, host: str, port: int, worker_name: str,
-           capacity: int | None, echo: Callable[[str], None] = print) -> int:
-    """Run everything until interrupted; returns the exit code."""
-    from sooner.store import open_store
-    from sooner.store.embedded import EmbeddedServer
-    from sooner.webapp.server import check_can_listen
-
+def exec_up(config_path: Path, host: str, port: int, worker_name: str, capacity: int | None) -> None:
+    """Check the worker name and the port, then become the lean master (:func:`main`); never returns."""
+    from sooner.gunicorn_app import check_can_listen
     from sooner.model.job_settings import validate_worker_name
 
     validate_worker_name(worker_name, "-n/--worker-name")  # before anything claims to be up
     check_can_listen(host, port)
-    if settings.mongo_url is None:
-        # Started (or adopted) to keep running: not stopped when idle, but at the end of `up`.
-        EmbeddedServer(settings.state_dir, settings.embedded_idle_stop_s).ensure_running(keep=True)
-    store = open_store(settings)
-    ensure_first_admin(store, echo)
-    store.close()
-    # A worker may take shutdown_grace_s to let runs finish, then cancel_grace_s to stop the rest.
-    supervisor = Supervisor(config_path, settings.shutdown_grace_s + settings.cancel_grace_s, echo)
+    argv = [sys.executable, "-m", "sooner.site.up", "--config", str(config_path), "--host", host,
+            "--port", str(port), "--worker-name", worker_name] + (["--capacity", str(capacity)] if capacity else [])
+    level = logging.getLogger().level  # the CLI's, `-v` included
+    if level != logging.NOTSET:
+        argv += ["--log-level", logging.getLevelName(level)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
-    def request_stop(signum: int, frame: object) -> None:
-        supervisor.stop_event.set()
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    echo(f"Sooner is up at http://{host}:{port}  (site {settings.site_dir}; worker '{worker_name}', "
-         f"scheduler, web) — Ctrl-C stops everything")
-    code = supervisor.run(parts(host, port, worker_name, capacity))
+
+def run_up(settings: Settings, host: str, port: int, worker_name: str, capacity: int | None,
+           echo: Callable[[str], None] = print) -> int:
+    """Run everything until interrupted; returns the exit code.
+
+    This process stays lean (no Flask, no PyMongo until the end): it is the
+    gunicorn master, and whatever it imports before the fork its worker
+    process shares.
+    """
+    from sooner.gunicorn_app import check_can_listen
+    from sooner.site.one_process import serve_up
+
+    check_can_listen(host, port)  # again: the port may have been taken meanwhile
+
+    def load_app() -> Any:  # in the worker process
+        from sooner.store import open_store
+        from sooner.webapp import create_app
+        from sooner.webapp.server import _warm
+
+        if settings.mongo_url is None:
+            from sooner.store.embedded import EmbeddedServer
+
+            # Started (or adopted) to keep running: not stopped when idle, but at the end of `up`.
+            EmbeddedServer(settings.state_dir, settings.embedded_idle_stop_s).ensure_running(keep=True)
+        store = open_store(settings)
+        try:
+            ensure_first_admin(store, echo)
+        finally:
+            store.close()
+        app, _socketio = create_app(settings)
+        _warm(app)
+        return app
+
+    code = serve_up(settings, host, port, worker_name, capacity, load_app, echo)
     if settings.mongo_url is None:
+        from sooner.store.embedded import EmbeddedServer
+
         EmbeddedServer(settings.state_dir).stop()
     echo("Sooner stopped.")
     return code
+
+
+def main() -> None:
+    """``python -m sooner.site.up``: the master that ``sooner up`` execs into (its options are checked already)."""
+    from sooner.config import load_settings
+    from sooner.errors import SoonerError
+
+    parser = argparse.ArgumentParser(prog="sooner up")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--worker-name", required=True)
+    parser.add_argument("--capacity", type=int)
+    parser.add_argument("--log-level")
+    args = parser.parse_args()
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+    try:
+        settings = load_settings(args.config)
+        # As the CLI does (sooner.cli._configure_logging), without importing it.
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            level=(args.log_level or settings.log_level).upper())
+        code = run_up(settings, args.host, args.port, args.worker_name, args.capacity, echo)
+    except SoonerError as exc:
+        print(f"sooner: error: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

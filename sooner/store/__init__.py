@@ -46,16 +46,21 @@ class Store:
                  retry_attempts: int = 4, clock: Clock = SYSTEM_CLOCK, output_policy: OutputPolicy | None = None) -> None:
         from sooner.store.changes import Changes
         from sooner.store.counters import Counters
+        from sooner.store.metrics import MetricsRepo
         from sooner.store.deploys import DeployRepo, ObjectRepo
         from sooner.store.events import EventRepo
         from sooner.store.failed import FailedRuns
+        from sooner.store.poison import PoisonRuns
         from sooner.store.jobs import JobRepo
+        from sooner.store.limits import LimitRepo
         from sooner.store.missed import MissedRepo
+        from sooner.store.notifications import NotificationRepo
         from sooner.store.webhooks import DeliveryRepo, HookRepo
         from sooner.store.output import OutputRepo
         from sooner.store.queues import QueueRepo
         from sooner.store.reads import Reads
         from sooner.store.runs import RunRepo
+        from sooner.store.samples import SampleRepo
         from sooner.store.sessions import SessionRepo
         from sooner.store.users import TokenRepo, UserRepo
         from sooner.store.workers import WorkerRepo
@@ -73,6 +78,7 @@ class Store:
         self.objects = ObjectRepo(self)
         self.runs = RunRepo(self)
         self.counters = Counters(self)  # run numbers per job (hello.sh#42)
+        self.metrics = MetricsRepo(self)  # what each process counted, for /metrics (sooner.metrics)
         self.output = OutputRepo(self, output_policy)  # its retention shapes an index: see ensure_retention
         self.events = EventRepo(self)
         self.workers = WorkerRepo(self)
@@ -82,6 +88,10 @@ class Store:
         self.missed = MissedRepo(self)  # missed ticks (the dead man's switch reads them)
         self.hooks, self.deliveries = HookRepo(self), DeliveryRepo(self)  # webhooks and their delivery log
         self.failed = FailedRuns(self)  # the Failed view: runs that failed with no further attempt
+        self.poison = PoisonRuns(self)  # the poison list: HTTP job runs whose steps failed every attempt
+        self.notifications = NotificationRepo(self)  # the notification outbox (sooner.runs.notifier sends)
+        self.limits = LimitRepo(self)  # slots of fleet-wide concurrency limits (sooner.model.dispatch)
+        self.samples = SampleRepo(self)  # monitoring samples for the workers and run pages' charts
         self.reads = Reads(self)
         self.changes = Changes(self)
 
@@ -196,7 +206,9 @@ def open_store(settings: Settings, *, create_indexes: bool = True, retry_attempt
 
     store = Store(url, settings.database, embedded=embedded, retry_attempts=retry_attempts, clock=clock,
                   output_policy=OutputPolicy.from_settings(settings))
+    store.samples.retention_hours = settings.sample_retention_hours
     if create_indexes:
         store.ensure_indexes()
         store.output.ensure_retention()
+        store.samples.ensure_retention()
     return store

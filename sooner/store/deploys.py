@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Iterable
 from bson.binary import Binary
 
 from sooner.store import schema
+from sooner.store.bulk import insert_all
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -93,17 +94,6 @@ class ObjectRepo:
         return doc["entries"] if doc else None
 
     def _insert(self, collection, documents: list[dict]) -> int:
-        if not documents:
-            return 0
-        from pymongo.errors import BulkWriteError
-
-        def insert() -> None:
-            try:
-                collection.insert_many(documents, ordered=False)
-            except BulkWriteError as exc:
-                # Duplicates are fine (content-addressed, maybe a concurrent deploy
-                # or a retried batch); anything else is a real failure.
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                    raise
-        self.store.retry(insert)
+        # Duplicates are fine: content-addressed (a concurrent deploy, or a retried batch).
+        insert_all(self.store, collection, documents)
         return len(documents)

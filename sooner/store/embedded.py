@@ -189,17 +189,27 @@ class EmbeddedServer:
         return EmbeddedStatus(True, live.record.pid, live.record.port, self.data_dir, size, kept,
                               idle if idle and not kept else None)
 
-    def stop(self) -> bool:
-        """Stop the server; returns False if none was running (a stale record is dropped, never signalled)."""
+    def stop(self, say: Callable[[str], None] | None = None) -> bool:
+        """Stop the server; returns False if none was running (a stale record is dropped, never signalled).
+
+        SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT_S` (the server itself
+        exits within ``nx_server.STOP_BOUND_S``, whatever is in flight).
+        ``say`` gets a line for each step (``sooner db stop``).
+        """
         with self._locked():
             live = self._find()
             self.info_file.unlink(missing_ok=True)
             self.keep_file.unlink(missing_ok=True)
             if live is None:
                 return False
+            if say:
+                say(f"sending SIGTERM to the embedded database (pid {live.record.pid}); "
+                    f"waiting up to {STOP_TIMEOUT_S:g} s for it to exit")
             _signal(live.process, "terminate")
             if not _wait_for(lambda: _gone(live.process), STOP_TIMEOUT_S):
                 logger.warning("embedded database pid %s ignored SIGTERM; killing it", live.record.pid)
+                if say:
+                    say(f"pid {live.record.pid} did not exit in {STOP_TIMEOUT_S:g} s; killed it (SIGKILL)")
                 _signal(live.process, "kill")
                 _wait_for(lambda: _gone(live.process), STOP_TIMEOUT_S)
             return True

@@ -10,7 +10,9 @@ from pymongo import ReturnDocument
 
 from sooner.errors import JobNotFound, SoonerError
 from sooner.model import JOB_DEFAULTS, Job
+from sooner.model.http_job import JobKind
 from sooner.store import schema
+from sooner.store.bulk import Insert, Update, bulk_write
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -50,7 +52,8 @@ class JobRepo:
         existing = self.find(name)
         if existing is None:
             document = {"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit,
-                        "blob": blob, "created_at": now, "updated_at": now, "new": True}
+                        "blob": blob, "created_at": now, "updated_at": now, "new": True,
+                        "kind": JobKind.of(name).value}
             self.store.retry(lambda: self.collection.update_one(
                 {"_id": name}, {"$setOnInsert": document}, upsert=True))
             return "created"
@@ -116,41 +119,41 @@ class JobRepo:
         """
         now = now or self.store.clock.now()
         inserts = [{"_id": name, **JOB_DEFAULTS, "hooks": [], "deleted": False, "commit": commit, "blob": blob,
-                    "created_at": now, "updated_at": now, "new": True} for name, blob in (created or {}).items()]
+                    "created_at": now, "updated_at": now, "new": True, "kind": JobKind.of(name).value}
+                   for name, blob in (created or {}).items()]
         updates = [(name, {"deleted": False, "enabled": False, "commit": commit, "blob": blob, "updated_at": now,
                            "deleted_at": None, "new": True}) for name, blob in (restored or {}).items()]
         updates += [(name, {"commit": commit, "blob": blob, "updated_at": now}) for name, blob in (updated or {}).items()]
         updates += [(name, {"deleted": True, "enabled": False, "deleted_at": now, "commit": commit, "updated_at": now})
                     for name in removed]
         if inserts or updates:
-            self.store.retry(lambda: self._bulk_write(inserts, updates))
+            self._bulk_write(inserts, updates)
 
     def _bulk_write(self, inserts: builtins.list[dict], updates: builtins.list[tuple[str, dict]]) -> None:
         """Insert new jobs (an existing one is left alone) and ``$set`` fields on others, in one bulk write."""
-        from pymongo import InsertOne, UpdateOne
-        from pymongo.errors import BulkWriteError
-
-        if self.store.is_mongomock:  # mongomock's bulk_write rejects PyMongo 4.20's UpdateOne
-            for document in inserts:
-                if self.collection.find_one({"_id": document["_id"]}) is None:
-                    self.collection.insert_one(dict(document))
-            for name, fields in updates:
-                self.collection.update_one({"_id": name}, {"$set": fields})
-            return
-        ops: list[Any] = [InsertOne(document) for document in inserts]
-        ops += [UpdateOne({"_id": name}, {"$set": fields}) for name, fields in updates]
-        try:
-            self.collection.bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            # A duplicate insert is a job that exists already (or a retried batch).
-            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
-                raise
+        # A duplicate insert is a job that exists already (or a retried batch).
+        bulk_write(self.store, self.collection, [*(Insert(document) for document in inserts),
+                                                 *(Update({"_id": name}, {"$set": fields}) for name, fields in updates)])
 
     def with_hook(self, event: str) -> builtins.list[Job]:
         """Enabled, not deleted jobs whose ``hooks`` contain the event name."""
         # ``$in`` rather than ``{"hooks": event}``: nx-27017 0.8.1 answers an equality match on an
         # indexed array field with nothing (tests/test_store.py covers it on every store).
         return self._jobs({"hooks": {"$in": [event]}, "enabled": True, "deleted": {"$ne": True}})
+
+    def with_hooks(self, events: Iterable[str], *, also: str | None = None) -> tuple[Job | None, dict[str, builtins.list[Job]]]:
+        """:meth:`with_hook` for several events in one query; with ``also``, that job too (None if gone).
+
+        For a run that starts: its job, and the jobs hooked to the events its end may emit,
+        in one round trip instead of one per read (see :class:`sooner.runs.facts.JobFacts`).
+        """
+        names = builtins.list(events)
+        hooked_query = {"hooks": {"$in": names}, "enabled": True, "deleted": {"$ne": True}}
+        query = hooked_query if also is None else {"$or": [{"_id": also}, hooked_query]}
+        jobs = self._jobs(query)
+        hooked = {name: [job for job in jobs if name in job.hooks and job.enabled and not job.deleted]
+                  for name in names}
+        return next((job for job in jobs if job.name == also), None), hooked
 
     def scheduled(self) -> builtins.list[Job]:
         """Enabled, not deleted jobs that have a schedule."""
@@ -169,14 +172,19 @@ class JobRepo:
         ``trigger_state.<key>``. Comparing field by field (``since`` and ``by``
         aside) keeps the compare-and-set independent of subdocument key order.
         """
-        field = _state_field(key)
-        query: dict[str, Any] = {"_id": name}
-        if previous is None:
-            query[field] = None
-        else:
-            query.update({f"{field}.{k}": v for k, v in previous.items() if k not in ("since", "by")})
-        result = self.store.retry(lambda: self.collection.update_one(query, {"$set": {field: state}}))
+        query = _trigger_state_query(name, key, previous)
+        result = self.store.retry(lambda: self.collection.update_one(query, {"$set": {_state_field(key): state}}))
         return result.matched_count == 1
+
+    def save_trigger_states(self, states: Iterable[tuple[str, str, dict[str, Any], dict[str, Any] | None]]) -> None:
+        """:meth:`save_trigger_state` for many ``(job, key, state, previous)`` at once, in one unordered bulk write.
+
+        Each update is the same compare-and-set; one that matches nothing (another
+        scheduler moved that cursor first) changes nothing, and the next tick reads it.
+        """
+        bulk_write(self.store, self.collection, [
+            Update(_trigger_state_query(name, key, previous), {"$set": {_state_field(key): state}})
+            for name, key, state, previous in states])
 
     def clear_trigger_states(self) -> int:
         """Forget the trigger cursors of jobs that are disabled, deleted or unscheduled.
@@ -215,3 +223,14 @@ class JobRepo:
 
 def _state_field(key: str) -> str:
     return "scheduler_state" if key == "cron" else f"trigger_state.{key}"
+
+
+def _trigger_state_query(name: str, key: str, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Match job ``name`` while its trigger ``key``'s cursor still equals ``previous`` (None = absent)."""
+    field = _state_field(key)
+    query: dict[str, Any] = {"_id": name}
+    if previous is None:
+        query[field] = None
+    else:
+        query.update({f"{field}.{k}": v for k, v in previous.items() if k not in ("since", "by")})
+    return query

@@ -46,6 +46,9 @@ from typing import Any, Callable
 from sooner.store.embedded import EXIT_DATA_DIR_IN_USE, LOCK_NAME
 
 FIRST_CLIENT_GRACE_S = 30.0  # longer than a client waits for a server to start (embedded.START_TIMEOUT_S)
+# How long operations in flight at SIGTERM get (after their SQLite statements are interrupted) before the
+# process exits anyway; well under embedded.STOP_TIMEOUT_S, after which `sooner db stop` kills.
+STOP_BOUND_S = 3.0
 
 
 def _has_datetime(value: Any) -> bool:
@@ -204,6 +207,101 @@ def stop_when_idle(watch: IdleWatch) -> threading.Thread | None:
     return thread
 
 
+class Shutdown:
+    """A clean exit within :data:`STOP_BOUND_S` on SIGTERM/SIGINT, whatever is in flight.
+
+    nx-27017's own handler raises SystemExit in the event loop, and
+    ``asyncio.run`` then joins its executor threads: a SIGTERM waited for the
+    operation in flight to end. On a million queue entries an unindexed
+    ``count_documents`` takes ~36 s, so ``sooner db stop`` gave up after 10 s
+    and killed the server (measured; tests/test_db_stop.py). Here the handler
+    (in the main thread, so the event loop takes no new request meanwhile)
+    interrupts every SQLite statement running (``sqlite3.Connection.interrupt``,
+    thread-safe: the statement fails, its transaction rolls back), waits for
+    the operations to return, at most ``bound_s``, closes the databases (a WAL
+    checkpoint) when none is left running, and exits. Committed data is in
+    the WAL either way: an exit with an operation still running is like
+    ``kill -9``, which the data survives.
+    """
+
+    def __init__(self, pid_file: str | None, bound_s: float = STOP_BOUND_S) -> None:
+        self.pid_file = pid_file
+        self.bound_s = bound_s
+        self.handlers: list[Any] = []
+        self._changed = threading.Condition()
+        self._in_flight = 0
+        self._stopping = False
+
+    def track(self) -> None:
+        """Record nx-27017's handler and count the operations it runs (each in an executor thread)."""
+        from nx_27017.handler import NeoSQLiteHandler
+
+        init = NeoSQLiteHandler.__init__
+
+        def recorded_init(handler: Any, *args: Any, **kwargs: Any) -> None:
+            init(handler, *args, **kwargs)
+            self.handlers.append(handler)
+        NeoSQLiteHandler.__init__ = recorded_init  # type: ignore[method-assign]
+        for name in ("handle_insert", "handle_command", "handle_query"):
+            setattr(NeoSQLiteHandler, name, self._counted(getattr(NeoSQLiteHandler, name)))
+
+    def _counted(self, operation: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(handler: Any, *args: Any, **kwargs: Any) -> Any:
+            with self._changed:
+                self._in_flight += 1
+            try:
+                return operation(handler, *args, **kwargs)
+            finally:
+                with self._changed:
+                    self._in_flight -= 1
+                    self._changed.notify_all()
+        return counted
+
+    def in_flight(self) -> int:
+        with self._changed:
+            return self._in_flight
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        running = self.in_flight()
+        print(f"sooner.store.nx_server: signal {signum}: stopping ({running} operation(s) in flight"
+              f"{', interrupted' if running else ''})", file=sys.stderr, flush=True)
+        if running:
+            self._interrupt()
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_flight == 0, timeout=self.bound_s)
+            left = self._in_flight
+        if left:
+            print(f"sooner.store.nx_server: {left} operation(s) still running after {self.bound_s:g} s; "
+                  f"exiting without closing (the WAL keeps committed data)", file=sys.stderr, flush=True)
+        else:
+            for handler in self.handlers:
+                try:
+                    handler.close_all()
+                except Exception as exc:  # noqa: BLE001 - exiting anyway; the next start recovers the WAL
+                    print(f"sooner.store.nx_server: closing the databases failed: {exc}", file=sys.stderr)
+        if self.pid_file:
+            try:
+                os.unlink(self.pid_file)
+            except OSError:
+                pass
+        sys.stderr.flush()
+        os._exit(0)
+
+    def _interrupt(self) -> None:
+        for handler in self.handlers:
+            connections = list(getattr(handler, "_conns", {}).values()) + [getattr(handler, "conn", None)]
+            for connection in connections:
+                raw = getattr(connection, "db", None)
+                try:
+                    if raw is not None:
+                        raw.interrupt()
+                except Exception:  # noqa: BLE001 - closed meanwhile: nothing runs on it
+                    pass
+
+
 def main() -> None:
     import logging
 
@@ -220,6 +318,12 @@ def main() -> None:
     # token only has to be on this process's command line, where clients verify it.
     sys.argv = [sys.argv[0], *rest, "--data-dir", data_dir, "--port", str(ours.port)]
     patch_date_updates()
+    shutdown = Shutdown(_value_of(rest, "--pid-file"))
+    shutdown.track()
+    import nx_27017.daemon
+
+    # run_foreground installs this module global as its SIGTERM/SIGINT handler.
+    nx_27017.daemon._signal_exit_handler = shutdown.on_signal  # type: ignore[assignment]
     watch = IdleWatch(ours.idle_stop_s, ours.keep_file, ours.instance)
     watch_connections(watch)
     stop_when_idle(watch)
@@ -232,6 +336,13 @@ def main() -> None:
         nx_main()
     finally:
         os.close(lock)
+
+
+def _value_of(args: list[str], name: str) -> str | None:
+    try:
+        return args[args.index(name) + 1]
+    except (ValueError, IndexError):
+        return None
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Iterable
-
-from pymongo.errors import BulkWriteError, OperationFailure
+from typing import TYPE_CHECKING, Iterable
 
 from sooner.store import schema
-from sooner.store.retention import prune_by_age
+from sooner.store.bulk import insert_all
+from sooner.store.retention import prune_by_age, server_sweeps, shape_age_index
 
 if TYPE_CHECKING:
     from sooner.config import Settings
@@ -73,16 +72,7 @@ class OutputRepo:
         """Insert chunks (seq, stream, text, t). A chunk already stored (a retried batch) is skipped."""
         documents = [{"run": run_id, "seq": seq, "stream": stream, "text": text, "t": t or self.store.clock.now()}
                      for seq, stream, text, t in chunks]
-        if not documents:
-            return
-
-        def insert() -> None:
-            try:
-                self.collection.insert_many(documents, ordered=False)
-            except BulkWriteError as exc:
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                    raise
-        self.store.retry(insert)
+        insert_all(self.store, self.collection, documents)  # a duplicate is a chunk stored already
 
     def read(self, run_id: str, *, after_seq: int = -1, limit: int = 0) -> list[dict]:
         """Chunks with seq > after_seq, in order (at most ``limit`` if given)."""
@@ -139,44 +129,8 @@ class OutputRepo:
         retention = self.policy.retention
         if retention is not None and server_sweeps is None:
             server_sweeps = self._server_sweeps()
-        ttl_s = max(1, int(retention.total_seconds())) if retention is not None and server_sweeps else 0
-        meta = self.store.collection(schema.META)
-        if self.store.retry(lambda: meta.find_one({"_id": _MARKER, "ttl_s": ttl_s})):
-            return
-        self.store.retry(lambda: self._shape_age_index(ttl_s or None))
-        self.store.retry(lambda: meta.update_one({"_id": _MARKER}, {"$set": {"ttl_s": ttl_s}}, upsert=True))
-
-    def _shape_age_index(self, ttl_s: int | None) -> None:
-        existing = self._age_index()
-        if existing is not None and existing.get("expireAfterSeconds") == ttl_s:
-            return
-        if existing is not None and ttl_s is not None and "expireAfterSeconds" in existing:
-            try:
-                self.collection.database.command("collMod", self.collection.name,
-                                                 index={"name": existing["name"], "expireAfterSeconds": ttl_s})
-            except OperationFailure as exc:
-                logger.info("collMod refused (%s); dropping and creating the index on t instead", exc)
-            existing = self._age_index()
-            if existing is not None and existing.get("expireAfterSeconds") == ttl_s:
-                return
-        if existing is not None:
-            self.collection.drop_index(existing["name"])
-        options = {} if ttl_s is None else {"expireAfterSeconds": ttl_s}
-        self.collection.create_index(schema.RUN_OUTPUT_AGE, **options)
-
-    def _age_index(self) -> dict[str, Any] | None:
-        wanted = [(key, int(order)) for key, order in schema.RUN_OUTPUT_AGE]
-        for index in self.collection.list_indexes():
-            if [(key, int(order)) for key, order in index["key"].items()] == wanted:
-                return dict(index)
-        return None
+        ttl_s = max(1, int(retention.total_seconds())) if retention is not None and server_sweeps else None
+        shape_age_index(self.store, self.collection, schema.RUN_OUTPUT_AGE, ttl_s, _MARKER)
 
     def _server_sweeps(self) -> bool:
-        """Whether the server expires TTL documents in the background: a real MongoDB, not nx-27017 or mongomock."""
-        if self.store.is_mongomock:
-            return False
-        try:
-            status = self.store.retry(lambda: self.collection.database.command("serverStatus"))
-        except OperationFailure:  # not allowed to ask (no clusterMonitor role): only a real MongoDB checks roles
-            return True
-        return status.get("process") != "nx_27017"
+        return server_sweeps(self.store, self.collection)

@@ -41,6 +41,7 @@ UNINDEXABLE_MAX_AGE_S = 300.0  # how long a refused index on a field is not aske
 # No '-': the embedded nx-27017 server refuses collection names with one, and a
 # queue must work the same on every store.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_ENTRY_STATUS = re.compile(r"[\w.:-]{1,64}")
 
 
 class InvalidQueueName(SoonerError, ValueError):
@@ -48,6 +49,20 @@ class InvalidQueueName(SoonerError, ValueError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"invalid queue name {name!r}: use 1-64 letters, digits or '_'")
+
+
+class InvalidEntryStatus(SoonerError, ValueError):
+    """A queue entry status typed by a user is not 1-64 letters, digits, '_', '-', '.' or ':'."""
+
+    def __init__(self, status: object) -> None:
+        super().__init__(f"status {str(status)[:70]!r} is not valid: use 1-64 letters, digits, '_', '-', '.' or ':'")
+
+
+def validate_entry_status(status: Any) -> str:
+    """``status`` if a person may set it on an entry (the Queues page's bulk action and the REST API)."""
+    if not isinstance(status, str) or not _ENTRY_STATUS.fullmatch(status):
+        raise InvalidEntryStatus(status)
+    return status
 
 
 class QueueQueryTimeout(StoreError):
@@ -110,15 +125,18 @@ class Queue:
             {"status": status_from}, {"$set": {"status": status_to, "updatedAt": self.store.clock.now()}},
             sort=[("createdAt", 1)], return_document=ReturnDocument.AFTER))
 
-    def update(self, entry: Any, *, status: str | None = None, data: Any = None) -> dict | None:
-        """Set ``status`` and/or replace ``data``; returns the entry or None if it does not exist."""
+    def update(self, entry: Any, *, status: str | None = None, data: Any = None, exact: bool = False) -> dict | None:
+        """Set ``status`` and/or replace ``data``; returns the entry or None if it does not exist.
+
+        ``exact``: ``entry`` is the ``_id`` itself (the web's decoded ids), not also a hex string of an ObjectId.
+        """
         fields: dict[str, Any] = {"updatedAt": self.store.clock.now()}
         if status is not None:
             fields["status"] = status
         if data is not None:
             fields["data"] = data
         return self.store.retry(lambda: self.collection.find_one_and_update(
-            {"_id": entry_id(entry)}, {"$set": fields}, return_document=ReturnDocument.AFTER))
+            {"_id": entry if exact else entry_id(entry)}, {"$set": fields}, return_document=ReturnDocument.AFTER))
 
     def delete(self, entry: Any) -> bool:
         return self.store.retry(lambda: self.collection.delete_one({"_id": entry_id(entry)})).deleted_count == 1

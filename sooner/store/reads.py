@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sooner.model import Run, RunStatus
+from sooner.model import ApiTrigger, Run, RunStatus
+from sooner.model.sample import Sample, SampleKind, downsample, series_of
+from sooner.model.trigger import WebhookTrigger
+from sooner.model.waiting import WaitFacts, explained
 from sooner.store import schema
 
 if TYPE_CHECKING:
@@ -55,8 +58,24 @@ FIRST_BATCH = 8
 MAX_BATCH = 512
 # What a chunk's JSON carries besides its text: {"seq": …, "stream": "stdout", "text": …}.
 CHUNK_JSON_BYTES = 48
+# Monitoring charts: a series is read newest first, at most SAMPLE_LIMIT samples (an hour of 5 s samples is 720;
+# a long run's newest ones), and merged down to SAMPLE_POINTS; runs per minute counts among the newest RATE_RUNS runs.
+SAMPLE_LIMIT = 2000
+SAMPLE_POINTS = 400
+RATE_RUNS = 5000
 # A page of the events one run emitted (the run page, `sooner logs`, the API) holds at most this many.
 EMITTED_PAGE = 100
+# What the wait rule (sooner.model.waiting) needs of a run, of the queue and of the running runs; how many
+# queued, running and waiting runs it reads (oldest first), and how many of a job's newest runs it looks
+# at for finished durations (the median of up to RECENT_DURATIONS of them).
+WAIT_FIELDS = ("job", "number", "status", "target", "not_before", "attempt", "queued_at", "worker", "started_at",
+               "requires")
+WAIT_QUEUE_LIMIT = 1000
+WAIT_DURATION_RUNS = 50
+# At most this many jobs get a duration estimate per waiting_facts call (the dashboard asks about 20 runs),
+# and a job's durations are read again after this many seconds.
+WAIT_DURATION_JOBS = 20
+WAIT_DURATION_CACHE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,33 @@ class Emitted:
 
 
 @dataclass(frozen=True)
+class JobUsage:
+    """How a job's runs were started: counts by trigger type, by API token and by webhook hook.
+
+    ``tokens`` counts api runs by the token id that started them (None: no token, a signed-in
+    session, or a run from before token ids were recorded); ``token_names`` names the tokens that
+    still exist; ``hooks`` counts webhook runs by hook name.
+    """
+
+    total: int
+    triggers: dict[str, int]
+    tokens: dict[str | None, int]
+    token_names: dict[str, str]
+    hooks: dict[str | None, int]
+
+
+@dataclass(frozen=True)
+class RunsPerMinute:
+    """Runs finished per minute: (minute's start in epoch seconds, count), oldest first.
+
+    ``capped``: more runs ran in the window than were read, so the counts fall short.
+    """
+
+    minutes: list[tuple[int, int]]
+    capped: bool
+
+
+@dataclass(frozen=True)
 class DashboardRuns:
     """The dashboard's runs: running (earliest started first), queued (oldest first), the newest ones."""
 
@@ -107,6 +153,8 @@ class Reads:
         self._runs = store.collection(schema.RUNS)
         self._output = store.collection(schema.RUN_OUTPUT)
         self._deploys = store.collection(schema.DEPLOYS)
+        self._samples = store.collection(schema.SAMPLES)
+        self._durations: dict[str, tuple[float, list[float]]] = {}  # job -> (monotonic time read, durations)
 
     # -- runs ---------------------------------------------------------------
     def recent_runs(self, limit: int = 15, *, fields: Sequence[str] | None = None) -> list[Run]:
@@ -200,6 +248,84 @@ class Reads:
         waiting = self._find_runs({"status": RunStatus.QUEUED.value}, sort=[("queued_at", 1)], limit=queued)
         busy.sort(key=lambda run: (run.started_at is None, run.started_at or datetime.min))
         return DashboardRuns(running=busy, queued=waiting, recent=self.recent_runs(recent))
+
+    def waiting_facts(self, run_ids: Iterable[str]) -> WaitFacts:
+        """What :func:`sooner.model.waiting.explain` needs about these runs, read once for all of them.
+
+        The asked runs by id (:data:`WAIT_FIELDS`; only the queued and waiting ones are kept), and
+        only if there are any: the workers, the queued runs (oldest first, at most
+        :data:`WAIT_QUEUE_LIMIT`: one equality on ``status``, sorted by ``queued_at`` as the claim is),
+        the running runs, the waiting runs (when a waiting run is asked about), each job's newest
+        :data:`WAIT_DURATION_RUNS` runs for their finished durations (one ``job`` equality each, at
+        most :data:`WAIT_DURATION_JOBS` jobs), and the retry policy of jobs with a run on a later
+        attempt. Five queries for one queued run; never part of an ETag answer.
+        """
+        asked = {run.id: run for run in self.runs_by_id(run_ids, WAIT_FIELDS).values() if explained(run)}
+        if not asked:
+            return WaitFacts()
+        wanted = {"_id": 1, **{name: 1 for name in WAIT_FIELDS}}
+
+        def by_status(status: RunStatus, sort: list[tuple[str, int]] | None) -> list[Run]:
+            return self._find_runs({"status": status.value}, wanted, sort=sort, limit=WAIT_QUEUE_LIMIT + 1)
+
+        queued = by_status(RunStatus.QUEUED, [("queued_at", 1)])
+        running = by_status(RunStatus.RUNNING, None)
+        waiting = (by_status(RunStatus.WAITING, [("queued_at", 1)])
+                   if any(run.status is RunStatus.WAITING for run in asked.values()) else [])
+        jobs = list(dict.fromkeys(run.job for run in asked.values()))[:WAIT_DURATION_JOBS]
+        durations = {job: self._recent_durations(job) for job in jobs}
+        retry = {}
+        for job in dict.fromkeys(run.job for run in asked.values() if run.attempt > 1):
+            found = self.store.jobs.find(job)
+            if found is not None:
+                retry[job] = found.retry
+        return WaitFacts(runs=asked, workers=self.store.workers.list(), queued=queued[:WAIT_QUEUE_LIMIT],
+                         queued_complete=len(queued) <= WAIT_QUEUE_LIMIT, running=running, waiting=waiting,
+                         durations=durations, retry=retry)
+
+    def _recent_durations(self, job: str) -> list[float]:
+        """The finished durations among the job's newest :data:`WAIT_DURATION_RUNS` runs, newest first.
+
+        Kept for :data:`WAIT_DURATION_CACHE_S`: a median moves slowly, and the dashboard asks every
+        half second (one query per job, ~2-4 ms each on the embedded server at 20,000 runs).
+        """
+        now = self.store.clock.monotonic()
+        cached = self._durations.get(job)
+        if cached is not None and now - cached[0] < WAIT_DURATION_CACHE_S:
+            return cached[1]
+        found = [run.duration_s for run in self._find_runs(
+            {"job": job}, {"duration_s": 1, "job": 1, "status": 1}, sort=[("queued_at", -1)], limit=WAIT_DURATION_RUNS)
+            if run.duration_s is not None and run.finished]
+        if len(self._durations) > 10_000:  # a bound, not an eviction policy: jobs are few
+            self._durations.clear()
+        self._durations[job] = (now, found)
+        return found
+
+    def job_usage(self, job: str, since: datetime | None = None) -> JobUsage:
+        """How ``job``'s runs (created at ``since`` or later, if given) were started: see :class:`JobUsage`.
+
+        A ``$group`` on one field per question (trigger type; then the token of api runs and the
+        hook of webhook runs, only when there are such runs), since nx-27017 groups by one field
+        path only (a document ``_id`` of the group stays a literal). ``since`` matches on the run's
+        ``_id`` (an ObjectId, whose first bytes are its creation time): nx-27017's ``$match`` in an
+        aggregation ignores a date range.
+        """
+        match: dict[str, Any] = {"job": job}
+        if since is not None:
+            match["_id"] = {"$gte": _first_id_at(since)}
+
+        def grouped(path: str, **extra: Any) -> dict[Any, int]:
+            pipeline = [{"$match": {**match, **extra}}, {"$group": {"_id": f"${path}", "n": {"$sum": 1}}}]
+            return {doc["_id"]: int(doc["n"]) for doc in self.store.retry(lambda: list(self._runs.aggregate(pipeline)))}
+
+        triggers = {str(kind or "unknown"): n for kind, n in grouped("trigger.type").items()}
+        tokens = grouped("trigger.token", **{"trigger.type": ApiTrigger.type}) if triggers.get(ApiTrigger.type) else {}
+        hooks = (grouped("trigger.source.hook", **{"trigger.type": WebhookTrigger.type})
+                 if triggers.get(WebhookTrigger.type) else {})
+        ids = [token for token in tokens if isinstance(token, str)]
+        names = {str(doc["_id"]): str(doc.get("name") or "") for doc in self.store.retry(lambda: list(
+            self.store.collection(schema.TOKENS).find({"_id": {"$in": ids}}, {"name": 1})))} if ids else {}
+        return JobUsage(total=sum(triggers.values()), triggers=triggers, tokens=tokens, token_names=names, hooks=hooks)
 
     # -- output ---------------------------------------------------------------
     def output_after(self, run_id: str, after_seq: int = -1, *, limit: int = 1000,
@@ -296,6 +422,43 @@ class Reads:
         deploys = self.store.retry(lambda: list(self._deploys.find(query).sort("time", -1).limit(limit + 1)))
         return _page(deploys, limit, "time")
 
+    # -- monitoring (the workers and run pages' charts) ---------------------------
+    def samples(self, kind: SampleKind, key: str, since: datetime | None = None, *, points: int = SAMPLE_POINTS,
+                limit: int = SAMPLE_LIMIT) -> list[Sample]:
+        """The samples of one series (``kind``, ``key``) taken after ``since``, oldest first, at most ``points``.
+
+        One equality on the indexed ``series`` sorted by ``t``, newest first, at most ``limit``
+        (an hour of 5 s samples is 720); ``since`` is checked here, since a date range scans on
+        the embedded server. More than ``points`` are merged (:func:`sooner.model.sample.downsample`).
+        """
+        docs = self.store.retry(lambda: list(self._samples.find({"series": series_of(kind, key)}, {"_id": 0})
+                                             .sort("t", -1).limit(limit)))
+        found = [sample for doc in docs if (sample := Sample.from_doc(doc)) is not None
+                 and (since is None or sample.t > since)]
+        found.reverse()
+        return downsample(found, points)
+
+    def runs_per_minute(self, since: datetime, now: datetime | None = None, *,
+                        limit: int = RATE_RUNS) -> RunsPerMinute:
+        """How many runs finished in each minute from ``since``'s to ``now``'s (the store's clock), oldest first.
+
+        Reads the newest ``limit`` runs by ``_id`` (an ObjectId: its time is the run's queue time),
+        projected to ``finished_at``, and counts in Python: on the embedded server a sort on
+        ``_id`` with a limit is answered from the index, a range on ``finished_at`` scans every
+        run. ``capped``: the window held more runs than were read (the counts are low).
+        """
+        now = now or self.store.clock.now()
+        docs = self.store.retry(lambda: list(self._runs.find({}, {"finished_at": 1}).sort("_id", -1).limit(limit)))
+        first = _minute(since)
+        counts = dict.fromkeys(range(first, _minute(now) + 1, 60), 0)
+        for doc in docs:
+            finished = doc.get("finished_at")
+            if isinstance(finished, datetime) and (minute := _minute(finished)) in counts:
+                counts[minute] += 1
+        oldest = docs[-1].get("_id") if len(docs) == limit else None
+        capped = oldest is not None and str(oldest) >= _first_id_at(since)
+        return RunsPerMinute(minutes=sorted(counts.items()), capped=capped)
+
     # -- helpers ----------------------------------------------------------------
     def _find_runs(self, query: dict[str, Any], projection: dict[str, Any] | None = None, *,
                    sort: list[tuple[str, int]] | None = None, limit: int = 0,
@@ -322,6 +485,18 @@ class Reads:
 def chunk_bytes(chunk: dict[str, Any]) -> int:
     """What a chunk weighs in a JSON answer: its text as JSON encodes it (``\\u00e9``, ``\\n``) and its fields."""
     return len(json.dumps(chunk.get("text", ""))) + CHUNK_JSON_BYTES + len(str(chunk.get("seq", "")))
+
+
+def _first_id_at(moment: datetime) -> str:
+    """The smallest ObjectId (as run ids are stored) made at ``moment`` or later; times past 2106 clamp to its range."""
+    seconds = int(moment.timestamp()) if moment.tzinfo else int(moment.replace(tzinfo=timezone.utc).timestamp())
+    return f"{min(max(seconds, 0), 2**32 - 1):08x}" + "0" * 16
+
+
+def _minute(moment: datetime) -> int:
+    """The start of ``moment``'s minute in epoch seconds (a naive time is UTC)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return int(aware.timestamp()) // 60 * 60
 
 
 def _projection(fields: Sequence[str] | None) -> dict[str, Any] | None:

@@ -22,9 +22,11 @@ from pymongo.errors import DuplicateKeyError
 
 from sooner.errors import RunNotFound, SoonerError
 from sooner.model import ACTIVE, BUSY, Run, RunStatus
+from sooner.model.dispatch import Candidate, Sample, eligible
 from sooner.model.run_ref import FORMS, parse_run_ref
 from sooner.model.target import served_targets
 from sooner.store import schema
+from sooner.store.bulk import Insert, bulk_write
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 # How many of the oldest queued runs one claim considers (others may be not yet due).
 CLAIM_CANDIDATES = 20
+# Pages of candidates a claim reads at most when whole pages need tags the worker lacks.
+CLAIM_PAGES = 5
 # Rounds of insert / find the holder / release an expired holder before insert_holding_key gives up.
 KEY_ROUNDS = 5
 
@@ -62,6 +66,44 @@ class RunRepo:
         except DuplicateKeyError:
             return None
         return run
+
+    def insert_fires(self, runs: builtins.list[Run]) -> builtins.list[Run | None]:
+        """Insert the runs of one scheduler tick's fires at once; per run, as :meth:`insert` answers.
+
+        Three round trips for any number of runs (run numbers: two, see
+        :meth:`~sooner.store.counters.Counters.take_run_numbers`; then one unordered
+        bulk insert), instead of two per run. A run refused as a duplicate is looked
+        at on its own: inserted after all (a retried insert_many), the fire of another
+        scheduler (None, as :meth:`insert`), or else inserted again with a fresh number.
+        """
+        if not runs:
+            return []
+        wanted: dict[str, int] = {}
+        for run in runs:
+            if run.number is None:
+                wanted[run.job] = wanted.get(run.job, 0) + 1
+        numbers = self.store.counters.take_run_numbers(wanted)
+        numbered = [run if run.number is not None else replace(run, number=numbers[run.job].pop(0)) for run in runs]
+        refused = bulk_write(self.store, self.collection, [Insert(run.to_doc()) for run in numbered])
+        results: builtins.list[Run | None] = []
+        for index, run in enumerate(numbered):
+            if index not in refused:
+                results.append(run)
+            elif self.store.retry(lambda: self.collection.find_one({"_id": run.id}, {"_id": 1})) is not None:
+                results.append(run)
+            elif getattr(run.trigger, "scheduled_for", None) is not None and self._fired(run):
+                results.append(None)
+            else:
+                results.append(self.insert(replace(run, number=None)))
+        return results
+
+    def active_jobs(self, jobs: Iterable[str]) -> set[str]:
+        """Which of ``jobs`` have a run waiting, queued or running (one query for all of them)."""
+        names = builtins.list(dict.fromkeys(jobs))
+        if not names:
+            return set()
+        return {doc["job"] for doc in self.store.retry(lambda: builtins.list(self.collection.find(
+            {"job": {"$in": names}, "status": {"$in": RunStatus.values(ACTIVE)}}, {"job": 1})))}
 
     def insert_holding_key(self, run: Run, expired: Callable[[Run], bool]) -> Run | None:
         """Insert ``run``, which carries a ``dedupe_key``, unless another run of its job holds that key.
@@ -119,24 +161,63 @@ class RunRepo:
     def claim_candidates(self, worker: str, tags: Iterable[str], *, now: datetime,
                          limit: int = CLAIM_CANDIDATES) -> builtins.list[str]:
         """Ids of the oldest queued runs this worker may run (by name, tag or untargeted) that are due."""
+        return [offer.id for offer in self.claim_offers(worker, tags, now=now, limit=limit)]
+
+    def claim_offers(self, worker: str, tags: Iterable[str], *, now: datetime,
+                     limit: int = CLAIM_CANDIDATES) -> builtins.list[Candidate]:
+        """The oldest queued runs this worker may run now, as :class:`~sooner.model.dispatch.Candidate`s.
+
+        One query by status and target (its index); ``not_before`` and the run's ``requires`` tags
+        (:func:`~sooner.model.dispatch.eligible`) are checked here. When every run of a full page
+        needs tags this worker lacks, the next page is read, so runs no one here can take never hide
+        the ones it can (only then is it more than one query).
+        """
+        tags = builtins.list(tags)
         targets: list[Any] = served_targets(worker, tags)
+        fields = dict.fromkeys(Candidate.FIELDS, 1)
         # The embedded server answers status + target from its index but scans the whole
         # collection for a date range (measured: 100 ms with 5,000 finished runs, vs 1 ms),
         # so not_before is checked here.
-        candidates = self.store.retry(lambda: list(self.collection.find(
-            {"status": RunStatus.QUEUED.value, "target": {"$in": targets}}, {"_id": 1, "not_before": 1},
-            sort=[("queued_at", 1)], limit=limit)))
-        return [c["_id"] for c in candidates if c.get("not_before") is None or c["not_before"] <= now]
+        offers: builtins.list[Candidate] = []
+        for page in range(CLAIM_PAGES):
+            docs = self.store.retry(lambda: list(self.collection.find(
+                {"status": RunStatus.QUEUED.value, "target": {"$in": targets}}, fields,
+                sort=[("queued_at", 1)], skip=page * limit, limit=limit)))
+            found = [Candidate.from_doc(doc) for doc in docs]
+            offers += [c for c in found if c.due(now) and eligible(c.requires, tags)]
+            if offers or len(docs) < limit or all(not c.requires for c in found):
+                break
+        return offers
 
-    def take(self, run_id: str, worker: str, lease_s: float, *, now: datetime) -> Run | None:
+    def recent_samples(self, limit: int) -> builtins.list[Sample]:
+        """Durations of the succeeded runs among the newest ``limit`` runs, newest first (what speeds are measured on)."""
+        docs = self.store.retry(lambda: list(self.collection.find(
+            {}, {"job": 1, "worker": 1, "status": 1, "duration_s": 1}, sort=[("queued_at", -1)], limit=limit)))
+        return [Sample(str(doc["worker"]), str(doc.get("job")), float(doc["duration_s"])) for doc in docs
+                if doc.get("status") == RunStatus.SUCCEEDED.value and doc.get("worker")
+                and isinstance(doc.get("duration_s"), (int, float))]
+
+    def statuses(self, run_ids: Iterable[str]) -> dict[str, RunStatus]:
+        """The status of each of these runs that exists, by id (one ``_id $in`` query)."""
+        ids = builtins.list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        docs = self.store.retry(lambda: list(self.collection.find({"_id": {"$in": ids}}, {"status": 1})))
+        return {str(doc["_id"]): RunStatus(doc["status"]) for doc in docs if doc.get("status")}
+
+    def take(self, run_id: str, worker: str, lease_s: float, *, now: datetime,
+             slots: builtins.list[str] | None = None) -> Run | None:
         """Claim this run if it is still queued (None if another worker was faster).
 
-        Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``.
+        Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``, and ``limit_slots``
+        when the claim took concurrency limit slots for it (:mod:`sooner.store.limits`).
         """
+        fields: dict[str, Any] = {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
+                                  "lease_until": now + timedelta(seconds=lease_s)}
+        if slots:
+            fields["limit_slots"] = slots
         doc = self.store.retry(lambda: self.collection.find_one_and_update(
-            {"_id": run_id, "status": RunStatus.QUEUED.value},
-            {"$set": {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
-                      "lease_until": now + timedelta(seconds=lease_s)}},
+            {"_id": run_id, "status": RunStatus.QUEUED.value}, {"$set": fields},
             return_document=ReturnDocument.AFTER))
         return Run.from_doc(doc) if doc else None
 
@@ -156,6 +237,14 @@ class RunRepo:
                     "supervisor_started_at": supervisor_started_at, "outlives_lease_s": outlives_lease_s}
         fields.update({name: value for name, value in identity.items() if value is not None})
         self._update(run_id, fields)
+
+    def mark_started_in_worker(self, run_id: str, *, commit: str | None, now: datetime | None = None,
+                               host: str | None = None, outlives_lease_s: float | None = None) -> None:
+        """An HTTP job's run started inside its worker: no process of its own, so no pid a later worker
+        could kill. Changes ``started_at``, ``commit``, ``host`` and ``outlives_lease_s`` (as :meth:`mark_started`:
+        how long past its lease's expiry a cut-off worker may still make the run's requests)."""
+        self._update(run_id, {"started_at": now or self.store.clock.now(), "commit": commit, "host": host,
+                              "outlives_lease_s": outlives_lease_s})
 
     def mark_process_gone(self, run_id: str) -> None:
         """A worker on the run's host confirmed none of its processes is left. Sets ``process_gone``."""
@@ -258,16 +347,36 @@ class RunRepo:
         """Running runs whose worker stopped renewing their lease."""
         return self._runs({"status": RunStatus.RUNNING.value, "lease_until": {"$lt": now}})
 
+    def mark_waiters(self, job: str) -> None:
+        """Flag the job's queued and running runs: a run now waits behind them (``has_waiters``).
+
+        The end of a flagged run releases the oldest waiting one; the end of any other run
+        needs no look for waiting runs, which saves every run end a query. Called after the
+        waiting run is stored and before the caller checks once more whether it may go at once,
+        so a run that ends in between is covered by that check.
+        """
+        self.store.retry(lambda: self.collection.update_many(
+            {"job": job, "status": {"$in": RunStatus.values(BUSY)}}, {"$set": {"has_waiters": True}}))
+
     def promote_waiting(self, job: str, *, now: datetime) -> Run | None:
-        """If no run of ``job`` is queued or running, move its oldest waiting run to queued (``status``, ``not_before``)."""
+        """If no run of ``job`` is queued or running, move its oldest waiting run to queued (``status``, ``not_before``).
+
+        Otherwise the runs it waits behind are flagged ``has_waiters`` (see :meth:`mark_waiters`).
+        """
         # Most databases have no waiting run at all; this check uses the status index
         # (a job + status filter scans the job's whole history on the embedded server).
         if self.store.retry(lambda: self.collection.find_one({"status": RunStatus.WAITING.value}, {"_id": 1})) is None:
             return None
-        busy = self.store.retry(lambda: self.collection.find_one(
-            {"job": job, "status": {"$in": RunStatus.values(BUSY)}}, {"_id": 1}))
-        if busy:
-            return None
+        def busy() -> bool:
+            return self.store.retry(lambda: self.collection.find_one(
+                {"job": job, "status": {"$in": RunStatus.values(BUSY)}}, {"_id": 1})) is not None
+
+        if busy():
+            # The waiting run now waits behind these (a retry, a manual run): their ends release it.
+            # Flag, then look again, so one that ended in between is not waited for.
+            self.mark_waiters(job)
+            if busy():
+                return None
         doc = self.store.retry(lambda: self.collection.find_one_and_update(
             {"job": job, "status": RunStatus.WAITING.value},
             {"$set": {"status": RunStatus.QUEUED.value, "not_before": now}},

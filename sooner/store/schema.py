@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING
 
+from sooner.model import BUSY, RunStatus
+
 # Bump when INDEXES change, so existing databases get the new indexes.
-VERSION = 10
+VERSION = 12
 
 META = "sooner_meta"
 JOBS = "jobs"
@@ -28,6 +30,10 @@ MISSED_TICKS = "missed_ticks"
 COUNTERS = "counters"
 HOOKS = "hooks"
 HOOK_DELIVERIES = "hook_deliveries"
+NOTIFICATIONS = "notifications"
+METRICS = "metrics"
+LIMITS = "limits"  # concurrency limit slots (sooner.store.limits): found by _id only, no index
+SAMPLES = "samples"
 QUEUE_PREFIX = "queue_"
 
 # collection -> list of (keys, options)
@@ -85,11 +91,23 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
     # Webhook delivery log (store.deliveries): a hook's newest attempts (hook and sort key each alone);
     # an accepted delivery's _id is <hook>/<delivery id>, so the unique _id makes duplicates one run.
     HOOK_DELIVERIES: [([("hook", ASCENDING)], {}), ([("t", DESCENDING)], {})],
+    # The notification outbox (store.notifications): the notifier lists pending entries by state (due first,
+    # by not_before), suppressed ones a summary has not counted by summary_due (set only until then), the run
+    # page a run's by run, the rate limit a target's newest sent by target_key and sent_at, retention prunes
+    # by created_at (each alone, for the embedded server). _id = <run>/<target digest>: idempotent.
+    NOTIFICATIONS: [([("state", ASCENDING)], {}), ([("not_before", ASCENDING)], {}), ([("summary_due", ASCENDING)], {}),
+                    ([("run", ASCENDING)], {}), ([("target_key", ASCENDING)], {}), ([("sent_at", DESCENDING)], {}),
+                    ([("created_at", ASCENDING)], {})],
+    # Monitoring samples (store.samples): a chart reads one series (kind:key) newest first by t; the index
+    # on t (retention) is SAMPLE_AGE, shaped by SampleRepo.ensure_retention like run_output's.
+    SAMPLES: [([("series", ASCENDING)], {})],
 }
 
 # run_output's index on t (retention): its options follow the output_retention_days setting, so
 # OutputRepo.ensure_retention creates and changes it at store open, not INDEXES.
 RUN_OUTPUT_AGE: list[tuple[str, int]] = [("t", ASCENDING)]
+# samples' index on t: a TTL index of sample_retention_hours on MongoDB, plain elsewhere (SampleRepo.ensure_retention).
+SAMPLE_AGE: list[tuple[str, int]] = [("t", ASCENDING)]
 
 # Changes to existing documents, applied (idempotently) before the indexes are created:
 # (collection, filter, update). Version 3: cron runs of version 2 get the fire_kind the
@@ -98,6 +116,9 @@ BACKFILLS: list[tuple[str, dict, dict]] = [
     # (not {"$type": "date"}: nx-27017 matches nothing with it)
     (RUNS, {"scheduled_for": {"$exists": True, "$ne": None}, "fire_kind": {"$exists": False}},
      {"$set": {"fire_kind": "cron"}}),
+    # Runs active before has_waiters existed may have waiting runs behind them (version 11).
+    (RUNS, {"status": {"$in": RunStatus.values(BUSY)}, "has_waiters": {"$exists": False}},
+     {"$set": {"has_waiters": True}}),
 ]
 
 # Indexes of earlier versions, dropped once their replacements exist: collection -> key specs

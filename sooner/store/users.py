@@ -24,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 from sooner.errors import AuthError, SoonerError
 from sooner.model.token import InvalidTokenSetting, TokenGrant, TokenScope, validate_job_glob
 from sooner.store import schema
+from sooner.store.token_cache import TokenCache
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -145,6 +146,7 @@ class UserRepo:
 
     def _change(self, name: str, update: dict) -> None:
         result = self.store.retry(lambda: self.collection.update_one({"_id": name}, update))
+        self.store.tokens.forget_cached(user=name)  # the new role (epoch) counts for its tokens at once
         if result.matched_count == 0:
             raise UserNotFound(name)
 
@@ -162,6 +164,22 @@ class TokenRepo:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.collection = store.collection(schema.TOKENS)
+        self.cache: TokenCache | None = None  # only the web process remembers verified tokens
+
+    def cache_verified(self, ttl_s: float) -> None:
+        """Remember verified tokens for ``ttl_s`` seconds (0 = never); :mod:`sooner.store.token_cache` says
+        how stale that may be."""
+        self.cache = TokenCache(self.store.clock, ttl_s) if ttl_s > 0 else None
+
+    def cached(self, token: str, now: datetime | None = None) -> dict | None:
+        """The user of a token verified moments ago (within the cache's TTL, unexpired), else None: no reads."""
+        cache = self.cache
+        return cache.get(token, now or self.store.clock.now()) if cache is not None else None
+
+    def forget_cached(self, *, token_id: str | None = None, user: str | None = None) -> None:
+        """Stop trusting a remembered verification of this token, or of this user's tokens, at once."""
+        if self.cache is not None:
+            self.cache.forget(token_id=token_id, user=user)
 
     def create(self, user: str, name: str = "", *, now: datetime | None = None, scope: TokenScope | None = None,
                job_glob: str | None = None, expires_in: timedelta | None = None) -> tuple[str, dict]:
@@ -193,18 +211,25 @@ class TokenRepo:
         query: dict[str, Any] = {"_id": token_id}
         if user:
             query["user"] = user
-        if self.store.retry(lambda: self.collection.delete_one(query)).deleted_count == 0:
+        deleted = self.store.retry(lambda: self.collection.delete_one(query)).deleted_count
+        self.forget_cached(token_id=token_id)
+        if deleted == 0:
             raise SoonerError(f"no API token with id {token_id!r} (see `sooner token list`)")
 
     def remove_for_user(self, user: str) -> None:
         self.store.retry(lambda: self.collection.delete_many({"user": user}))
+        self.forget_cached(user=user)
 
     def authenticate(self, token: str, now: datetime | None = None, *, address: str | None = None) -> dict:
         """The user owning a valid, unexpired token, else AuthError; the user's ``token`` is its
         :class:`~sooner.model.token.TokenGrant` as a dict (``TokenGrant.from_doc`` reads it back).
 
-        Records ``last_used_at`` and ``last_used_address`` at most once a minute per token.
+        Records ``last_used_at`` and ``last_used_address`` at most once a minute per token. With the cache
+        on (:meth:`cache_verified`), a token verified within its TTL is answered from memory.
         """
+        if (hit := self.cached(token, now)) is not None:
+            return hit
+        ticket = self.cache.ticket() if self.cache is not None else 0
         match = _TOKEN.match(token or "")
         document = self.store.retry(lambda: self.collection.find_one({"_id": match.group(1)})) if match else None
         try:
@@ -225,5 +250,8 @@ class TokenRepo:
         if last is None or (now - last).total_seconds() > self.LAST_USED_RESOLUTION_S:
             fields = {"last_used_at": now, "last_used_address": (address or "")[:64] or None}
             self.store.retry(lambda: self.collection.update_one({"_id": document["_id"]}, {"$set": fields}))
-        return {**user, "token": grant.to_doc()}
+        verified = {**user, "token": grant.to_doc()}
+        if self.cache is not None:
+            self.cache.put(ticket, token, verified)
+        return verified
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from sooner.errors import SoonerError
-from sooner.model.webhook import Hook
+from sooner.model.webhook import Hook, InvalidHook, make_hook, validate_hook_name
 from sooner.store import schema
 
 if TYPE_CHECKING:
@@ -55,6 +55,20 @@ class HookRepo:
             raise HookExists(f"a hook named {hook.name!r} exists already (`sooner hook remove {hook.name}` first)") \
                 from None
         return hook
+
+    def create(self, provider: str, name: str, job: str, *, secret: str | None = None, events: Iterable[str] = (),
+               branches: Iterable[str] = (), by: str | None = None) -> Hook:
+        """Validate and store a new hook for the existing job ``job`` (the CLI's ``sooner hook add`` and the web's).
+
+        Raises :class:`InvalidHook` (name, provider, events, branches, secret; a removed job), ``JobNotFound``
+        or :class:`HookExists`. Without ``secret`` a random one is made: the returned hook carries it.
+        """
+        validate_hook_name(name)  # before the job, so the message names what is wrong
+        found = self.store.jobs.get(job)
+        if found.deleted:
+            raise InvalidHook(f"job {found.name!r} was removed from the repository")
+        return self.add(make_hook(provider, name, found.name, secret=secret, events=tuple(events),
+                                  branches=tuple(branches), now=self.store.clock.now(), by=by))
 
     def get(self, name: str) -> Hook | None:
         """The hook named ``name`` (a plain string, never a query), or None."""

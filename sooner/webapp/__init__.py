@@ -107,10 +107,17 @@ def create_app(settings: Settings, store: Store | None = None, *, trusted_proxie
     for module in (hooks, signed, badges):  # webhooks, signed trigger URLs, status badges: no session needed
         app.register_blueprint(module.bp)
     app.register_blueprint(failed.api_bp)
-    from sooner.webapp import admin_users, v1
+    from sooner.webapp import poison
+
+    app.register_blueprint(poison.bp)  # the poison list page (its API is in v1)
+    from sooner.webapp import admin_users, hooks_ui, v1
 
     v1.register(app)
     app.register_blueprint(admin_users.bp)
+    app.register_blueprint(hooks_ui.bp)
+    from sooner.webapp import metrics
+
+    app.register_blueprint(metrics.bp)  # /metrics for Prometheus (token or session)
     app.jinja_env.globals.update(version=__version__, has_queues=_register_optional(app, "queues"))
     app.after_request(_security_headers)
 

@@ -39,8 +39,10 @@ from sooner.model.missed import JobAlert, MissedTick
 from sooner.model.dedupe import InvalidDedupeKey, validate_dedupe_key
 from sooner.model.job_settings import InvalidJobSetting
 from sooner.model.target import ANY_WORKER, tag_target, worker_target
+from sooner.model.waiting import WaitReason, wait_reasons
 from sooner.scheduling.alerts import job_alerts
-from sooner.webapp.context import admin_required, json_error, user_name, web_now, web_runs, web_state, web_store
+from sooner.webapp.context import (admin_required, api_token_id, json_error, user_name, web_now, web_runs, web_state,
+                                   web_store)
 from sooner.webapp.formatting import iso
 from sooner.webapp.jobs import parse_time_arg
 from sooner.store.reads import EMITTED_PAGE, OUTPUT_PAGE_BYTES, Emitted
@@ -72,8 +74,8 @@ def missed_json(miss: MissedTick) -> dict[str, Any]:
             "recorded_at": iso(miss.recorded_at) or None, "run": miss.run}
 
 
-def run_json(run: Run) -> dict[str, Any]:
-    summary = run_summary(run, web_now())
+def run_json(run: Run, waiting: WaitReason | None = None) -> dict[str, Any]:
+    summary = run_summary(run, web_now(), waiting)
     summary.update({"trigger": _plain(run.trigger.to_doc()), "data": run.data, "commit": run.commit,
                     "attempt": run.attempt, "target": run.target, "dedupe_key": run.dedupe_key,
                     "relocated_to": run.relocated_to, "chain_root": run.chain_root, "next_attempt": run.next_attempt,
@@ -187,10 +189,11 @@ def start_run(name: str) -> ResponseReturnValue:
         key = validate_dedupe_key(body["dedupe_key"]) if body.get("dedupe_key") is not None else None
     except InvalidDedupeKey as exc:
         return json_error(400, str(exc))
-    run = web_runs().queue(job, ApiTrigger(source="api", author=user_name()), data=body.get("data"), dedupe_key=key)
+    run = web_runs().queue(job, ApiTrigger(source="api", author=user_name(), token=api_token_id()),
+                           data=body.get("data"), dedupe_key=key)
     if run is None:
         return json_error(409, "the run was not started")
-    answer = {"run": run_json(run), "url": url_for("runs.detail", run_id=run.id, _external=True),
+    answer = {"run": run_json(run, _waits([run]).get(run.id)), "url": url_for("runs.detail", run_id=run.id, _external=True),
               "deduplicated": run.deduplicated}
     return answer, 200 if run.deduplicated else 201
 
@@ -205,7 +208,14 @@ def runs() -> ResponseReturnValue:
         return json_error(400, str(exc))
     limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
     found = store.reads.runs_page(job=request.args.get("job") or None, status=status, limit=limit)
-    return {"runs": [run_json(r) for r in found]}
+    waits = _waits(found)
+    return {"runs": [run_json(r, waits.get(r.id)) for r in found]}
+
+
+def _waits(runs: list[Run]) -> dict[str, WaitReason]:
+    """Why those of ``runs`` that have not started wait (``waiting`` in a run's JSON)."""
+    state = web_state()
+    return wait_reasons(state.store.reads, runs, web_now(), state.settings.heartbeat_s)
 
 
 @bp.get("/runs/<path:run_id>")
@@ -213,7 +223,7 @@ def run(run_id: str) -> ResponseReturnValue:
     store = web_store()
     found = store.runs.get(run_id)
     emitted = store.reads.emitted_events(found.id)
-    return {**run_json(found), "chain": chain_json(store.reads.chain(found)), "emitted": emitted_json(emitted),
+    return {**run_json(found, _waits([found]).get(found.id)), "chain": chain_json(store.reads.chain(found)), "emitted": emitted_json(emitted),
             "emitted_more": emitted.more}
 
 

@@ -52,6 +52,7 @@ bp = Blueprint("auth", __name__)
 # job's public_badge setting themselves.
 PUBLIC_ENDPOINTS = {"auth.login", "static", "views.health", "hooks.receive", "signed.trigger", "badges.badge"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+METRICS_PATH = "/metrics"  # Prometheus' default path
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -146,11 +147,11 @@ def start_session(user: dict) -> None:
 def load_user() -> None:
     """Set ``g.user`` from a Bearer token (``/api/``) or the session cookie (everything else)."""
     g.user = g.web_session = g.auth_error = g.retry_after = None
-    if request.path.startswith("/api/"):
+    if takes_token(request.path):
         token = bearer_token(request.headers.get("Authorization"))
         if token is not None:
             _authenticate_token(token)
-        if token is not None or not request.path.startswith("/api/v1/") or "Authorization" in request.headers:
+        if token is not None or not _takes_session_too(request.path) or "Authorization" in request.headers:
             return
     found = live_session()  # /api/v1 also serves the signed-in UI (with CSRF on state changes)
     if found is not None:
@@ -168,6 +169,16 @@ def _authenticate_token(token: str) -> None:
         g.user = outcome
 
 
+def takes_token(path: str) -> bool:
+    """Whether ``path`` is read by programs with an API token (the APIs and ``/metrics``): refusals are 401s."""
+    return path.startswith("/api/") or path == METRICS_PATH
+
+
+def _takes_session_too(path: str) -> bool:
+    # /api/v1 and /metrics also serve a signed-in browser; the old /api is for tokens only.
+    return path.startswith("/api/v1/") or path == METRICS_PATH
+
+
 def bearer_token(header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None for any other header."""
     if header and header[:7].lower() == "bearer ":
@@ -179,14 +190,19 @@ def check_token(token: str) -> dict | Refusal:
     """The API token's user (without its hash), else a :class:`Refusal`: 401 invalid, 429 throttled or busy.
 
     The one token check of the REST API and the Socket.IO channel: invalid tokens back off per address.
+    A token this process verified within ``web_token_cache_s`` is answered from memory
+    (:mod:`sooner.store.token_cache`: no read, no argon2, no hash slot).
     """
     throttle, address = web_throttle(), client_address()
     if (wait := throttle.token_wait(address)) > 0:
         return Refusal(429, f"too many invalid API tokens from this address: try again in {retry_after(wait)} s", wait)
+    tokens = web_store().tokens
+    if (user := tokens.cached(token)) is not None:  # verified moments ago: no hash work, so no slot needed
+        return _public_user(user)
     if not throttle.token_slots.try_acquire():
         return Refusal(429, "the server is busy checking other API tokens: try again in a second", 1.0)
     try:
-        return _public_user(web_store().tokens.authenticate(token, address=address))
+        return _public_user(tokens.authenticate(token, address=address))
     except AuthError as exc:
         throttle.token_failed(address)
         return Refusal(401, str(exc))
@@ -198,7 +214,7 @@ def guard() -> ResponseReturnValue | None:
     """Refuse anonymous requests and state changes without a valid CSRF token."""
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         return _check_csrf() if request.endpoint == "auth.login" else None
-    if request.path.startswith("/api/"):
+    if takes_token(request.path):
         if current_user() is None:
             return _api_refusal()
         if g.web_session is not None:
@@ -403,6 +419,7 @@ def register(app: Flask) -> None:
 
     state = app.extensions[EXTENSION]
     state.throttle = AuthThrottle(state.store.clock)
+    state.store.tokens.cache_verified(state.settings.web_token_cache_s)  # see sooner.store.token_cache
     app.session_interface = SessionInterface()
     app.before_request(load_user)
     app.before_request(guard)

@@ -83,6 +83,14 @@ def user_name() -> str:
     return user["_id"]
 
 
+def api_token_id() -> str | None:
+    """The id of the API token the request came with (recorded on the runs it starts), None for a session."""
+    grant = (current_user() or {}).get("token")
+    if not isinstance(grant, dict) or not grant.get("id"):
+        return None
+    return str(grant["id"])
+
+
 def is_admin() -> bool:
     user = current_user()
     return bool(user and user.get("role") == "admin")

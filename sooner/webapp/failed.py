@@ -15,7 +15,7 @@ POST /api/failed/dismiss   body ``{"runs": ["<id>", …]}``   [admin]
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
@@ -92,12 +92,22 @@ def index() -> ResponseReturnValue:
 @bp.post("/failed")
 @admin_required
 def act() -> ResponseReturnValue:
-    action = request.form.get("action", "")
-    ids = [i.strip() for i in request.form.getlist("run") if i.strip()]
     back = request.form.get("next", "")
     back = back if back.startswith("/failed") and not back.startswith("//") else url_for("failed_view.index")
-    if action not in ("retry", "dismiss"):
-        flash(f"unknown action {action!r}: use retry or dismiss", "error")
+    return bulk_action(back, {"retry": ("retried", _retry),
+                              "dismiss": ("dismissed", lambda ids, by: web_store().failed.dismiss(ids, by=by))})
+
+
+BulkStep = Callable[[list[str], str], list[BulkResult]]  # (run ids, by whom) -> one result per run
+
+
+def bulk_action(back: str, actions: dict[str, tuple[str, BulkStep]]) -> ResponseReturnValue:
+    """The bulk form of the Failed view and the poison list: check the form's action and runs, do it, flash
+    what happened to each run, and go back. ``actions``: name -> (past tense for the message, the step)."""
+    action = request.form.get("action", "")
+    ids = [i.strip() for i in request.form.getlist("run") if i.strip()]
+    if action not in actions:
+        flash(f"unknown action {action!r}: use {' or '.join(actions)}", "error")
         return redirect(back)
     if not ids:
         flash("select at least one run first", "error")
@@ -105,19 +115,22 @@ def act() -> ResponseReturnValue:
     if len(ids) > MAX_BULK:
         flash(f"at most {MAX_BULK} runs at once, got {len(ids)}", "error")
         return redirect(back)
-    results = _act(action, ids)
+    done_word, step = actions[action]
+    results = step(ids, user_name())
     done = [r for r in results if r.ok]
     if done:
-        flash(f"{'retried' if action == 'retry' else 'dismissed'} {len(done)} run(s)", "info")
+        flash(f"{done_word} {len(done)} run(s)", "info")
     for refused in (r for r in results if not r.ok):
         flash(f"{refused.id}: {refused.message}", "error")
     return redirect(back)
 
 
+def _retry(ids: list[str], by: str) -> list[BulkResult]:
+    return web_runs().retry_many(ids, by=by, source="web")
+
+
 def _act(action: str, ids: list[str]) -> list[BulkResult]:
-    if action == "retry":
-        return web_runs().retry_many(ids, by=user_name(), source="web")
-    return web_store().failed.dismiss(ids, by=user_name())
+    return _retry(ids, user_name()) if action == "retry" else web_store().failed.dismiss(ids, by=user_name())
 
 
 def _back_url(filters: dict[str, str]) -> str:

@@ -107,7 +107,21 @@ def _render_detail(job: Job, *, form: dict | None = None, errors: dict | None = 
         timezones=timezones(), overlaps=[o.value for o in Overlap], misseds=[m.value for m in Missed],
         run_data=run_data, description=describe_schedule(job.schedule) if job.schedule else None,
         preview_description=describe_schedule(shown[0]) if fires else None,
+        usage=web_store().reads.job_usage(job.name), http=_http_steps(job),
     ), status
+
+
+def _http_steps(job: Job) -> dict[str, Any] | None:
+    """An HTTP job's deployed steps (placeholders, never secret values) for its page; None for a script."""
+    from sooner.model.http_job import InvalidHttpJob, JobKind, parse_http_job
+
+    if job.kind is not JobKind.HTTP:
+        return None
+    data = web_store().objects.get_blob(job.blob) if job.blob else None
+    try:
+        return {"spec": parse_http_job(data or b""), "error": None}
+    except InvalidHttpJob as exc:
+        return {"spec": None, "error": f"the deployed document is not valid: {exc}"}
 
 
 def _form_values(job: Job) -> dict[str, Any]:
@@ -118,6 +132,7 @@ def _form_values(job: Job) -> dict[str, Any]:
         "alert_after_s": _number_text(job.alert_after_s), "dedupe_window_s": _number_text(job.dedupe_window_s),
         "backoff_base_s": _number_text(job.retry.backoff_base_s), "backoff_factor": _number_text(job.retry.backoff_factor),
         "max_backoff_s": _number_text(job.retry.max_backoff_s), "jitter": _number_text(job.retry.jitter),
+        "notify": "", "requires": ", ".join(job.requires), "max_concurrent": str(job.max_concurrent or ""),
     }
 
 
@@ -207,6 +222,13 @@ def _save(job: Job) -> ResponseReturnValue:
     if "dedupe_window_s" in request.form:  # empty: off (0)
         form["dedupe_window_s"] = request.form["dedupe_window_s"]
         options["dedupe_window_s"] = form["dedupe_window_s"].strip() or "0"
+    for key in ("requires", "max_concurrent"):  # absent: unchanged; empty: none / no limit
+        if key in request.form:
+            form[key] = request.form[key]
+            options[key] = form[key]
+    if request.form.get("notify", "").strip():  # empty: unchanged (the stored targets hold secrets, never shown)
+        form["notify"] = request.form["notify"]
+        options["notify"] = form["notify"]
     for key in BACKOFF_FIELDS:  # absent: unchanged; empty: the default; settings_changes checks the text
         if key in request.form:
             form[key] = request.form[key]
@@ -233,7 +255,7 @@ def _field_of(key: str) -> str:
     return {"timezone": "timezone", "schedule": "schedule", "worker": "worker", "timeout": "timeout_s",
             "overlap": "overlap", "missed": "missed", "retry": "retry_attempts", "hook": "hooks",
             "backoff_base": "backoff_base_s", "max_backoff": "max_backoff_s",
-            "alert_after": "alert_after_s", "dedupe_window": "dedupe_window_s"}.get(key, key)
+            "alert_after": "alert_after_s", "dedupe_window": "dedupe_window_s", "notify": "notify"}.get(key, key)
 
 
 def parse_time_arg(name: str) -> datetime | None:

@@ -14,13 +14,15 @@ output by reading it. :class:`LiveHub` keeps one room per watched run
   watcher threads following ``store.changes`` wake it as soon as output is
   inserted or a run changes and tell it which runs changed, so a tick reads
   only those (plus a full sweep every ``sweep_s``); where there are no change
-  streams (standalone MongoDB, mongomock) every tick sweeps.
+  streams (standalone MongoDB, mongomock) every tick sweeps. The watchers
+  run only while someone watches (a feed costs the database even when idle).
 * A room gets at most one output message per ``min_gap_s`` (40 ms): a chatty
-  run is sent in fewer, bigger messages rather than falling behind. A room
-  gets at most one ``run`` message (status, progress) per ``status_gap_s``
-  (100 ms); a change inside the gap is sent when the gap ends, newest value
-  first, so the last progress value is never dropped. A finished run's
-  ``run`` message goes out only after all of its output.
+  run is sent in fewer, bigger messages rather than falling behind (the loop
+  wakes when the gap ends, not a tick later). A room gets at most one
+  ``run`` message (status, progress) per ``status_gap_s`` (100 ms); a
+  change inside the gap is sent when the gap ends, newest value first, so
+  the last progress value is never dropped. A finished run's ``run``
+  message goes out only after all of its output.
 
 Joining is exact: a client sends the last seq it has; under the hub's lock
 the server sends it every chunk after that up to the room's ``last_seq`` and
@@ -50,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from flask_socketio import SocketIO
 
 from sooner.errors import StoreError
+from sooner.model.waiting import wait_reasons
 from sooner.webapp.views import build_snapshot, run_summary
 
 if TYPE_CHECKING:
@@ -126,6 +129,7 @@ class LiveHub:
         self._dirty: set[str] = set()  # runs with new output (from change streams)
         self._dirty_status: set[str] = set()  # runs whose document changed
         self._streaming = dict.fromkeys(FEEDS, False)  # per feed: is a change stream open?
+        self._feeds_stop: threading.Event | None = None  # set ends the change-feed watchers (nobody watches)
         self._last_sweep = float("-inf")
         self._last_dashboard = float("-inf")
         self._dashboard_key = ""
@@ -136,6 +140,7 @@ class LiveHub:
         self._store_lock = threading.Lock()  # not _lock: a tick stuck in the database holds that one
         self._tick_started: float | None = None
         self._backoff = interval_s  # the pause after the next failed tick
+        self._due = float("inf")  # when the first throttled room's gap ends: the loop wakes then, not a tick later
         self._started = False
         self.stop_event = threading.Event()
 
@@ -156,7 +161,9 @@ class LiveHub:
             if room is None:
                 # The room starts at what the database holds, never at what a client claims.
                 room = self.rooms[run_id] = RunRoom(run_id, self.store.output.last_seq(run_id))
-            summary = run_summary(run, self.clock.now())
+            now = self.clock.now()
+            waiting = wait_reasons(self.store.reads, [run], now, self.settings.heartbeat_s).get(run.id)
+            summary = run_summary(run, now, waiting)
             if sid not in room.sids:
                 chunks, skipped = self._backlog(run_id, after_seq, room.last_seq)
                 if chunks or skipped:
@@ -176,6 +183,7 @@ class LiveHub:
                 self.socketio.server.leave_room(sid, run_room(run_id), namespace="/")
                 if not room.sids:
                     del self.rooms[run_id]
+                    self._watch_feeds()
 
     def join_dashboard(self, sid: str) -> None:
         self._require_store()
@@ -192,6 +200,7 @@ class LiveHub:
             self.dashboard_sids.discard(sid)
             for run_id in [r for r, room in self.rooms.items() if sid in room.sids]:
                 self.leave_run(sid, run_id)
+            self._watch_feeds()
 
     def _backlog(self, run_id: str, after_seq: int, upto: int) -> tuple[list[dict], bool]:
         docs, skipped = self.store.reads.output_between(run_id, after_seq, upto, newest=self.backlog_limit)
@@ -253,21 +262,26 @@ class LiveHub:
     def _send_statuses(self, ids: list[str], now: float) -> int:
         sent = 0
         wall = self.clock.now()
-        for run in self.store.reads.run_statuses(ids):
+        runs = self.store.reads.run_statuses(ids)
+        # Why a queued run waits changes with the workers and the queue, not its document: sweeps look again.
+        waits = wait_reasons(self.store.reads, runs, wall, self.settings.heartbeat_s)
+        for run in runs:
             room = self.rooms.get(run.id)
             if room is None:
                 continue
-            key = _status_key(run)
+            waiting = waits.get(run.id)
+            key = _status_key(run) + (waiting.message if waiting else "")
             if key == room.status_key:
                 continue
             if self._within_gap(room.status_sent_at, now):
                 self._dirty_status.add(run.id)  # throttled: the newest state goes out once the gap has passed
+                self._due = min(self._due, room.status_sent_at + self.status_gap_s)
                 continue
             if run.status.finished and not self._drain_output(room, now):
                 self._dirty_status.add(run.id)  # its last lines first; the end follows next tick
                 continue
             room.status_key, room.status_sent_at = key, now
-            self.socketio.emit("run", run_summary(run, wall), to=run_room(run.id))
+            self.socketio.emit("run", run_summary(run, wall, waiting), to=run_room(run.id))
             sent += 1
         return sent
 
@@ -291,6 +305,7 @@ class LiveHub:
             # A busy run: send one bigger message a little later instead of one per insert,
             # which is what keeps 50 watchers of a chatty run from falling behind.
             self._dirty.add(room.run_id)
+            self._due = min(self._due, room.sent_at + self.min_gap_s)
             return 0
         docs = self.store.output.read(room.run_id, after_seq=room.last_seq, limit=OUTPUT_BATCH)
         chunks: list[dict] = []
@@ -408,25 +423,49 @@ class LiveHub:
 
     # -- running -------------------------------------------------------------
     def start(self) -> None:
-        """Start the background loop, the stall watchdog and the change-stream watchers once."""
+        """Start the background loop and the stall watchdog once, and the change-stream watchers while watched."""
         with self._lock:
-            if self._started or not getattr(self, "autostart", True):
+            if not getattr(self, "autostart", True):
                 return
-            self._started = True
-        self.socketio.start_background_task(self.run_forever)
-        self.socketio.start_background_task(self._watch_stalls)
-        for kind, on_change in (("run_output", self._output_changed), ("runs", self._run_changed)):
-            self.socketio.start_background_task(self._follow, kind, on_change)
+            if not self._started:
+                self._started = True
+                self.socketio.start_background_task(self.run_forever)
+                self.socketio.start_background_task(self._watch_stalls)
+            self._watch_feeds()
+
+    def _watch_feeds(self) -> None:
+        """Under ``_lock``: follow the change feeds while anyone watches, stop when nobody does.
+
+        A feed costs the database even when nothing changes, so an idle web
+        process follows none; until a new stream is open, ticks sweep.
+        """
+        watched = self._started and bool(self.rooms or self.dashboard_sids) and not self.stop_event.is_set()
+        if watched and self._feeds_stop is None:
+            stop = self._feeds_stop = threading.Event()
+            for kind, on_change in (("run_output", self._output_changed), ("runs", self._run_changed)):
+                self.socketio.start_background_task(self._follow, kind, on_change, stop)
+        elif not watched and self._feeds_stop is not None:
+            self._feeds_stop.set()
+            self._feeds_stop = None
+            self._streaming = dict.fromkeys(FEEDS, False)
 
     def run_forever(self) -> None:
         """Call :meth:`run_once` until ``stop_event`` is set, waiting what it says between failed ticks."""
         while not self.stop_event.is_set():
             idle = not self.rooms and not self.dashboard_sids and self.store_ok
-            self._wake.wait(1.0 if idle else self.interval_s)
+            self._wake.wait(1.0 if idle else self._pause())
             self._wake.clear()
             pause = self.run_once()
             if pause > 0:
                 self.stop_event.wait(pause)
+        with self._lock:
+            self._watch_feeds()  # stopping: the watchers end too
+
+    def _pause(self) -> float:
+        """How long the loop waits for a change: ``interval_s``, or less when a throttled room's gap ends sooner
+        (waiting a whole tick after the gap added up to 50 ms to a line of a busy run)."""
+        due, self._due = self._due, float("inf")
+        return max(0.0, min(self.interval_s, due + 0.001 - self.clock.monotonic()))
 
     def run_once(self) -> float:
         """One tick with the loop's error handling; returns how long to pause before the next (0 after a good one).
@@ -469,11 +508,12 @@ class LiveHub:
             self._dirty_dashboard.add(change.run_id)
             self._wake.set()
 
-    def _follow(self, kind: str, on_change: Callable[[Change], None]) -> None:
-        """Follow one change feed until ``stop_event``; the store reports when to fall back to polling."""
+    def _follow(self, kind: str, on_change: Callable[[Change], None], stop: threading.Event) -> None:
+        """Follow one change feed until ``stop``; the store reports when to fall back to polling."""
         def on_state(streaming: bool) -> None:
-            self._streaming[kind] = streaming
-        self.store.changes.follow(kind, on_change, stop=self.stop_event, on_state=on_state)
+            if not stop.is_set():  # a watcher that was told to end no longer speaks for the feed
+                self._streaming[kind] = streaming
+        self.store.changes.follow(kind, on_change, stop=stop, on_state=on_state)
 
 
 def _status_key(run: Run) -> str:

@@ -26,7 +26,8 @@ from flask.typing import ResponseReturnValue
 
 from sooner.store.queue_filters import (DATE_FIELDS, MAX_ROWS, OPERATORS, PAGE_SIZES, Column, QueueFilterError,
                                   QueueView, infer_columns, parse_view)
-from sooner.store.queues import SEARCH_WINDOW, InvalidQueueName, Queue, QueueQueryTimeout, field_value
+from sooner.store.queues import (SEARCH_WINDOW, InvalidEntryStatus, InvalidQueueName, Queue, QueueQueryTimeout,
+                                 field_value, validate_entry_status)
 from sooner.webapp.context import admin_required, is_admin, json_error, wants_json, web_store
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ COUNTS_BUDGET_S = 5.0
 MAX_BULK = 500
 CELL_CHARS = 160
 BULK_ACTIONS = {"set_status": "Set status", "requeue": "Requeue (status → pending)", "delete": "Delete"}
-_STATUS = re.compile(r"^[\w.:-]{1,64}$")
 _FIXED = (Column("status", "string"), Column("createdAt", "date"), Column("updatedAt", "date"))
 
 
@@ -68,8 +68,8 @@ def index() -> ResponseReturnValue:
 def browse(name: str) -> ResponseReturnValue:
     """One queue as a table: filters, search, sort, pages, bulk actions."""
     started = time.perf_counter()
-    queue = _queue(name)
-    columns, hidden, statuses = _shape_of(queue)
+    queue = open_queue(name)
+    columns, hidden, statuses = shape_of(queue)
     context: dict[str, Any] = {"queue": queue, "columns": columns, "hidden_columns": hidden, "rows": [],
                                "has_next": False, "notices": [], "error": None, "view": QueueView()}
     try:
@@ -80,9 +80,9 @@ def browse(name: str) -> ResponseReturnValue:
     if any(not f.strip() for f in request.args.getlist("f")):
         # A filter row left empty (submitted by a browser without scripts): go to the address without it.
         return redirect(view.url(url_for(".browse", name=queue.name)))
-    context["notices"] += _prepare_sort(queue, view, columns)
+    context["notices"] += prepare_sort(queue, view, columns)
     try:
-        rows, notes = _fetch(queue, view)
+        rows, notes = fetch_rows(queue, view)
     except QueueQueryTimeout as exc:
         context["error"] = str(exc)
         return _render_table(context, started), 503
@@ -91,7 +91,8 @@ def browse(name: str) -> ResponseReturnValue:
     return _render_table(context, started)
 
 
-def _fetch(queue: Queue, view: QueueView) -> tuple[list[dict], list[str]]:
+def fetch_rows(queue: Queue, view: QueueView) -> tuple[list[dict], list[str]]:
+    """The view's entries (one more than a page: is there a next?) and notices (a search that stopped early)."""
     if not view.search_branches:
         return queue.page(view.query, view.sort_spec, skip=view.skip, limit=view.per + 1), []
     rows, complete = queue.search_page(view.query, view.search_branches, view.sort_spec, skip=view.skip,
@@ -114,7 +115,7 @@ def _render_table(context: dict, started: float) -> str:
     return render_template("queues_table.html", **context)
 
 
-def _shape_of(queue: Queue) -> tuple[list[Column], int, set[str]]:
+def shape_of(queue: Queue) -> tuple[list[Column], int, set[str]]:
     """Columns, hidden key count and known statuses, from the newest entries (remembered for a few seconds)."""
     def compute() -> tuple[list[Column], int, set[str]]:
         sample = queue.sample(SAMPLE_SIZE)
@@ -131,7 +132,7 @@ def _known_statuses(queue: Queue, context: dict) -> list[str]:
     return sorted(set(counts) | seen | set(context["view"].statuses))
 
 
-def _prepare_sort(queue: Queue, view: QueueView, columns: list[Column]) -> list[str]:
+def prepare_sort(queue: Queue, view: QueueView, columns: list[Column]) -> list[str]:
     """Index the sort column when it is a sampled data key (bounded); say so, or why not."""
     if not view.sort.startswith("data."):
         queue.ensure_sort_index(view.sort)
@@ -155,11 +156,11 @@ def _prepare_sort(queue: Queue, view: QueueView, columns: list[Column]) -> list[
 @bp.get("/<name>/entries/<path:token>")
 def entry(name: str, token: str) -> ResponseReturnValue:
     """One entry, whole, as pretty JSON (``?format=json`` for the raw document)."""
-    queue = _queue(name)
+    queue = open_queue(name)
     document = queue.get_exact(decode_id(token))
     if document is None:
         abort(404, f"queue {name!r} has no entry {token!r}")
-    text = json.dumps(_jsonable(document), indent=2, ensure_ascii=False, sort_keys=False)
+    text = json.dumps(jsonable(document), indent=2, ensure_ascii=False, sort_keys=False)
     if request.args.get("format") == "json":
         return text, 200, {"Content-Type": "application/json; charset=utf-8"}
     return render_template("queues_entry.html", section="queues", queue=queue, entry=document, token=token,
@@ -171,8 +172,8 @@ def entry(name: str, token: str) -> ResponseReturnValue:
 @bp.get("/<name>/count")
 def count(name: str) -> ResponseReturnValue:
     """How many entries match the page's filters, up to a cap: ``{"count": n, "more": bool}``."""
-    queue = _queue(name)
-    columns, _, statuses = _shape_of(queue)
+    queue = open_queue(name)
+    columns, _, statuses = shape_of(queue)
     try:
         view = parse_view(request.args, columns, statuses)
     except QueueFilterError as exc:
@@ -189,7 +190,7 @@ def count(name: str) -> ResponseReturnValue:
 @bp.get("/<name>/stats")
 def stats(name: str) -> ResponseReturnValue:
     """Approximate size and entries per status (computed at most once a minute per queue)."""
-    queue = _queue(name)
+    queue = open_queue(name)
     try:
         by_status = queue.counts_by_status(max_age_s=COUNTS_MAX_AGE_S, timeout_s=COUNTS_BUDGET_S)
     except QueueQueryTimeout as exc:
@@ -203,7 +204,7 @@ def stats(name: str) -> ResponseReturnValue:
 @admin_required
 def bulk(name: str) -> ResponseReturnValue:
     """Set the status of, requeue or delete the selected entries (asks for confirmation first)."""
-    queue = _queue(name)
+    queue = open_queue(name)
     back = _back(name)
     try:
         action, status, ids = _bulk_request()
@@ -230,8 +231,11 @@ def _bulk_request() -> tuple[str, str | None, list[Any]]:
     if action not in BULK_ACTIONS:
         raise ValueError(f"unknown action {action!r} (allowed: {', '.join(BULK_ACTIONS)})")
     status = request.form.get("status", "").strip() if action == "set_status" else None
-    if status is not None and not _STATUS.match(status):
-        raise ValueError("the new status must be 1-64 letters, digits, '_', '-', '.' or ':'")
+    if status is not None:
+        try:
+            validate_entry_status(status)
+        except InvalidEntryStatus:
+            raise ValueError("the new status must be 1-64 letters, digits, '_', '-', '.' or ':'") from None
     tokens = request.form.getlist("id")
     if not tokens:
         raise ValueError("select at least one entry first")
@@ -264,13 +268,14 @@ def _back(name: str) -> str:
 
 # -- helpers -----------------------------------------------------------------------
 
-def _queue(name: str) -> Queue:
+def open_queue(name: str) -> Queue:
+    """The existing queue ``name``; a 404 for a name that is not valid or has no collection (the page and API v1)."""
     store = web_store()
     try:
         queue = store.queues(name)
     except InvalidQueueName as exc:
         abort(404, str(exc))
-    if not _shape_of(queue)[0] and name not in store.queues.names():
+    if not shape_of(queue)[0] and name not in store.queues.names():
         store.queues.forget(("sample", name))
         abort(404, f"no queue named {name!r}")
     return queue
@@ -323,16 +328,17 @@ def cell(value: Any) -> dict:
     elif isinstance(value, str):
         text, kind = value, "string"
     else:
-        text, kind = json.dumps(_jsonable(value), ensure_ascii=False), "object"
+        text, kind = json.dumps(jsonable(value), ensure_ascii=False), "object"
     cut = len(text) > CELL_CHARS
     return {"text": text[:CELL_CHARS] + "…" if cut else text, "kind": kind, "cut": cut, "full": text if cut else ""}
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON values: dates as ISO 8601, ObjectIds as hex, anything else unknown as its repr."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, ObjectId):

@@ -26,8 +26,10 @@ from sooner.errors import SoonerError
 from sooner.model import EventTrigger, ManualTrigger, Run, RunStatus
 from sooner.model.job_settings import InvalidJobSetting
 from sooner.model.target import ANY_WORKER, describe_target, tag_target, worker_target
+from sooner.model.waiting import wait_reasons
 from sooner.store.reads import EMITTED_PAGE, OUTPUT_PAGE_BYTES
-from sooner.webapp.context import admin_required, json_error, user_name, wants_json, web_now, web_runs, web_store
+from sooner.webapp.context import (admin_required, json_error, user_name, wants_json, web_now, web_runs, web_state,
+                                   web_store)
 from sooner.webapp.views import run_summary
 
 bp = Blueprint("runs", __name__)
@@ -60,8 +62,10 @@ def index() -> ResponseReturnValue:
     status = status if status in RunStatus.values() else ""
     job = request.args.get("job", "").strip()
     runs = store.reads.runs_page(job=job or None, status=status or None, limit=LIST_PAGE, with_data=False)
+    now = web_now()
+    waits = wait_reasons(store.reads, runs, now, web_state().settings.heartbeat_s)  # the queued ones' ETA
     return render_template("runs.html", runs=runs, status=status, job=job, statuses=RunStatus.values(),
-                           now=web_now())
+                           now=now, waits=waits)
 
 
 @bp.get("/runs/<path:run_id>")
@@ -79,13 +83,14 @@ def detail(run_id: str) -> ResponseReturnValue:
     if not chunks and store.reads.output_removed(run, now):
         flash(f"Output older than {store.output.policy.retention_days:g} days was removed (retention); "
               "the run's record is kept.", "info")
-    summary = run_summary(run, now)
+    state = web_state()
+    summary = run_summary(run, now, wait_reasons(store.reads, [run], now, state.settings.heartbeat_s).get(run.id))
     follows = trigger.source_run or getattr(trigger, "rerun_of", None)
     linked = store.reads.runs_by_id([rid for rid in (follows, run.relocated_to) if rid], ("number",))
     return render_template("run.html", run=run, job=job, event=event, summary=summary, now=now,
                            chain=store.reads.chain(run), linked=linked,
                            emitted=store.reads.emitted_events(run.id, offset=offset, limit=EMITTED_PAGE),
-                           emitted_offset=offset,
+                           emitted_offset=offset, notifications=store.notifications.for_run(run.id),
                            target=describe_target(run.target), move_to=MOVE_TO,
                            running=run.status is RunStatus.RUNNING,
                            initial={"run": run.id, "chunks": chunks, "more": more, "status": summary})

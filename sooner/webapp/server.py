@@ -8,97 +8,28 @@ that holds its session, and gunicorn cannot route by client, hence exactly
 one worker process (run more ``sooner web`` processes behind a proxy with
 sticky sessions to scale out; they all read MongoDB).
 
-gunicorn is embedded through its ``BaseApplication``: ``serve()`` runs its
+gunicorn is embedded through its ``BaseApplication`` (:mod:`sooner.gunicorn_app`): ``serve()`` runs its
 arbiter in the calling (main) thread, which forks the worker; the app and
 its database connection are created in the worker, after the fork.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from gunicorn.app.base import BaseApplication
-
-from sooner.errors import SoonerError
+# Re-exported: `sooner web` and the tests import them from here.
+from sooner.gunicorn_app import DEFAULT_THREADS, check_can_listen, gunicorn_options
+from sooner.gunicorn_app import Gunicorn as _Gunicorn
 
 if TYPE_CHECKING:
     from sooner.config import Settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THREADS = 100
-
-
-class _Gunicorn(BaseApplication):
-    def __init__(self, load_app: Callable[[], Any], options: dict[str, Any]) -> None:
-        self._load_app = load_app
-        self._options = options
-        self.arbiter: Any = None
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return self._load_app()
-
-    def run(self) -> None:
-        from gunicorn.arbiter import Arbiter
-
-        self.arbiter = Arbiter(self)
-        self.arbiter.run()
-
-
-def check_can_listen(host: str, port: int) -> None:
-    """Fail with one clear SoonerError unless this process could listen on ``host:port`` now.
-
-    gunicorn, given an address in use, logs an error and retries every second
-    for five seconds before giving up; checking first turns that into one line.
-    The probe binds as gunicorn does (SO_REUSEADDR: connections of a server that
-    just stopped, in TIME_WAIT, do not count) and closes at once.
-    """
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                                 flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise SoonerError(f"cannot listen on {shown} ({exc.strerror}): check web_host") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise SoonerError(f"{shown} is in use ({exc.strerror}): stop the other server or set web_port") from None
-            raise SoonerError(f"cannot listen on {shown} ({exc.strerror}): check web_host and web_port") from None
-
-
-def gunicorn_options(settings: Settings, host: str, port: int, *, threads: int = DEFAULT_THREADS,
-                     access_log: bool = False) -> dict[str, Any]:
-    level = settings.log_level.lower()
-    return {
-        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": threads,
-        "timeout": 60,
-        "graceful_timeout": 3,  # open WebSockets never finish by themselves; don't wait long for them
-        "keepalive": 5,
-        "proc_name": "sooner-web",
-        "accesslog": "-" if access_log else None,
-        "errorlog": "-",
-        "loglevel": "info" if level == "debug" else level,
-        # X-Forwarded-* are trusted only through web_trusted_proxies (ProxyFix), never implicitly.
-        "forwarded_allow_ips": "",
-        "control_socket_disable": True,  # else every server writes ~/.gunicorn/gunicorn.ctl
-        "preload_app": False,
-    }
+__all__ = ["DEFAULT_THREADS", "check_can_listen", "gunicorn_options", "serve"]
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None, stop_event: Any = None, *,

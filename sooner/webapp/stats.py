@@ -49,7 +49,7 @@ class JobRunStats:
     def failing(self) -> bool:
         """The last finished run failed, timed out or was lost."""
         last = next((r for r in self.runs if r.finished), None)
-        return bool(last and last.status.failed)
+        return bool(last and last.status.unsuccessful)
 
 
 class RunStats:

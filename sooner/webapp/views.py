@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from sooner.model import Run, WorkerHealth
 from sooner.model.missed import AlertState
+from sooner.model.waiting import WaitReason, wait_reasons
 from sooner.scheduling.alerts import job_alerts
 from sooner.webapp.context import web_now, web_state, web_store
 from sooner.webapp.formatting import author_name, iso
@@ -28,8 +29,12 @@ STOPPED_SHOWN_S = 86400
 LINKED_RUN_FIELDS = ("job", "number", "status", "progress")
 
 
-def run_summary(run: Run, now: datetime) -> dict[str, Any]:
-    """The fields of a run that pages show and live updates carry (JSON-friendly)."""
+def run_summary(run: Run, now: datetime, waiting: WaitReason | None = None) -> dict[str, Any]:
+    """The fields of a run that pages show and live updates carry (JSON-friendly).
+
+    ``waiting`` is why a run that has not started waits (:func:`sooner.model.waiting.wait_reasons`);
+    null when the caller did not ask, or the run has started.
+    """
     progress = run.progress
     return {
         "id": run.id, "job": run.job, "number": run.number, "ref": run.ref, "status": run.status.value,
@@ -39,7 +44,7 @@ def run_summary(run: Run, now: datetime) -> dict[str, Any]:
         "queued_at": iso(run.queued_at) or None, "started_at": iso(run.started_at) or None,
         "finished_at": iso(run.finished_at) or None,
         "duration_s": run.duration(now), "exit_code": run.exit_code, "note": run.note,
-        "cancel_requested": run.cancel_requested,
+        "cancel_requested": run.cancel_requested, "waiting": waiting.to_doc() if waiting else None,
     }
 
 
@@ -51,6 +56,7 @@ def dashboard_snapshot(now: datetime | None = None) -> dict[str, Any]:
 
 def build_snapshot(store: Store, settings: Settings, now: datetime) -> dict[str, Any]:
     runs = store.reads.dashboard_runs(recent=RECENT_RUNS)
+    waits = wait_reasons(store.reads, [*runs.queued, *runs.recent], now, settings.heartbeat_s)
     workers = []
     for worker in store.workers.list():
         health = worker.health(now, settings.heartbeat_s, settings.lease_s)
@@ -62,8 +68,8 @@ def build_snapshot(store: Store, settings: Settings, now: datetime) -> dict[str,
     deploy = store.deploys.latest()
     return {
         "running": [run_summary(r, now) for r in runs.running],
-        "queued": [run_summary(r, now) for r in runs.queued],
-        "recent": [run_summary(r, now) for r in runs.recent],
+        "queued": [run_summary(r, now, waits.get(r.id)) for r in runs.queued],
+        "recent": [run_summary(r, now, waits.get(r.id)) for r in runs.recent],
         "workers": workers,
         "deploy": deploy and {"commit": deploy.get("commit"), "author": deploy.get("author"),
                               "author_name": author_name(deploy.get("author")),
@@ -117,7 +123,7 @@ def workers() -> ResponseReturnValue:
         rows.append({"worker": worker, "health": health.value, "age": worker.heartbeat_age(now)})
         running_ids += worker.running
     runs = state.store.reads.runs_by_id(running_ids, LINKED_RUN_FIELDS)
-    return render_template("workers.html", workers=rows, runs=runs, now=now)
+    return render_template("workers.html", workers=rows, runs=runs, now=now, sample_s=state.settings.sample_s)
 
 
 @bp.get("/events")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from bson import ObjectId
 
 from sooner.errors import ProtocolError, StoreError, StoreUnreachable
+from sooner.metrics import PROCESS
 from sooner.model.job_settings import validate_event_name
 from sooner.worker.methods import METHODS, MethodRegistry, excerpt
 from sooner.worker.protocol import Call
@@ -139,6 +140,7 @@ class CallHandler:
         store failed to record it.
         """
         self.calls += 1
+        PROCESS.rpc_calls.labels(call.method).inc()
         return self.registry.get(call.method).handle(self, call.args)
 
     def progress(self, current: float, maximum: float) -> None:

@@ -42,6 +42,7 @@ from bson import ObjectId
 
 from sooner.errors import SoonerError, StoreUnreachable
 from sooner.model import RunStatus
+from sooner.model.run import RunUsage
 
 if TYPE_CHECKING:
     from sooner.runs.service import RunService
@@ -178,9 +179,10 @@ class RunJournal:
         return event_id
 
     def end(self, status: RunStatus, *, exit_code: int | None, note: str | None, started_at: datetime | None,
-            process_gone: bool) -> None:
+            process_gone: bool, usage: RunUsage | None = None) -> None:
         self._append({"k": END, "status": status.value, "exit_code": exit_code, "note": note,
-                      "started_at": _epoch(started_at), "process_gone": process_gone})
+                      "started_at": _epoch(started_at), "process_gone": process_gone,
+                      "usage": usage.fields() if usage is not None else None})
 
     def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode()
@@ -260,7 +262,7 @@ def apply_record(service: RunService, run_id: str, record: dict[str, Any]) -> No
         if record.get("process_gone"):
             store.runs.mark_process_gone(run_id)
         service.finish(run_id, RunStatus(record["status"]), exit_code=record.get("exit_code"), note=record.get("note"),
-                       started_at=_datetime(record.get("started_at")))
+                       started_at=_datetime(record.get("started_at")), usage=RunUsage.from_doc(record.get("usage")))
     else:
         logger.warning("run %s: skipping an unknown journal record %r", run_id, kind)
 

@@ -37,11 +37,16 @@ import psutil
 from sooner import __version__
 from sooner.clock import Clock
 from sooner.errors import StoreError, StoreUnreachable
+from sooner.metrics import Publisher
 from sooner.model import Run, RunStatus, Worker as WorkerRecord
+from sooner.model.dispatch import Candidate, LimitReached
+from sooner.model.sample import Sample
 from sooner.runs.service import RunService
+from sooner.worker.dispatching import Dispatcher
 from sooner.worker.journal import replay_left_journals
 from sooner.worker.rpc import SOCKET_NAME
 from sooner.worker.runner import ActiveRun, Runner
+from sooner.worker.sampling import WorkerSampler
 from sooner.worker.supervise import process_matching, stop_recorded
 from sooner.worker.tree import TreeCache, default_cache_dir
 
@@ -58,6 +63,7 @@ SOCKET_DIR_PREFIX = "sooner-rpc-"
 # A socket directory without its socket may be one a run is creating right now.
 EMPTY_SOCKET_DIR_AGE_S = 60.0
 BIND_TO_LISTEN_S = 5.0
+ENDED_SAMPLES = 5000  # at most this many samples of ended runs wait for the next stored batch
 
 
 def cache_dir_for(settings: Settings) -> Path:
@@ -93,12 +99,17 @@ class Worker:
         self.trees = TreeCache(store, Path(cache) if cache else cache_dir_for(settings))
         self.runner = runner or Runner(store, settings, name, self.trees, service=self.service, host=self.host)
         self.link = self.runner.link
+        self.metrics = Publisher(store, "worker", name)  # this process's counters, for /metrics
+        self.sampler = WorkerSampler(name, settings.sample_s, self.clock.now)  # monitoring: host and this process
+        self._ended_samples: list[Sample] = []  # samples of runs that ended since the last stored batch
         self.lost_name = False
         self._fencing = False  # set by run_forever: runs stop when their lease could not be renewed
         self.registered = False
         self.finished = threading.Event()  # set whenever a run ends (a slot is free)
         self._active: dict[str, ActiveRun] = {}
-        self._candidates: deque[str] = deque()
+        self._candidates: deque[Candidate] = deque()
+        # Load-aware dispatch: the fleet as the last heartbeat read it, this worker's speed (docs: "Dispatch").
+        self.dispatch = Dispatcher(store, settings, name, self.capacity, self.tags)
         self._lock = threading.Lock()
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first sample starts the measurement
@@ -198,16 +209,26 @@ class Worker:
     def _claim(self) -> Run | None:
         # Candidates from one query serve a burst of claims (one round trip each instead
         # of two); a run someone else took means a competitor is active, so look again.
+        # Candidates a faster worker should get are held back (at most dispatch_hold_ms).
         for _ in range(2):
             if not self._candidates:
-                self._candidates = deque(self.service.claim_candidates(self.name, self.tags))
+                offers = self.service.claim_offers(self.name, self.tags)
+                self._candidates = deque(self.dispatch.choose(offers, self.clock.now()))
                 if not self._candidates:
                     return None
+            full: set[str] = set()  # concurrency limits found full: their other runs are not tried now
             while self._candidates:
-                run = self.service.take(self._candidates.popleft(), self.name, self.settings.lease_s)
+                try:
+                    run = self.service.take_offer(self._candidates.popleft(), self.name, self.settings.lease_s, full)
+                except LimitReached as exc:
+                    full.add(exc.key)
+                    continue
                 if run is not None:
                     return run
                 self._candidates.clear()
+                break  # lost a race: look again
+            else:
+                return None  # the rest wait for concurrency limits
         return None
 
     def heartbeat(self) -> bool:
@@ -230,8 +251,12 @@ class Worker:
                 active.cancel("the run was ended elsewhere (see its status); stopping this copy")
             elif state.get("cancel_requested"):
                 active.cancel(f"cancelled by {state.get('cancelled_by') or 'request'}")
-        beat = self.store.workers.heartbeat(self.name, self.instance, running=running, stats=self.stats(), now=now)
+        beat = self.store.workers.heartbeat(self.name, self.instance, running=running,
+                                            stats={**self.stats(), "speed": self.dispatch.speed}, now=now)
+        self.dispatch.refresh(now)  # the fleet as it heartbeats (one read), for the next claims
         self.link.answered()  # after the leases were renewed: now runs replay their journals
+        self.metrics.maybe_publish()
+        self._store_samples()
         if not beat:
             if not self.lost_name:
                 logger.error("worker %s: another process took the name %r; no new runs will start here",
@@ -247,6 +272,24 @@ class Worker:
         except psutil.Error:
             return {}
 
+    def _store_samples(self) -> None:
+        """Every ``sample_s``: the host's, this process's and the runs' samples, in one insert (no extra round trip)."""
+        if not self.sampler.due():
+            return
+        samples = self.sampler.sample()
+        with self._lock:
+            actives = list(self._active.values())
+            samples += self._ended_samples
+            self._ended_samples = []
+        for active in actives:
+            samples += active.usage.take_samples()
+        try:
+            self.store.samples.insert(samples)
+        except StoreUnreachable:
+            raise
+        except StoreError as exc:  # monitoring is not worth a heartbeat: these samples are dropped
+            logger.warning("worker %s: could not store %d monitoring samples: %s", self.name, len(samples), exc)
+
     def cancel_all(self, note: str = SHUTDOWN_NOTE) -> None:
         with self._lock:
             runs = list(self._active.values())
@@ -256,6 +299,7 @@ class Worker:
     def _run_done(self, active: ActiveRun) -> None:
         with self._lock:
             self._active.pop(active.id, None)
+            self._ended_samples = (self._ended_samples + active.usage.take_samples())[-ENDED_SAMPLES:]
         self.finished.set()
 
     # -- the loop -------------------------------------------------------------

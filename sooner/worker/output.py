@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sooner.clock import utcnow
 from sooner.errors import StoreUnreachable
+from sooner.metrics import PROCESS
 from sooner.store.output import MAX_CHUNK_CHARS
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class OutputWriter:
             return
         try:
             self.store.output.append(self.run_id, batch)
+            PROCESS.output_bytes.inc(sum(len(text.encode("utf-8", "surrogatepass")) for _, _, text, _ in batch))
         except StoreUnreachable as exc:
             if journal is None:
                 raise

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -39,12 +40,18 @@ from typing import TYPE_CHECKING, Callable
 
 import sooner
 from sooner.errors import RunError, SoonerError, StoreUnreachable
+from sooner.metrics import PROCESS
 from sooner.model import Run, RunStatus
+from sooner.model.run import RunUsage
+from sooner.runs.facts import JobFacts
 from sooner.runs.service import RunService
+from sooner.model.http_job import JobKind
 from sooner.worker.calls import CallHandler
+from sooner.worker.http_runner import HttpRun
 from sooner.worker.journal import PROBE_S, RunJournal, StoreLink
 from sooner.worker.output import OutputWriter
 from sooner.worker.rpc import RpcServer
+from sooner.worker.sampling import MONITOR_S, TreeUsage
 from sooner.worker.streams import ArrivalOrder, StreamDecoder
 from sooner.worker.supervise import SAMPLE_S, Launcher, Supervised
 from sooner.worker.tree import TreeCache
@@ -81,6 +88,8 @@ class Runner:
         # What the worker knows of its database, and where runs journal what it cannot take (an outage).
         self.link = link or StoreLink(store)
         self.journal_dir = journal_dir or journal_dir_for(trees.root, worker_name)
+        # How HTTP jobs wait between a step's attempts (None: really, woken by cancel); tests pass a fake clock's.
+        self.http_sleep: Callable[[float], None] | None = None
 
     def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
         """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``."""
@@ -128,6 +137,7 @@ class ActiveRun:
         self.status: RunStatus | None = None
         self.pid: int | None = None
         self.started_at: datetime | None = None
+        self.facts: JobFacts | None = None  # read when the script starts
         self.supervised: Supervised | None = None
         # Monotonic time this worker's lease on the run ends unless renewed (None: not fenced, see renewed()).
         self.lease_deadline: float | None = None
@@ -140,6 +150,8 @@ class ActiveRun:
         os.set_blocking(self._wake_w, False)
         self.link = runner.link
         self.journal = RunJournal(runner.journal_dir, self.id, max_bytes=self.settings.outage_journal_mb * MB)
+        # The script's tree as the loop samples it: peak memory and CPU for the end, samples for the heartbeat.
+        self.usage = TreeUsage(self.id, runner.clock.now, self.settings.sample_s)
         self.output = OutputWriter(self.store, self.id, flush_s=self.settings.output_flush_ms / 1000,
                                    clock=runner.clock.now, journal=self.journal, link=self.link)
         self.calls = CallHandler(self.service, run, on_pending=self.wake, journal=self.journal, link=self.link)
@@ -190,6 +202,22 @@ class ActiveRun:
             except BlockingIOError:
                 pass  # the pipe is full: a wake-up is pending anyway
 
+    # -- for the code that executes the run (the script follower, HttpRun) --
+    @property
+    def stop_request(self) -> tuple[RunStatus, str] | None:
+        """How the run was asked to end (cancel, the memory limit …), or None."""
+        return self._stop_request
+
+    def wait_for_wake(self, timeout_s: float) -> None:
+        """Block up to ``timeout_s`` or until :meth:`wake` (a cancel, a lease, the database back)."""
+        select.select([self._wake_r], [], [], max(0.0, timeout_s))
+        _drain(self._wake_r)
+
+    def record_end(self, status: RunStatus, *, note: str | None = None, started_at: datetime | None = None,
+                   process_gone: bool = False) -> None:
+        """End the run through the service, or through its journal while the database is unreachable."""
+        self._record_end(status, note=note, started_at=started_at, process_gone=process_gone)
+
     # -- the run's thread --------------------------------------------------
     def _main(self) -> None:
         try:
@@ -217,7 +245,12 @@ class ActiveRun:
         except SoonerError as exc:
             self._end_without_process(str(exc))
             return
-        job = self.store.jobs.find(run.job)
+        if JobKind.of(run.job) is JobKind.HTTP:  # its steps run here, in the worker (no process)
+            HttpRun(self, script, sleep=self.runner.http_sleep).execute()
+            return
+        # The job and the jobs hooked to its end in one read, reused by the end (sooner.runs.facts).
+        self.facts = JobFacts.read(self.store, run.job)
+        job = self.facts.job
         memory_limit_mb = job.memory_limit_mb if job is not None else None
         with RpcServer(self.calls, self.runner.socket_dir) as rpc:
             try:
@@ -233,6 +266,7 @@ class ActiveRun:
             started = time.monotonic()
             self.supervised, self.pid = supervised, supervised.script_pid
             self.started_at = self.runner.clock.now()
+            PROCESS.dispatch_latency.observe(run.waited_s(self.started_at))
             self.store.runs.mark_started(
                 self.id, pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
                 pid_started_at=supervised.script_started_at(), pgid=supervised.script_pid,
@@ -267,8 +301,11 @@ class ActiveRun:
             status = RunStatus.SUCCEEDED if returncode == 0 else RunStatus.FAILED
         self.output.flush()
         self.status = status
+        self.usage.close()
+        reported = self.supervised.reported_usage if self.supervised is not None else None
         # A lost run's retry need not wait for this copy: it is gone.
         self._record_end(status, exit_code=returncode, note=note, started_at=self.started_at,
+                         usage=self.usage.result(reported),
                          process_gone=status is RunStatus.LOST)
 
     def _end_without_process(self, reason: str) -> None:
@@ -279,22 +316,26 @@ class ActiveRun:
 
     # -- the outage journal ------------------------------------------------
     def _record_end(self, status: RunStatus, *, exit_code: int | None = None, note: str | None = None,
-                    started_at: datetime | None = None, process_gone: bool = False) -> None:
+                    started_at: datetime | None = None, process_gone: bool = False,
+                    usage: RunUsage | None = None) -> None:
         """End the run through the service; while the database is unreachable, journal the end and wait for it.
 
         The run keeps its slot (and its lease, which the worker's heartbeat renews once the
         database is back) until its end is stored, so it is never marked lost and retried for
         an outage it lived through.
         """
+        PROCESS.runs_finished.labels(self.run.job, status.value).inc()
         if not self.journal.active and not self.link.down:
             try:
                 if process_gone:
                     self.store.runs.mark_process_gone(self.id)
-                self.service.finish(self.id, status, exit_code=exit_code, note=note, started_at=started_at)
+                self.service.finish(self.id, status, exit_code=exit_code, note=note, started_at=started_at,
+                                    facts=self.facts, usage=usage)
                 return
             except StoreUnreachable as exc:
                 self.link.failed(exc)
-        self.journal.end(status, exit_code=exit_code, note=note, started_at=started_at, process_gone=process_gone)
+        self.journal.end(status, exit_code=exit_code, note=note, started_at=started_at, process_gone=process_gone,
+                         usage=usage)
         self._replay_until_stored()
 
     def _replay_until_stored(self) -> None:
@@ -361,7 +402,10 @@ class _Follower:
         self.timeout_s = timeout_s
         self.memory_limit_mb = memory_limit_mb
         # Sampling keeps a snapshot of the tree, needed for kills only without a subreaper.
-        self.next_sample = started if memory_limit_mb or not supervised.subreaper else None
+        # Every run is sampled (monitoring: peak memory, CPU), every SAMPLE_S where the memory limit or a
+        # tree without a subreaper needs it (the first at once), else every MONITOR_S (most runs end sooner).
+        self.sample_every = SAMPLE_S if memory_limit_mb or not supervised.subreaper else MONITOR_S
+        self.next_sample = started if self.sample_every == SAMPLE_S else started + MONITOR_S
         self.forced: tuple[RunStatus, str] | None = None
         self.kill_at: float | None = None
         self.killed = False
@@ -491,8 +535,8 @@ class _Follower:
             self.active.output.system(f"sooner: still running {grace:g}s after SIGTERM; sending SIGKILL")
             self.supervised.kill()
         if self.next_sample is not None and now >= self.next_sample:
-            self.next_sample = now + SAMPLE_S
-            self._check_memory(self.supervised.sample())
+            self.next_sample = now + self.sample_every
+            self._check_memory(self.supervised.sample(self.active.usage))
 
     def _check_memory(self, rss: int) -> None:
         limit = self.memory_limit_mb

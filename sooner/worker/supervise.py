@@ -38,8 +38,9 @@ status pipe and a control pipe; one request at a time, each answered with
 supervisor's stdin) the worker writes ``K`` to have the tree killed; EOF
 means the worker is gone. On the status pipe the supervisor reports ``pid PID
 SUBREAPER`` once the script runs, ``exit RETURNCODE`` when it ends (negative:
-killed by that signal) or ``error ERRNO MESSAGE``; EOF means the supervisor
-exited, which it does when the script has ended and no descendant is left.
+killed by that signal) or ``error ERRNO MESSAGE``, and ``usage CPU_S MAX_RSS`` (its
+children's rusage) once the tree is gone; EOF means the supervisor exited, which it
+does when the script has ended and no descendant is left.
 
 Tests only: ``SOONER_TEST_KEEP_ORPHANS=1`` in a run's environment makes its
 supervisor ignore EOF on the control pipe (nothing else changes), so a test
@@ -60,6 +61,8 @@ import time
 TYPE_CHECKING = False  # not typing's: importing typing costs the launcher ~10 ms (re, enum, collections)
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from sooner.worker.sampling import TreeUsage
 if TYPE_CHECKING or __name__.startswith("sooner."):  # the launcher runs without site-packages
     import json
     import socket
@@ -196,7 +199,9 @@ def _supervise(pid: int, status_fd: int, keep_orphans: bool, socket: str | None)
             order = os.read(0, 64)
             if order or not keep_orphans:
                 _kill_tree(script)
-                if not order:
+                if order:
+                    _report_usage(status_fd)
+                else:
                     _remove_socket_dir(socket)  # the worker died: nobody else will
                 return 0
             watch.remove(0)
@@ -207,6 +212,7 @@ def _supervise(pid: int, status_fd: int, keep_orphans: bool, socket: str | None)
             os.close(script.pidfd)
             script.pidfd = None
         if script.ended and not left:
+            _report_usage(status_fd)
             return 0
 
 
@@ -231,6 +237,22 @@ class _Script:
             if child == self.pid:
                 self.ended = True
                 _report(self.status_fd, f"exit {os.waitstatus_to_exitcode(status)}")
+
+
+def _report_usage(status_fd: int) -> None:
+    """Report what the tree used, from the rusage of every process waited for: ``usage CPU_S MAX_RSS_BYTES``.
+
+    Exact where the worker's samples are not: it includes processes that ended between two
+    samples. The max RSS is that of the largest single process (Linux counts it in KiB).
+    """
+    times = os.times()
+    try:
+        import resource
+
+        maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        maxrss = 0
+    _report(status_fd, f"usage {times.children_user + times.children_system:.3f} {maxrss}")
 
 
 def _report(status_fd: int, line: str) -> None:
@@ -459,6 +481,8 @@ class Supervised:
         self.status_closed = False  # the supervisor has exited
         self._buffer = b""
         self._known: dict[int, psutil.Process] = {}  # the tree as last sampled
+        # (CPU seconds, max RSS bytes) the supervisor reported once the tree was gone (see _report_usage).
+        self.reported_usage: tuple[float, int] | None = None
         try:
             self._supervisor: psutil.Process | None = psutil.Process(supervisor_pid)
             self.supervisor_started_at: float | None = self._supervisor.create_time()
@@ -489,6 +513,12 @@ class Supervised:
         for line in lines:
             if line.startswith(b"exit "):
                 self.returncode = int(line[5:])
+            elif line.startswith(b"usage "):
+                try:
+                    cpu, rss = line[6:].split()
+                    self.reported_usage = (float(cpu), int(rss))
+                except ValueError:
+                    pass
 
     def tree(self) -> list[psutil.Process]:
         """The run's live processes: the supervisor's descendants, plus any sampled earlier that still run."""
@@ -498,10 +528,15 @@ class Supervised:
                 current[pid] = process
         return list(current.values())
 
-    def sample(self) -> int:
-        """Remember the tree (for kills without a subreaper) and return its resident memory in bytes."""
+    def sample(self, usage: TreeUsage | None = None) -> int:
+        """Remember the tree (for kills without a subreaper) and return its resident memory in bytes.
+
+        With ``usage``, the sample also feeds it (memory and CPU times, for monitoring).
+        """
         tree = self.tree()
         self._known = {p.pid: p for p in tree}
+        if usage is not None:
+            return usage.observe(tree)
         total = 0
         for process in tree:
             try:

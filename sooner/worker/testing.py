@@ -36,6 +36,7 @@ def deploy_files(store: Store, files: Mapping[str, FileSpec], *, enable: bool = 
     ({job: {timeout_s: …}}) change jobs after the deploy.
     """
     from sooner.deploy.push import plan_job_changes
+    from sooner.deploy.tree import is_job_file
 
     blobs: dict[str, bytes] = {}
     root: dict[str, Any] = {}
@@ -49,7 +50,7 @@ def deploy_files(store: Store, files: Mapping[str, FileSpec], *, enable: bool = 
         for part in parents:
             folder = folder.setdefault(part, {})
         folder[name] = (mode, blob.id.decode())
-        if mode == EXECUTABLE:
+        if is_job_file(path, mode):
             scripts[path] = blob.id.decode()
     trees: dict[str, list[dict]] = {}
     tree_sha = _store_tree(root, trees)

@@ -64,7 +64,10 @@
       td = el("td"); td.appendChild(link(runUrl(run.id), run.ref || run.job)); tr.appendChild(td);
       td = el("td"); td.appendChild(badge(run.status)); tr.appendChild(td);
       td = el("td", "hide-sm"); td.appendChild(timeNode(run.queued_at)); tr.appendChild(td);
-      tr.appendChild(el("td", null, S.duration(run.duration_s)));
+      if (run.waiting) {  // a queued run: when it should start, and why it waits
+        td = el("td"); var eta = el("span", "eta", run.waiting.eta_text); eta.title = run.waiting.message;
+        td.appendChild(eta); tr.appendChild(td);
+      } else { tr.appendChild(el("td", null, S.duration(run.duration_s))); }
       return tr;
     });
     if (!rows.length) { var tr = el("tr", "empty"), td = el("td", null, "No runs yet."); td.colSpan = 4; tr.appendChild(td); rows = [tr]; }

@@ -105,6 +105,15 @@
     var note = document.getElementById("run-note");
     note.textContent = run.note || "";
     note.hidden = !run.note;
+    var waiting = run.waiting, waitBox = document.getElementById("run-waiting");  // why it has not started
+    if (waitBox) {
+      waitBox.hidden = !waiting;
+      waitBox.setAttribute("data-code", waiting ? waiting.code : "");
+      setText("run-waiting-text", waiting ? waiting.message : "");
+      var eta = document.getElementById("run-eta"), known = waiting && waiting.eta_s !== null && waiting.code !== "starting";
+      eta.hidden = !known;
+      eta.textContent = known ? "· starts in about " + S.duration(waiting.eta_s) : "";
+    }
     if (run.percent !== null && run.percent !== undefined) {
       progress.parentNode.hidden = false;  // hidden until the run reports progress
       progress.value = run.percent;

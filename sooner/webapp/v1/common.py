@@ -22,6 +22,7 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from sooner import __version__
+from sooner.model.data import InvalidData
 from sooner.model.job_settings import InvalidJobSetting
 from sooner.model.token import ApiAction, InvalidTokenSetting
 from sooner.webapp.auth import token_denial
@@ -92,6 +93,11 @@ def _http_error(exc: HTTPException) -> ResponseReturnValue:
 def _refused_value(exc: InvalidJobSetting | InvalidTokenSetting) -> ResponseReturnValue:
     field = getattr(exc, "field", None) or exc.key
     return json_error(422, str(exc), details={field: [str(exc)]})
+
+
+@blp.errorhandler(InvalidData)
+def _refused_data(exc: InvalidData) -> ResponseReturnValue:
+    return json_error(422, str(exc), details={exc.what: [str(exc)]})
 
 
 @blp.before_request

@@ -9,10 +9,12 @@ from flask import url_for
 from flask.typing import ResponseReturnValue
 
 from sooner.model import ApiTrigger, Job, Run
+from sooner.model.data import check_run_data
 from sooner.model.dedupe import InvalidDedupeKey, validate_dedupe_key
 from sooner.model.job_settings import InvalidJobSetting, settings_changes
+from sooner.model.notify import shown_rule
 from sooner.model.token import ApiAction
-from sooner.webapp.context import user_name, web_now, web_runs, web_state, web_store
+from sooner.webapp.context import api_token_id, user_name, web_now, web_runs, web_state, web_store
 from sooner.webapp.formatting import iso
 from sooner.webapp.v1 import schemas as s
 from sooner.webapp.v1.common import allowed, blp, refuse
@@ -29,11 +31,13 @@ _RETRY_OPTIONS = {"attempts": "retry_attempts", "backoff_base_s": "backoff_base_
 
 def job_body(job: Job, *, next_fire: datetime | None = None, last_run: Run | None = None) -> dict[str, Any]:
     return {
-        "name": job.name, "enabled": job.enabled, "deleted": job.deleted, "schedule": job.schedule,
+        "name": job.name, "kind": job.kind.value, "enabled": job.enabled, "deleted": job.deleted,
+        "schedule": job.schedule,
         "timezone": job.timezone or "UTC", "worker": job.worker, "hooks": list(job.hooks), "timeout_s": job.timeout_s,
         "memory_limit_mb": job.memory_limit_mb, "retry": job.retry.to_doc(), "overlap": job.overlap.value,
         "missed": job.missed.value, "alert_after_s": job.alert_after_s, "dedupe_window_s": job.dedupe_window_s,
-        "commit": job.commit, "updated_at": iso(job.updated_at) or None, "next_fire": iso(next_fire) or None,
+        "requires": list(job.requires), "max_concurrent": job.max_concurrent,
+        "notify": [shown_rule(rule) for rule in job.notify_rules()], "commit": job.commit, "updated_at": iso(job.updated_at) or None, "next_fire": iso(next_fire) or None,
         "last_run": last_run and {"id": last_run.id, "number": last_run.number, "status": last_run.status.value,
                                   "queued_at": iso(last_run.queued_at) or None},
     }
@@ -80,6 +84,12 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     for key in ("overlap", "missed", "hooks"):
         if key in body:
             options[key] = body[key]
+    if "notify" in body:
+        options["notify"] = body["notify"] or []
+    if "requires" in body:
+        options["requires"] = body["requires"] or []
+    if "max_concurrent" in body:
+        options["max_concurrent"] = body["max_concurrent"] or 0
     for key, option in _RETRY_OPTIONS.items():
         if key in (body.get("retry") or {}):
             options[option] = body["retry"][key]
@@ -128,7 +138,8 @@ def start_run(body: dict[str, Any], name: str) -> ResponseReturnValue:
         return refuse(422, str(exc), "dedupe_key")
     if job.deleted:
         return refuse(409, f"job {job.name!r} was removed from the repository")
-    run = web_runs().queue(job, ApiTrigger(source="api", author=user_name()), data=body.get("data"), dedupe_key=key)
+    data = check_run_data(body.get("data"), "data")  # InvalidData: a 422 naming the part (v1.common)
+    run = web_runs().queue(job, ApiTrigger(source="api", author=user_name(), token=api_token_id()), data=data, dedupe_key=key)
     if run is None:
         return refuse(409, "the run was not started")
     location = url_for("v1.get_run", run_id=run.id)

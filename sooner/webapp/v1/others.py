@@ -7,6 +7,7 @@ from typing import Any
 
 from flask.typing import ResponseReturnValue
 
+from sooner.model.data import check_run_data
 from sooner.model.job_settings import InvalidJobSetting, validate_event_name
 from sooner.model.token import ApiAction
 from sooner.webapp.context import user_name, web_now, web_runs, web_state, web_store
@@ -41,7 +42,8 @@ def emit(body: dict[str, Any]) -> ResponseReturnValue:
     jobs = [job.name for job in web_store().jobs.with_hook(name)]
     if (refusal := allowed(ApiAction.RUN, jobs)) is not None:
         return refusal
-    event = web_runs().emit(name, body.get("data"), source={"type": "api", "author": user_name()})
+    data = check_run_data(body.get("data"), "data")  # InvalidData: a 422 naming the part (v1.common)
+    event = web_runs().emit(name, data, source={"type": "api", "author": user_name()})
     return event_body(event), 201
 
 
@@ -68,7 +70,8 @@ def list_workers() -> ResponseReturnValue:
     return {"workers": [
         {"name": w.name, "host": w.host, "health": w.health(now, settings.heartbeat_s, settings.lease_s).value,
          "heartbeat_at": iso(w.heartbeat_at) or None, "heartbeat_age_s": w.heartbeat_age(now),
-         "capacity": w.capacity, "tags": list(w.tags), "running": list(w.running), "version": w.version}
+         "capacity": w.capacity, "tags": list(w.tags), "running": list(w.running), "version": w.version,
+         "speed": w.speed}
         for w in state.store.workers.list()]}
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timezone
+
 import marshmallow as ma
 from marshmallow import fields as f
 from marshmallow import validate as v
 
 from sooner.model import Missed, Overlap, RunStatus
+from sooner.model.notify import NotifyEvent, NotifyState
+from sooner.model.waiting import WaitCode
 
 _TIME = {"format": "date-time", "description": "ISO 8601, UTC"}
 
@@ -39,6 +43,7 @@ class LastRunSchema(ma.Schema):
 
 class JobSchema(ma.Schema):
     name = f.String(required=True)
+    kind = f.String(required=True, metadata={"description": "script, or http for a *.http.json document"})
     enabled = f.Boolean(required=True)
     deleted = f.Boolean(required=True)
     schedule = f.String(allow_none=True, metadata={"description": "cron expression (Debian cron rules)"})
@@ -52,6 +57,9 @@ class JobSchema(ma.Schema):
     missed = f.String(required=True, validate=v.OneOf([m.value for m in Missed]))
     alert_after_s = f.Float(allow_none=True)
     dedupe_window_s = f.Float(allow_none=True)
+    requires = f.List(f.String(), metadata={"description": "tags a worker must all have to run it"})
+    max_concurrent = f.Integer(allow_none=True, metadata={"description": "at most this many runs at once, fleet-wide"})
+    notify = f.List(f.Dict(), metadata={"description": "notify rules {on, to}; targets shown without secrets"})
     commit = f.String(allow_none=True)
     updated_at = _time()
     next_fire = _time()
@@ -90,6 +98,14 @@ class JobPatchSchema(StrictSchema):
     retry = f.Nested(RetryPatchSchema)
     alert_after_s = f.Float(allow_none=True)
     dedupe_window_s = f.Float(allow_none=True)
+    requires = f.List(f.String(validate=v.Length(max=100)), allow_none=True, validate=v.Length(max=20),
+                      metadata={"description": "the whole list of tags a worker must have, e.g. [\"gpu\", \"eu\"]; "
+                                               "null or [] clears it"})
+    max_concurrent = f.Integer(allow_none=True, metadata={"description": "at most this many runs at once over all "
+                                                                         "workers; null or 0 = no limit"})
+    notify = f.List(f.Dict(), allow_none=True, validate=v.Length(max=20),
+                    metadata={"description": 'the whole list of notify rules, e.g. [{"on": ["failure"], '
+                                             '"to": ["slack://…"]}]; null or [] clears it'})
 
 
 class StartRunSchema(StrictSchema):
@@ -165,6 +181,65 @@ class OutputSchema(ma.Schema):
     next_after = f.Integer(required=True)
 
 
+class WaitingSchema(ma.Schema):
+    code = f.String(required=True, validate=v.OneOf([c.value for c in WaitCode]))
+    message = f.String(required=True, metadata={"description": "why it waits, in words"})
+    position = f.Integer(allow_none=True, metadata={"description": "its place in the queue of its workers (1 = next)"})
+    eta_s = f.Float(allow_none=True, metadata={"description": "rough seconds until it starts; null when unknown"})
+    eta_text = f.String(required=True, metadata={"description": "the same for a table cell: no worker, now, ~40 s …"})
+
+
+class RunWaitingSchema(ma.Schema):
+    run = f.String(required=True)
+    status = f.String(required=True, validate=v.OneOf([s.value for s in RunStatus]))
+    waiting = f.Nested(WaitingSchema, allow_none=True,
+                       metadata={"description": "null once the run started (or ended)"})
+
+
+class NotificationSchema(ma.Schema):
+    id = f.String(required=True)
+    event = f.String(required=True, validate=v.OneOf([e.value for e in NotifyEvent]))
+    target = f.String(required=True, metadata={"description": "the target without secrets"})
+    state = f.String(required=True, validate=v.OneOf([s.value for s in NotifyState]))
+    attempts = f.Integer(required=True)
+    error = f.String(allow_none=True, metadata={"description": "why the last attempt failed"})
+    created_at = _time()
+    sent_at = _time()
+    next_attempt_at = _time()
+    text = f.String(required=True, metadata={"description": "one line, as the run page shows it"})
+
+
+class RunNotificationsSchema(ma.Schema):
+    run = f.String(required=True)
+    notifications = f.List(f.Nested(NotificationSchema), required=True)
+
+
+class UsageQuery(ma.Schema):
+    since = f.AwareDateTime(default_timezone=timezone.utc,
+                            metadata={"description": "only runs created at this time or later (ISO 8601)"})
+
+
+class TokenUsageSchema(ma.Schema):
+    token = f.String(allow_none=True, metadata={"description": "the API token's id; null: no token (a session)"})
+    name = f.String(allow_none=True, metadata={"description": "the token's name, null once it was revoked"})
+    runs = f.Integer(required=True)
+
+
+class HookUsageSchema(ma.Schema):
+    hook = f.String(allow_none=True)
+    runs = f.Integer(required=True)
+
+
+class JobUsageSchema(ma.Schema):
+    job = f.String(required=True)
+    since = _time()
+    total = f.Integer(required=True)
+    triggers = f.Dict(keys=f.String(), values=f.Integer(), required=True,
+                      metadata={"description": "runs by trigger type (cron, manual, api, event, webhook, …)"})
+    tokens = f.List(f.Nested(TokenUsageSchema), required=True, metadata={"description": "api runs by token"})
+    hooks = f.List(f.Nested(HookUsageSchema), required=True, metadata={"description": "webhook runs by hook"})
+
+
 # -- events, workers, deploys -------------------------------------------------------------------------------
 
 class EmitSchema(StrictSchema):
@@ -207,6 +282,8 @@ class WorkerSchema(ma.Schema):
     tags = f.List(f.String(), required=True)
     running = f.List(f.String(), required=True)
     version = f.String(allow_none=True)
+    speed = f.Float(allow_none=True, metadata={"description": "measured speed relative to the fleet (1.0 = average; "
+                                                              "null = not measured yet)"})
 
 
 class WorkerListSchema(ma.Schema):

@@ -1,0 +1,109 @@
+"""A no-op run costs the worker six database commands, and what it reads at the start stands for its end.
+
+Counted with a PyMongo command listener on the embedded server (a real wire
+protocol): claim, the job and its hooked jobs, started, output, finished, the
+outcome event -- plus one query for candidates, shared by a burst of claims.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+from pymongo import monitoring
+
+from conftest import wait_for
+from sooner.config import Settings
+from sooner.model import ManualTrigger, RunStatus
+from sooner.runs import facts as facts_module
+from sooner.runs.facts import JobFacts
+from sooner.runs.service import RunService
+from sooner.store import Store
+from sooner.worker.testing import deploy_files
+
+
+class Commands(monitoring.CommandListener):
+    """Counts commands by (name, collection) while ``on``."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.on = False
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.on and event.command_name not in ("endSessions", "hello", "isMaster", "ping"):
+            with self._lock:
+                self.counts[(event.command_name, str(event.command.get(event.command_name)))] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def counted(embedded_store):
+    listener = Commands()
+    monitoring.register(listener)  # for clients created from now on: a second client on the same database
+    store = Store(embedded_store.url, embedded_store.database_name)
+    yield store, listener
+    listener.on = False
+    store.close()
+
+
+def run_one(worker, store: Store, job: str) -> None:
+    run = RunService(store, Settings()).queue(job, ManualTrigger())
+    assert worker.run_once() is not None
+    active = worker.active(run.id)
+    assert active is not None
+    assert active.done.wait(30)
+    assert store.runs.get(run.id).status is RunStatus.SUCCEEDED
+
+
+def test_a_no_op_run_costs_six_commands_and_one_for_its_claim_candidates(counted, start_worker):
+    store, listener = counted
+    deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
+    worker = start_worker(store, Settings(), "trips", capacity=1, start=False)
+    run_one(worker, store, "noop.sh")  # materialises the tree: not what a run costs once warm
+    run = RunService(store, Settings()).queue("noop.sh", ManualTrigger())
+    listener.counts.clear()
+    listener.on = True
+    assert worker.run_once() is not None
+    active = worker.active(run.id)
+    assert active is not None and active.done.wait(30)
+    listener.on = False
+    assert listener.counts == Counter({
+        ("find", "runs"): 1,  # claim candidates (a burst of claims shares it)
+        ("findAndModify", "runs"): 2,  # take; finish
+        ("find", "jobs"): 1,  # the job and the jobs hooked to its end, at once
+        ("update", "runs"): 1,  # started: pid, host, times
+        ("insert", "run_output"): 1,  # the start and exit lines in one batch
+        ("insert", "events"): 1,  # job:noop.sh:succeeded
+    }), listener.counts
+
+
+def test_the_end_of_a_run_starts_the_jobs_hooked_when_it_started(counted, start_worker):
+    store, _ = counted
+    deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n", "next.sh": "#!/bin/sh\nexit 0\n"},
+                 hooks={"next.sh": ["job:noop.sh:succeeded"]})
+    worker = start_worker(store, Settings(), "hooks", capacity=1, start=False)
+    run_one(worker, store, "noop.sh")
+    wait_for(lambda: store.runs.list(job="next.sh"), message="the hooked job was queued")
+
+
+def test_facts_older_than_fresh_s_are_read_again(mock_store, monkeypatch):
+    deploy_files(mock_store, {"noop.sh": "#!/bin/sh\nexit 0\n", "next.sh": "#!/bin/sh\nexit 0\n"})
+    facts = JobFacts.read(mock_store, "noop.sh")
+    assert facts.hooked_to("job:noop.sh:succeeded") == []
+    mock_store.jobs.update_settings("next.sh", {}, add_hooks=["job:noop.sh:succeeded"])
+    assert facts.hooked_to("job:noop.sh:succeeded") == []  # fresh: a hook added a moment ago waits for the next run
+    clock = [facts.read_at + facts_module.FRESH_S + 0.1]
+    monkeypatch.setattr(facts_module.time, "monotonic", lambda: clock[0])
+    assert facts.hooked_to("job:noop.sh:succeeded") is None  # stale: the end reads the hooks again
+    service = RunService(mock_store, Settings())
+    run = service.queue("noop.sh", ManualTrigger())
+    service.take(run.id, "w", 30)
+    service.finish(run.id, RunStatus.SUCCEEDED, exit_code=0, facts=facts)
+    assert [r.job for r in mock_store.runs.list(job="next.sh")] == ["next.sh"]
