@@ -16,6 +16,7 @@ from pymongo import monitoring
 from conftest import wait_for
 from sooner.config import Settings
 from sooner.model import ManualTrigger, RunStatus
+from sooner.runs import doorbell
 from sooner.runs import facts as facts_module
 from sooner.runs.facts import JobFacts
 from sooner.runs.service import RunService
@@ -107,3 +108,41 @@ def test_facts_older_than_fresh_s_are_read_again(mock_store, monkeypatch):
     service.take(run.id, "w", 30)
     service.finish(run.id, RunStatus.SUCCEEDED, exit_code=0, facts=facts)
     assert [r.job for r in mock_store.runs.list(job="next.sh")] == ["next.sh"]
+
+
+def test_a_run_queued_in_this_process_wakes_an_idle_worker_at_once(mock_store, tmp_path):
+    from sooner.worker.loop import Worker
+
+    # A worker that would not look again for a minute (poll and heartbeat) still takes the run now:
+    # under `sooner up` the web, the scheduler and the worker share the process and its doorbell.
+    settings = Settings(heartbeat_s=60, lease_s=180)
+    deploy_files(mock_store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
+    class Waits(threading.Event):
+        """The worker's wake-up event, telling when the loop has started its long wait."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.long_wait = threading.Event()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            if timeout is not None and timeout > 30:
+                self.long_wait.set()
+            return super().wait(timeout)
+
+    worker = Worker(mock_store, settings, "doorbell", 1, cache=tmp_path / "cache", poll_s=60)
+    worker.finished = waits = Waits()
+    doorbell.listen(waits)
+    worker.register()
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert waits.long_wait.wait(20), "the loop never waited"  # it looked once and found nothing
+        run = RunService(mock_store, settings).queue("noop.sh", ManualTrigger())
+        wait_for(lambda: mock_store.runs.get(run.id).finished, timeout=20, message="the run was taken without a poll")
+        assert mock_store.runs.get(run.id).worker == "doorbell"
+    finally:
+        stop.set()
+        worker.finished.set()  # the loop's wait is a minute long: end it
+        thread.join(30)
+    assert not thread.is_alive()

@@ -27,6 +27,7 @@ from sooner.model import ACTIVE, Job, ManualTrigger, Overlap, Run, RunStatus, Tr
 from sooner.model.run import RunUsage
 from sooner.model import dispatch
 from sooner.model.dedupe import key_expired, validate_dedupe_key
+from sooner.runs import doorbell
 from sooner.runs.events import emit_event
 from sooner.runs.listeners import LISTENERS, ListenerRegistry, RunEnded
 
@@ -112,6 +113,8 @@ class RunService:
         run = self.store.runs.insert(new) if key is None else self.store.runs.insert_holding_key(new, expired)
         if run is not None and run.deduplicated:
             return run
+        if run is not None and status is RunStatus.QUEUED:
+            doorbell.ring()
         if run is not None and status is RunStatus.WAITING:
             self.store.runs.mark_waiters(job.name)  # so the active run's end releases it
             self.release_waiting(job.name, now=now)  # the active run may have ended between check and insert
@@ -159,6 +162,8 @@ class RunService:
         runs = [replace(run, queued_at=inserted_at, not_before=inserted_at) for _, run in batch]
         for (index, _), run in zip(batch, self.store.runs.insert_fires(runs)):
             answers[index] = run
+        if any(answers):
+            doorbell.ring()
         return answers
 
     def _new_run(self, job: Job, trigger: Trigger, status: RunStatus, deploy: dict | None, now: datetime | None, *,
@@ -243,7 +248,10 @@ class RunService:
 
     def release_waiting(self, job: str, *, now: datetime | None = None) -> Run | None:
         """Move the job's oldest waiting run to queued if nothing of the job is queued or running."""
-        return self.store.runs.promote_waiting(job, now=now or self.clock.now())
+        run = self.store.runs.promote_waiting(job, now=now or self.clock.now())
+        if run is not None:
+            doorbell.ring()
+        return run
 
     # -- moving --------------------------------------------------------------
     def move(self, run_id: str, target: str | None, *, by: str, kill: bool = False) -> Moved:

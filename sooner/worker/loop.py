@@ -38,6 +38,7 @@ from sooner import __version__
 from sooner.clock import Clock
 from sooner.errors import StoreError, StoreUnreachable
 from sooner.metrics import Publisher
+from sooner.runs import doorbell
 from sooner.model import Run, RunStatus, Worker as WorkerRecord
 from sooner.model.dispatch import Candidate, LimitReached
 from sooner.model.sample import Sample
@@ -105,7 +106,8 @@ class Worker:
         self.lost_name = False
         self._fencing = False  # set by run_forever: runs stop when their lease could not be renewed
         self.registered = False
-        self.finished = threading.Event()  # set whenever a run ends (a slot is free)
+        self.finished = threading.Event()  # set whenever a run ends (a slot is free) or this process queues one
+        doorbell.listen(self.finished)
         self._active: dict[str, ActiveRun] = {}
         self._candidates: deque[Candidate] = deque()
         # Load-aware dispatch: the fleet as the last heartbeat read it, this worker's speed (docs: "Dispatch").
