@@ -21,11 +21,14 @@ from typing import Protocol
 UTC = timezone.utc
 
 
+def aware(moment: datetime) -> datetime:
+    """``moment`` with UTC as its zone if it has none (a stored time read back naive is UTC); else as it is."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def to_ms(moment: datetime) -> datetime:
     """``moment`` as aware UTC truncated to milliseconds (naive times are taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
+    moment = aware(moment).astimezone(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

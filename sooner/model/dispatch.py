@@ -31,9 +31,10 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from sooner.model.run import due_by, ready_for_s
 from sooner.errors import SoonerError
 from sooner.model.target import TAG_PREFIX
 from sooner.model.worker import Worker
@@ -87,12 +88,11 @@ class Candidate:
 
     def due(self, now: datetime) -> bool:
         """Whether it may start at ``now`` (a retry waits for its ``not_before``)."""
-        return self.not_before is None or _aware(self.not_before) <= _aware(now)
+        return due_by(self.not_before, now)
 
     def claimable_for(self, now: datetime) -> float:
         """Seconds since it could first be claimed (queued, or its retry time); 0 when unknown or in the future."""
-        since = max((_aware(t) for t in (self.queued_at, self.not_before) if t is not None), default=None)
-        return 0.0 if since is None else max(0.0, (_aware(now) - since).total_seconds())
+        return ready_for_s(self.queued_at, self.not_before, now)
 
 
 def run_fields(requires: Sequence[str], max_concurrent: int | None) -> dict[str, Any]:
@@ -297,6 +297,3 @@ def slot_ids(key: str, limit: int) -> list[str]:
     """The ``limits`` documents of one limit: one per slot, ``<key>#0`` … ``<key>#<limit-1>``."""
     return [f"{key}#{n}" for n in range(limit)]
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from sooner.clock import aware
 from sooner.model.run import Run
 
 # What the view sorts by and groups by (the CLI, the API and the page offer exactly these).
@@ -132,14 +133,11 @@ def group_key(run: Run, group_by: str) -> str:
 
 def _moment(run: Run) -> datetime:
     """When the run ended (or was queued), for sorting."""
-    return _aware(run.finished_at or run.queued_at or _EPOCH)
+    return aware(run.finished_at or run.queued_at or _EPOCH)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def group_runs(runs: list[Run], group_by: str) -> list[FailedGroup]:
@@ -149,7 +147,7 @@ def group_runs(runs: list[Run], group_by: str) -> list[FailedGroup]:
     for run in runs:
         key = group_key(run, group_by)
         counts[key] = counts.get(key, 0) + 1
-        end = _aware(run.finished_at) if run.finished_at else None
+        end = aware(run.finished_at) if run.finished_at else None
         known = newest.get(key)
         if end is not None and (known is None or end > known):
             newest[key] = end

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from sooner.clock import aware
 from sooner.model.run_ref import run_label
 from sooner.model.status import RunStatus
 from sooner.model.trigger import Trigger, trigger_from_doc
@@ -141,12 +142,11 @@ class Run:
         if self.started_at is None:
             return None
         end = self.finished_at or now
-        return max(0.0, (_aware(end) - _aware(self.started_at)).total_seconds())
+        return max(0.0, (aware(end) - aware(self.started_at)).total_seconds())
 
     def waited_s(self, started_at: datetime) -> float:
         """Seconds from when the run could first start (queued, or its retry time) until ``started_at``."""
-        ready = max((_aware(t) for t in (self.queued_at, self.not_before) if t is not None), default=None)
-        return 0.0 if ready is None else max(0.0, (_aware(started_at) - ready).total_seconds())
+        return ready_for_s(self.queued_at, self.not_before, started_at)
 
     @property
     def chain_root(self) -> str:
@@ -169,7 +169,7 @@ class Run:
 
     def due(self, now: datetime) -> bool:
         """Whether a queued run may start at ``now`` (a retry waits for its ``not_before``)."""
-        return self.not_before is None or _aware(self.not_before) <= _aware(now)
+        return due_by(self.not_before, now)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Run:
@@ -222,8 +222,15 @@ _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?( ?UT
 _RUN_ID = re.compile(r"\b[0-9a-f]{10,24}\b")
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+def due_by(not_before: datetime | None, now: datetime) -> bool:
+    """Whether a queued run with this ``not_before`` may start at ``now`` (a retry waits for it)."""
+    return not_before is None or aware(not_before) <= aware(now)
+
+
+def ready_for_s(queued_at: datetime | None, not_before: datetime | None, now: datetime) -> float:
+    """Seconds from when a run could first start (queued, or its retry time) to ``now``; 0 if unknown or later."""
+    ready = max((aware(t) for t in (queued_at, not_before) if t is not None), default=None)
+    return 0.0 if ready is None else max(0.0, (aware(now) - ready).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Protocol
 
+from sooner.clock import aware
 from sooner.model.dispatch import can_take, run_requires
 from sooner.model.job import RetryPolicy
 from sooner.model.run import Run
@@ -210,7 +211,7 @@ def seconds_text(seconds: float) -> str:
 
 
 def _retry_wait(run: Run, facts: WaitFacts, now: datetime) -> WaitReason:
-    left = max(0.0, (_aware(run.not_before) - _aware(now)).total_seconds()) if run.not_before else 0.0
+    left = max(0.0, (aware(run.not_before) - aware(now)).total_seconds()) if run.not_before else 0.0
     if run.attempt > 1:
         policy = facts.retry.get(run.job)
         of = f" of {policy.total_attempts}" if policy and run.attempt <= policy.total_attempts else ""
@@ -246,10 +247,7 @@ def _workers_text(workers: Sequence[Worker]) -> str:
 def _before(a: Run, b: Run) -> bool:
     """Whether ``a`` was queued before ``b`` (the claim order: oldest ``queued_at`` first, then id)."""
     floor = datetime.min.replace(tzinfo=timezone.utc)
-    first = _aware(a.queued_at) if a.queued_at else floor
-    second = _aware(b.queued_at) if b.queued_at else floor
+    first = aware(a.queued_at) if a.queued_at else floor
+    second = aware(b.queued_at) if b.queued_at else floor
     return (first, a.id) < (second, b.id)
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from sooner.clock import aware
 from sooner.store import schema
 from sooner.store.bulk import Update, bulk_write
 
@@ -120,6 +121,4 @@ class Counters:
 
 
 def _aware(moment: datetime | None) -> datetime:
-    if moment is None:
-        return _EPOCH
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return _EPOCH if moment is None else aware(moment)

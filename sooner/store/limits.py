@@ -22,11 +22,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pymongo import ReturnDocument
 
+from sooner.clock import aware
 from sooner.model import RunStatus
 from sooner.model.dispatch import slot_ids
 from sooner.store import schema
@@ -118,7 +119,7 @@ class LimitRepo:
         freed = 0
         for slot, doc in held.items():
             status, at = statuses.get(doc["run"]), doc.get("at")
-            orphan = status is RunStatus.QUEUED and at is not None and _aware(at) < now - timedelta(
+            orphan = status is RunStatus.QUEUED and at is not None and aware(at) < now - timedelta(
                 seconds=ORPHAN_AFTER_S)
             if status is None or status.finished or orphan:
                 result = self.store.retry(lambda: self.collection.update_one(
@@ -137,6 +138,3 @@ class LimitRepo:
             self._repaired[key] = now
             return True
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

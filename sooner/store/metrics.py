@@ -6,6 +6,7 @@ import builtins
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sooner.clock import aware
 from sooner.model import ACTIVE, RunStatus
 from sooner.store import schema
 
@@ -34,7 +35,8 @@ class MetricsRepo:
         """The snapshots of processes that published in the last hour (older ones are deleted)."""
         oldest = (now or self.store.clock.now()) - STALE_AFTER
         documents = self.store.retry(lambda: builtins.list(self.collection.find({})))
-        stale = [doc["_id"] for doc in documents if _aware(doc.get("updated_at")) < oldest]
+        stale = [doc["_id"] for doc in documents
+                 if not isinstance(doc.get("updated_at"), datetime) or aware(doc["updated_at"]) < oldest]
         if stale:
             self.store.retry(lambda: self.collection.delete_many({"_id": {"$in": stale}}))
         return [doc for doc in documents if doc["_id"] not in stale]
@@ -48,11 +50,3 @@ class MetricsRepo:
                 [{"$match": {"status": status.value}}, {"$count": "n"}])))
             counts[status] = int(rows[0]["n"]) if rows else 0
         return counts
-
-
-def _aware(moment: Any) -> datetime:
-    from datetime import timezone
-
-    if not isinstance(moment, datetime):
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from sooner.clock import aware
 from sooner.errors import SoonerError
 from sooner.model import Run, RunStatus
 from sooner.model.failed import BulkResult
@@ -76,9 +77,7 @@ def _listed(run: Run) -> bool:
 
 
 def _aware(moment: datetime | None) -> datetime:
-    if moment is None:
-        return _EPOCH
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return _EPOCH if moment is None else aware(moment)
 
 
 def _not_listed(run: Run) -> str:
