@@ -50,11 +50,15 @@
 
   function widthOf(el) { return Math.max(200, Math.floor(el.clientWidth || 300)); }
 
-  /* A chart in ``el``: series [{label, color, format, scale, bars}] (a second scale gets an axis on the right). */
+  /* A chart in ``el``: series [{label, color, format, scale, bars}] (a second scale gets an axis on the right);
+     options: height, ranges (per y scale), window_s (the time axis shows the last window_s seconds). */
   Charts.line = function (el, title, series, options) {
     options = options || {};
     var axes = [{}];
     var scales = { x: { time: true } };
+    if (options.window_s) {  // a "last N seconds" chart: its time axis is that window, however few samples it has
+      scales.x.range = function () { var now = Date.now() / 1000; return [now - options.window_s, now]; };
+    }
     var seen = {};
     series.forEach(function (s) {
       var scale = s.scale || "y";
@@ -109,6 +113,7 @@
       samples = Charts.merge(samples, body.samples || [], 0, Infinity);  // a run's whole life: nothing drops
       chart.setData(Charts.align([samples, samples], ["cpu_percent", "rss_bytes"]));
       if (emptyNote) { emptyNote.hidden = samples.length > 0; }
+      target.hidden = samples.length === 0;  // empty axes say nothing the note does not
       var peak = document.getElementById("run-peak-rss");
       var cpu = document.getElementById("run-cpu-s");
       if (peak && body.peak_rss_bytes !== null && body.peak_rss_bytes !== undefined) {

@@ -16,10 +16,11 @@
     // Cells first, charts after: a chart takes its cell's width, which depends on its neighbours.
     var rateCell = cell(fleet, "chart-runs"), queueCell = cell(fleet, "chart-queue");
     var rateChart = Charts.line(rateCell, "Runs finished per minute",
-                                [{ label: "runs", color: "#7c3aed", format: Charts.count, bars: true, whole: true }]);
+                                [{ label: "runs", color: "#7c3aed", format: Charts.count, bars: true, whole: true }],
+                                { window_s: WINDOW_S });
     var queueChart = Charts.line(queueCell, "Queue depth", [
       { label: "queued", color: "#ea580c", format: Charts.count, whole: true },
-      { label: "running", color: "#2563eb", format: Charts.count, whole: true }]);
+      { label: "running", color: "#2563eb", format: Charts.count, whole: true }], { window_s: WINDOW_S });
     var queue = [], workers = {}, newest = null;
 
     function cell(parent, id) {
@@ -47,10 +48,10 @@
         host: [], process: [],
         cpu: Charts.line(cpuCell, "CPU", [
           { label: "host", color: "#64748b", format: Charts.percent },
-          { label: "worker process", color: "#2563eb", format: Charts.percent }]),
+          { label: "worker process", color: "#2563eb", format: Charts.percent }], { window_s: WINDOW_S }),
         memory: Charts.line(memoryCell, "Memory", [
           { label: "host in use", color: "#64748b", format: Charts.bytes },
-          { label: "worker process", color: "#16a34a", format: Charts.bytes }])
+          { label: "worker process", color: "#16a34a", format: Charts.bytes }], { window_s: WINDOW_S })
       };
       return workers[name];
     }
