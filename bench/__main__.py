@@ -52,6 +52,8 @@ SUITE = [
           quick=("--runs", "100", "--runs-4", "100", "--latency-runs", "30")),
     Bench("scheduler_scale", "scheduler_scale.py", "100 and 1,000 every-second jobs: missed ticks, lateness, CPU",
           quick=("--seconds", "6")),
+    Bench("embedded_server", "embedded_server.py", "the embedded database alone: a run's commands/s at 1, 4, 8 clients",
+          quick=("--runs", "400")),
     Bench("round_trips", "round_trips.py", "database commands per cron fire and per no-op run vs a bare insert",
           quick=("--jobs", "50", "--runs", "30")),
     Bench("web", "web.py", "live output: line latency to a browser, 50 Socket.IO clients vs HTTP polling",

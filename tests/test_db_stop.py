@@ -112,3 +112,44 @@ def test_db_stop_says_what_it_does(tmp_path: Path):
     status = subprocess.run([sys.executable, "-m", "sooner", "db", "status"], cwd=site, capture_output=True,
                             text=True)
     assert "stopped" in status.stdout
+
+
+def test_db_stop_while_clients_keep_writing_exits_cleanly_and_keeps_every_acknowledged_write(tmp_path: Path):
+    # given an embedded server (one thread per connection) and four clients inserting as fast as they can
+    server = EmbeddedServer(tmp_path / ".sooner", idle_stop_s=0)
+    url = server.ensure_running(keep=True)
+    process = server_process(server)
+    client = MongoClient(url, directConnection=True, retryWrites=False, serverSelectionTimeoutMS=1000)
+    acknowledged: list[list[int]] = [[] for _ in range(4)]
+
+    def write(mine: list[int], offset: int) -> None:
+        for i in range(offset, offset + 1_000_000, 1):
+            try:
+                client.sooner.stream.insert_one({"_id": i})
+            except PyMongoError:
+                return
+            mine.append(i)
+    writers = [threading.Thread(target=write, args=(mine, n * 1_000_000), daemon=True)
+               for n, mine in enumerate(acknowledged)]
+    for writer in writers:
+        writer.start()
+    wait_for(lambda: all(len(mine) > 20 for mine in acknowledged), timeout=30, message="every client to write")
+
+    # when the server is stopped under that load
+    server.stop()
+
+    # then it exited by SIGTERM within its bound, closing its databases (no operation was left running)
+    for writer in writers:
+        writer.join(30)
+    assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    log = server.log_file.read_text()
+    assert "signal 15: stopping" in log, log
+    assert "still running after" not in log and "closing the databases failed" not in log, log
+    client.close()
+    # and every insert a client was told succeeded is there after the next start
+    client = MongoClient(server.ensure_running(keep=True), directConnection=True)
+    stored = {doc["_id"] for doc in client.sooner.stream.find({}, {"_id": 1})}
+    missing = [i for mine in acknowledged for i in mine if i not in stored]
+    assert not missing, f"{len(missing)} acknowledged inserts lost, e.g. {missing[:5]}"
+    client.close()
+    server.stop()

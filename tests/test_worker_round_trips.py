@@ -2,7 +2,8 @@
 
 Counted with a PyMongo command listener on the embedded server (a real wire
 protocol): claim, the job and its hooked jobs, started, output, finished, the
-outcome event -- plus one query for candidates, shared by a burst of claims.
+outcome event -- plus one query for candidates, shared by a burst of claims,
+which also reads the facts of every job it found once.
 """
 
 from __future__ import annotations
@@ -83,6 +84,55 @@ def test_a_no_op_run_costs_six_commands_and_one_for_its_claim_candidates(counted
         ("insert", "run_output"): 1,  # the start and exit lines in one batch
         ("insert", "events"): 1,  # job:noop.sh:succeeded
     }), listener.counts
+
+
+def burst(store: Store, count: int) -> list[str]:
+    """Queue ``count`` runs of noop.sh; their ids."""
+    return [RunService(store, Settings()).queue("noop.sh", ManualTrigger()).id for _ in range(count)]
+
+
+def claim_and_finish(worker, ids: list[str]) -> None:
+    for _ in ids:
+        assert worker.run_once() is not None
+    actives = [worker.active(run_id) for run_id in ids]
+    assert all(active is not None and active.done.wait(30) for active in actives)
+
+
+def assert_succeeded(store: Store, ids: list[str]) -> None:
+    assert [store.runs.get(run_id).status for run_id in ids] == [RunStatus.SUCCEEDED] * len(ids)
+
+
+def test_a_burst_of_runs_found_in_one_look_reads_their_jobs_once(counted, start_worker):
+    store, listener = counted
+    deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
+    worker = start_worker(store, Settings(), "burst", capacity=4, start=False)
+    run_one(worker, store, "noop.sh")
+    ids = burst(store, 4)
+    listener.counts.clear()
+    listener.on = True
+    claim_and_finish(worker, ids)
+    listener.on = False
+    assert_succeeded(store, ids)
+    assert listener.counts == Counter({
+        ("find", "runs"): 1,  # one look at the queue finds all four
+        ("find", "jobs"): 1,  # and their job's facts with them, for every run it finds
+        ("findAndModify", "runs"): 8, ("update", "runs"): 4, ("insert", "run_output"): 4, ("insert", "events"): 4,
+    }), listener.counts
+
+
+def test_facts_from_an_old_look_are_not_reused(counted, start_worker, monkeypatch):
+    store, listener = counted
+    deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
+    worker = start_worker(store, Settings(), "stale", capacity=2, start=False)
+    run_one(worker, store, "noop.sh")
+    ids = burst(store, 2)
+    monkeypatch.setattr(facts_module, "REUSE_S", -1.0)  # whatever the look read is too old by the claim
+    listener.counts.clear()
+    listener.on = True
+    claim_and_finish(worker, ids)
+    listener.on = False
+    assert_succeeded(store, ids)
+    assert listener.counts[("find", "jobs")] == 3, listener.counts  # the look's read, then each run its own
 
 
 def test_the_end_of_a_run_starts_the_jobs_hooked_when_it_started(counted, start_worker):

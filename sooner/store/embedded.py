@@ -131,7 +131,7 @@ def server_command(data_dir: str, port: int, instance: str, log_file: Path, pid_
     """The command line of the server process (what :func:`is_server_command` recognises)."""
     idle = ["--idle-stop-s", f"{idle_stop_s:g}"] + (["--keep-file", str(keep_file)] if keep_file else [])
     return [sys.executable, "-m", SERVER_MODULE, "--instance", instance, "--data-dir", data_dir, *idle,
-            "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_file), "--pid-file", str(pid_file)]
+            "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_file), "--pid-file", str(pid_file), *(["--asyncio"] if os.environ.get("NXA") else [])]
 
 
 @dataclass(frozen=True)

@@ -147,13 +147,18 @@ class JobRepo:
         For a run that starts: its job, and the jobs hooked to the events its end may emit,
         in one round trip instead of one per read (see :class:`sooner.runs.facts.JobFacts`).
         """
-        names = builtins.list(events)
-        hooked_query = {"hooks": {"$in": names}, "enabled": True, "deleted": {"$ne": True}}
-        query = hooked_query if also is None else {"$or": [{"_id": also}, hooked_query]}
+        found, hooked = self.named_with_hooks([] if also is None else [also], events)
+        return (found.get(also) if also is not None else None), hooked
+
+    def named_with_hooks(self, names: Iterable[str], events: Iterable[str]) -> tuple[dict[str, Job], dict[str, builtins.list[Job]]]:
+        """The jobs called ``names`` (those that exist) and the jobs hooked to each of ``events``, in one query."""
+        names, events = builtins.list(names), builtins.list(events)
+        hooked_query = {"hooks": {"$in": events}, "enabled": True, "deleted": {"$ne": True}}
+        query = hooked_query if not names else {"$or": [{"_id": {"$in": names}}, hooked_query]}
         jobs = self._jobs(query)
-        hooked = {name: [job for job in jobs if name in job.hooks and job.enabled and not job.deleted]
-                  for name in names}
-        return next((job for job in jobs if job.name == also), None), hooked
+        hooked = {event: [job for job in jobs if event in job.hooks and job.enabled and not job.deleted]
+                  for event in events}
+        return {job.name: job for job in jobs if job.name in names}, hooked
 
     def scheduled(self) -> builtins.list[Job]:
         """Enabled, not deleted jobs that have a schedule."""

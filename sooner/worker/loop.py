@@ -41,6 +41,8 @@ from sooner.metrics import Publisher
 from sooner.runs import doorbell
 from sooner.model import Run, RunStatus, Worker as WorkerRecord
 from sooner.model.dispatch import Candidate, LimitReached
+from sooner.model.http_job import JobKind
+from sooner.runs.facts import JobFacts
 from sooner.model.sample import Sample
 from sooner.runs.service import RunService
 from sooner.worker.dispatching import Dispatcher
@@ -110,6 +112,7 @@ class Worker:
         doorbell.listen(self.finished)
         self._active: dict[str, ActiveRun] = {}
         self._candidates: deque[Candidate] = deque()
+        self._facts: dict[str, JobFacts] = {}  # the candidates' jobs, read with them (several candidates only)
         # Load-aware dispatch: the fleet as the last heartbeat read it, this worker's speed (docs: "Dispatch").
         self.dispatch = Dispatcher(store, settings, name, self.capacity, self.tags)
         self._lock = threading.Lock()
@@ -195,7 +198,7 @@ class Worker:
         if run is None:
             return None
         try:
-            active = self.runner.prepare(run, on_done=self._run_done)
+            active = self.runner.prepare(run, on_done=self._run_done, facts=self._facts.get(run.job))
         except OSError as exc:  # out of file descriptors or the like: do not leave the run claimed
             logger.error("cannot start run %s: %s", run.id, exc)
             self.service.finish(run.id, RunStatus.FAILED, note=f"worker {self.name} could not start it: {exc}")
@@ -218,6 +221,7 @@ class Worker:
                 self._candidates = deque(self.dispatch.choose(offers, self.clock.now()))
                 if not self._candidates:
                     return None
+                self._facts = self._read_facts(self._candidates)
             full: set[str] = set()  # concurrency limits found full: their other runs are not tried now
             while self._candidates:
                 try:
@@ -232,6 +236,17 @@ class Worker:
             else:
                 return None  # the rest wait for concurrency limits
         return None
+
+    def _read_facts(self, candidates: Iterable[Candidate]) -> dict[str, JobFacts]:
+        """Facts of the candidates' script jobs in one query when there are several runs to claim.
+
+        One candidate reads its own once its script runs (off the path to its start); a
+        burst of them shares this read instead of one per run (sooner.runs.facts).
+        """
+        jobs = {c.job for c in candidates if JobKind.of(c.job) is JobKind.SCRIPT}
+        if len([c for c in candidates if c.job in jobs]) < 2:
+            return {}
+        return JobFacts.read_many(self.store, jobs)
 
     def heartbeat(self) -> bool:
         """Renew leases, apply cancel requests, record load. False if another process took the name."""

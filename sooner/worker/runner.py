@@ -91,9 +91,14 @@ class Runner:
         # How HTTP jobs wait between a step's attempts (None: really, woken by cancel); tests pass a fake clock's.
         self.http_sleep: Callable[[float], None] | None = None
 
-    def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None) -> ActiveRun:
-        """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``."""
-        return ActiveRun(self, run, on_done)
+    def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None,
+                facts: JobFacts | None = None) -> ActiveRun:
+        """An ActiveRun for ``run`` (claimed by this worker); call its ``start()``.
+
+        ``facts``: its job's facts, read with the look at the queue that found the run; the run
+        reads its own if they are missing or older than :data:`sooner.runs.facts.REUSE_S`.
+        """
+        return ActiveRun(self, run, on_done, facts)
 
     def close(self) -> None:
         """Stop the launcher process (it starts again with the next run)."""
@@ -125,7 +130,8 @@ def script_environment(environ: dict | os._Environ, store: Store) -> dict[str, s
 class ActiveRun:
     """One run on its own thread. ``cancel()`` may be called from any thread."""
 
-    def __init__(self, runner: Runner, run: Run, on_done: Callable[[ActiveRun], None] | None) -> None:
+    def __init__(self, runner: Runner, run: Run, on_done: Callable[[ActiveRun], None] | None,
+                 facts: JobFacts | None = None) -> None:
         self.runner = runner
         self.store = runner.store
         self.service = runner.service
@@ -137,7 +143,7 @@ class ActiveRun:
         self.status: RunStatus | None = None
         self.pid: int | None = None
         self.started_at: datetime | None = None
-        self.facts: JobFacts | None = None  # read when the script starts
+        self.facts: JobFacts | None = facts  # given by the claim, or read once the script has started
         self.supervised: Supervised | None = None
         # Monotonic time this worker's lease on the run ends unless renewed (None: not fenced, see renewed()).
         self.lease_deadline: float | None = None
@@ -248,10 +254,6 @@ class ActiveRun:
         if JobKind.of(run.job) is JobKind.HTTP:  # its steps run here, in the worker (no process)
             HttpRun(self, script, sleep=self.runner.http_sleep).execute()
             return
-        # The job and the jobs hooked to its end in one read, reused by the end (sooner.runs.facts).
-        self.facts = JobFacts.read(self.store, run.job)
-        job = self.facts.job
-        memory_limit_mb = job.memory_limit_mb if job is not None else None
         with RpcServer(self.calls, self.runner.socket_dir) as rpc:
             try:
                 supervised = self._spawn(script, tree, rpc.path or "")
@@ -275,6 +277,12 @@ class ActiveRun:
             commit = (run.commit or "")[:8]
             self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
                                f"(commit {commit})")
+            # The job and the jobs hooked to its end in one read, reused by the end (sooner.runs.facts);
+            # read once the script runs, so the read does not delay its start.
+            if self.facts is None or not self.facts.reusable():
+                self.facts = JobFacts.read(self.store, run.job)
+            job = self.facts.job
+            memory_limit_mb = job.memory_limit_mb if job is not None else None
             returncode, forced = _Follower(self, supervised, started, memory_limit_mb).follow()
         self._finish(returncode, forced, time.monotonic() - started)
 
