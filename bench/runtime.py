@@ -3,7 +3,9 @@
 
 1. no-op job throughput through one worker (capacity 8) on the embedded
    database, vs spawning the same script with subprocess in a loop;
-2. dispatch latency, queued -> process started, p50/p95, vs a bare Popen;
+2. dispatch latency, queued -> process started, p50/p95, vs a bare Popen:
+   with the worker in this process (the in-process doorbell), and with the
+   worker in another process on this host (the host doorbell);
 3. progress calls per second over stderr lines and over the socket (20,000
    each), vs the same script writing 20,000 plain lines;
 4. output ingest MB/s and worker RSS while a script writes 50 MB, vs ``cat``
@@ -68,7 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500, help="no-op runs for the throughput figure")
     parser.add_argument("--latency-runs", type=int, default=100)
-    parser.add_argument("--only", type=int, choices=[1, 2, 3, 4], help="run only this benchmark")
+    parser.add_argument("--only", type=int, choices=[1, 2, 3, 4, 5], help="run only this benchmark (5: step 2 with the "
+                        "worker in another process)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per figure (python -m bench)")
     args = parser.parse_args()
     use_json(args.json)
@@ -85,6 +88,8 @@ def main() -> None:
             tree = TreeCache(store, cache).path_for(store.deploys.latest()["commit"])
             if args.only in (None, 1):
                 throughput(store, settings, tree, cache, args.runs)
+            if args.only in (None, 5):
+                latency_other_process(store, settings, cache, args.latency_runs)
             worker = Worker(store, settings, "bench", capacity=8, cache=cache)
             worker.register()
             stop = threading.Event()
@@ -177,8 +182,49 @@ def _cpu_meter(settings):
     return report
 
 
-def latency(store, worker: Worker, count: int) -> None:
-    worker.wait_idle(30)
+WORKER_PROCESS = """
+import sys, threading
+from sooner.config import load_settings
+from sooner.store import open_store
+from sooner.worker.loop import Worker
+from pathlib import Path
+settings = load_settings(Path(sys.argv[1]), environ={}, overrides={"database": sys.argv[2]})
+store = open_store(settings)
+from pathlib import Path
+worker = Worker(store, settings, "bench-other-process", capacity=8, cache=Path(sys.argv[3]))
+worker.register()
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set(), worker.finished.set()), daemon=True).start()
+print("ready", flush=True)
+worker.run_forever(stop)
+"""
+
+
+def latency_other_process(store, settings, cache: Path, count: int) -> None:
+    """Step 2's latencies with the worker in another process: runs queued here reach it by the host doorbell."""
+    worker = subprocess.Popen([sys.executable, "-c", WORKER_PROCESS, str(settings.site_dir / "config.json"),
+                               settings.database, str(cache)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        run_and_wait(store, "noop.sh")  # warm: the tree is materialised, the launcher started
+        delays, complete = queue_and_time(store, count)
+    finally:
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait(60)
+    p50, done50 = statistics.median(delays), statistics.median(complete)
+    print(f"5. the same with the worker in another process: queued->started p50 {p50:.1f} ms, "
+          f"p95 {_percentile(delays, 95):.1f} ms; queued->finished p50 {done50:.1f} ms, "
+          f"p95 {_percentile(complete, 95):.1f} ms")
+    figure("dispatch latency queued->started p50, worker in another process", p50, "ms",
+           key="latency.started_other_process", target="< 10", note=f"p95 {_percentile(delays, 95):.1f} ms")
+    figure("manual run queued->no-op finished p50, worker in another process", done50, "ms",
+           key="latency.finished_other_process", target="< 25", note=f"p95 {_percentile(complete, 95):.1f} ms")
+
+
+def queue_and_time(store, count: int) -> tuple[list[float], list[float]]:
+    """Queue ``count`` no-op runs one after another; their queued->started and queued->finished ms."""
     job = store.jobs.get("noop.sh")
     delays, complete = [], []
     for i in range(count):
@@ -188,6 +234,12 @@ def latency(store, worker: Worker, count: int) -> None:
         delays.append((done.started_at - run.queued_at).total_seconds() * 1000)
         complete.append((done.finished_at - run.queued_at).total_seconds() * 1000)
         time.sleep(0.005 + (i % 7) * 0.004)  # queue at varying points of the worker's poll cycle
+    return delays, complete
+
+
+def latency(store, worker: Worker, count: int) -> None:
+    worker.wait_idle(30)
+    delays, complete = queue_and_time(store, count)
     spawn, spawn_done = [], []
     for _ in range(50):
         t = time.perf_counter()

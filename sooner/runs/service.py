@@ -114,7 +114,7 @@ class RunService:
         if run is not None and run.deduplicated:
             return run
         if run is not None and status is RunStatus.QUEUED:
-            doorbell.ring()
+            doorbell.ring(self.store)
         if run is not None and status is RunStatus.WAITING:
             self.store.runs.mark_waiters(job.name)  # so the active run's end releases it
             self.release_waiting(job.name, now=now)  # the active run may have ended between check and insert
@@ -163,7 +163,7 @@ class RunService:
         for (index, _), run in zip(batch, self.store.runs.insert_fires(runs)):
             answers[index] = run
         if any(answers):
-            doorbell.ring()
+            doorbell.ring(self.store)
         return answers
 
     def _new_run(self, job: Job, trigger: Trigger, status: RunStatus, deploy: dict | None, now: datetime | None, *,
@@ -250,7 +250,7 @@ class RunService:
         """Move the job's oldest waiting run to queued if nothing of the job is queued or running."""
         run = self.store.runs.promote_waiting(job, now=now or self.clock.now())
         if run is not None:
-            doorbell.ring()
+            doorbell.ring(self.store)
         return run
 
     # -- moving --------------------------------------------------------------

@@ -327,6 +327,16 @@ class Worker:
         """
         self._fencing = True
         self.runner.launcher.warm()
+        # Runs queued by other processes on this host ring it too, instead of waiting for the next poll.
+        bell = doorbell.HostBell.open(self.store, self.finished)
+        try:
+            self._loop(stop_event)
+        finally:
+            if bell is not None:
+                bell.close()
+        self.shutdown(stop_event=hurry_event)
+
+    def _loop(self, stop_event: threading.Event) -> None:
         next_beat = 0.0
         while not stop_event.is_set() and not self.lost_name:
             now = time.monotonic()
@@ -343,7 +353,6 @@ class Worker:
                 if self.has_room():
                     wait = min(wait, self.poll_s)
                 self.finished.wait(max(0.0, wait))
-        self.shutdown(stop_event=hurry_event)
 
     def _claim_while_room(self) -> int:
         count = 0
