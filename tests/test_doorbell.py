@@ -166,3 +166,29 @@ def test_bells_of_different_databases_live_apart(short_tmp):
     elsewhere = doorbell.directory_for(Named(url="mongodb://db.example:27017/", database_name="a"), str(short_tmp))
     assert len({one, other, elsewhere}) == 3 and one.parent == other.parent == elsewhere.parent
     assert Path(one.parent).name == f"sooner-bell-{os.geteuid()}"
+
+
+def test_a_ring_wakes_as_many_workers_as_runs_were_queued(short_tmp):
+    # given three workers' bells for one database
+    events = [threading.Event() for _ in range(3)]
+    bells = [doorbell.HostBell.open(Named(), event, parent=str(short_tmp)) for event in events]
+    assert all(bells)
+    directory = doorbell.directory_for(Named(), str(short_tmp))
+    try:
+        for runs, woken in ((1, 1), (2, 2), (5, 3)):
+            for event in events:
+                event.clear()
+            # when another process queues that many runs
+            ringer = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                     "from sooner.runs import doorbell; "
+                                     "print(doorbell.ring_host(Path(sys.argv[1]), int(sys.argv[2])))",
+                                     str(directory), str(runs)], capture_output=True, text=True, timeout=60)
+            # then that many workers (at most all of them) are rung, not every one for each run
+            assert ringer.stdout.strip() == str(woken), ringer.stderr
+            wait_for(lambda: sum(event.is_set() for event in events) == woken, timeout=10,
+                     message=f"{woken} worker(s) to be woken")
+            assert sum(event.is_set() for event in events) == woken
+    finally:
+        for bell in bells:
+            assert bell is not None
+            bell.close()

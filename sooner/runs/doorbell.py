@@ -10,8 +10,11 @@ run`) rings:
 - the workers of other processes on this host that use the same database
   (:class:`HostBell`): each has a unix datagram socket in a directory named
   after the database (its URL and name, hashed), under the temp directory
-  in ``sooner-bell-<uid>`` (0700; sockets 0600). A ring sends one byte to each
-  socket there, without blocking.
+  in ``sooner-bell-<uid>`` (0700; sockets 0600). A ring sends one byte,
+  without blocking, to as many of those sockets as runs were queued, picked
+  at random: waking every worker for one run would have all but one look in
+  vain (three commands each: a query, a lost claim, a second query), and a
+  worker that was not rung still finds its runs by polling.
 
 Workers on other hosts still find runs by polling. A ring only wakes a worker
 to look: its content is ignored, claiming stays the atomic update it always
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import secrets
 import socket
 import stat
@@ -55,14 +59,15 @@ def listen(event: threading.Event) -> None:
         _listeners.add(event)
 
 
-def ring(store: Store | None = None) -> None:
-    """A run was queued: wake this process's listeners and, given its ``store``, this host's workers of it."""
+def ring(store: Store | None = None, runs: int = 1) -> None:
+    """``runs`` runs were queued: wake this process's listeners and, given the ``store``, as many of this
+    host's other workers of its database."""
     with _lock:
         events = list(_listeners)
     for event in events:
         event.set()
     if store is not None and not store.is_mongomock:  # no other process shares an in-memory database
-        ring_host(directory_for(store))
+        ring_host(directory_for(store), runs)
 
 
 def directory_for(store: Store, parent: str | None = None) -> Path:
@@ -71,8 +76,11 @@ def directory_for(store: Store, parent: str | None = None) -> Path:
     return Path(parent or tempfile.gettempdir()) / f"{BELL_DIR_PREFIX}{os.geteuid()}" / key
 
 
-def ring_host(directory: Path) -> int:
-    """Send a wake-up to every bell in ``directory`` but this process's own; how many were rung."""
+def ring_host(directory: Path, count: int | None = None) -> int:
+    """Wake ``count`` bells in ``directory`` (random ones; None: all) but this process's own; how many were rung.
+
+    A bell that refuses (its worker is gone) is removed, and another is tried in its place.
+    """
     if not _private(directory.parent) or not _private(directory):
         return 0
     try:
@@ -80,10 +88,12 @@ def ring_host(directory: Path) -> int:
     except OSError:
         return 0
     own = f"{os.getpid()}-"
+    others = [name for name in names if not name.startswith(own)]  # this process's heard the in-process ring
+    random.shuffle(others)
     rung = 0
-    for name in names:
-        if name.startswith(own):
-            continue  # this process's workers heard the in-process ring
+    for name in others:
+        if count is not None and rung >= count:
+            break
         path = str(directory / name)
         try:
             _send(path)
@@ -161,7 +171,7 @@ class HostBell:
         for _ in range(2):  # once more if the last worker of the database removed the directory meanwhile
             if not _make_private(directory):
                 return None
-            ring_host(directory)  # clears sockets that workers killed meanwhile left (the others look once)
+            ring_host(directory)  # all: clears sockets that killed workers left (the live ones look once)
             path = directory / f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:

@@ -163,7 +163,7 @@ class RunService:
         for (index, _), run in zip(batch, self.store.runs.insert_fires(runs)):
             answers[index] = run
         if any(answers):
-            doorbell.ring(self.store)
+            doorbell.ring(self.store, runs=sum(1 for run in answers if run is not None))
         return answers
 
     def _new_run(self, job: Job, trigger: Trigger, status: RunStatus, deploy: dict | None, now: datetime | None, *,

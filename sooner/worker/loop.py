@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -67,6 +68,8 @@ SOCKET_DIR_PREFIX = "sooner-rpc-"
 EMPTY_SOCKET_DIR_AGE_S = 60.0
 BIND_TO_LISTEN_S = 5.0
 ENDED_SAMPLES = 5000  # at most this many samples of ended runs wait for the next stored batch
+# After a claim lost to another worker, for this long each look at the queue starts at this worker's own place.
+CONTENDED_S = 5.0
 
 
 def cache_dir_for(settings: Settings) -> Path:
@@ -113,6 +116,10 @@ class Worker:
         self._active: dict[str, ActiveRun] = {}
         self._candidates: deque[Candidate] = deque()
         self._facts: dict[str, JobFacts] = {}  # the candidates' jobs, read with them (several candidates only)
+        # Workers that compete for one queue would all try its oldest run first, and all but one lose
+        # (a claim and a query each, wasted): once this one has lost, it starts each look at its own place.
+        self._contended_until = 0.0
+        self._place = zlib.crc32(name.encode())
         # Load-aware dispatch: the fleet as the last heartbeat read it, this worker's speed (docs: "Dispatch").
         self.dispatch = Dispatcher(store, settings, name, self.capacity, self.tags)
         self._lock = threading.Lock()
@@ -221,6 +228,8 @@ class Worker:
                 self._candidates = deque(self.dispatch.choose(offers, self.clock.now()))
                 if not self._candidates:
                     return None
+                if time.monotonic() < self._contended_until:
+                    self._candidates.rotate(-(self._place % len(self._candidates)))
                 self._facts = self._read_facts(self._candidates)
             full: set[str] = set()  # concurrency limits found full: their other runs are not tried now
             while self._candidates:
@@ -232,6 +241,7 @@ class Worker:
                 if run is not None:
                     return run
                 self._candidates.clear()
+                self._contended_until = time.monotonic() + CONTENDED_S
                 break  # lost a race: look again
             else:
                 return None  # the rest wait for concurrency limits

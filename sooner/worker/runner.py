@@ -47,7 +47,6 @@ from sooner.runs.facts import JobFacts
 from sooner.runs.service import RunService
 from sooner.model.http_job import JobKind
 from sooner.worker.calls import CallHandler
-from sooner.worker.http_runner import HttpRun
 from sooner.worker.journal import PROBE_S, RunJournal, StoreLink
 from sooner.worker.output import OutputWriter
 from sooner.worker.rpc import RpcServer
@@ -252,6 +251,8 @@ class ActiveRun:
             self._end_without_process(str(exc))
             return
         if JobKind.of(run.job) is JobKind.HTTP:  # its steps run here, in the worker (no process)
+            from sooner.worker.http_runner import HttpRun  # with requests: only in workers that run HTTP jobs
+
             HttpRun(self, script, sleep=self.runner.http_sleep).execute()
             return
         with RpcServer(self.calls, self.runner.socket_dir) as rpc:
