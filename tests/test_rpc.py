@@ -517,3 +517,39 @@ def test_pipelined_throughput_is_reported(make_client: Callable[[], RawClient], 
 
     print(f"\nJSON-RPC throughput: {count / elapsed:,.0f} calls/s ({count} pipelined calls in {elapsed:.2f}s)")
     assert len(recorder.calls) == count
+
+
+EMIT = b'{"jsonrpc": "2.0", "method": "emit", "params": ["last-words"]}\n'
+
+
+def test_without_an_accept_thread_a_client_that_wrote_and_left_before_any_accept_is_still_heard() -> None:
+    # given a server whose owner accepts (a run's follower loop), and a script that connects,
+    # sends a notification and exits before the owner got round to accepting
+    recorder = Recorder()
+    server = RpcServer(recorder, accept_thread=False)
+    server.start()
+    assert server.path is not None
+    for _ in range(3):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(server.path)
+        client.sendall(EMIT)
+        client.close()
+    # when the owner ends: pending connections first, then close
+    server.accept_pending()
+    server.close()
+    # then every call was handled
+    assert [call.args["event"] for call in recorder.calls] == ["last-words"] * 3
+
+
+def test_a_connection_accepted_as_the_server_closes_is_read_to_its_end() -> None:
+    recorder = Recorder()
+    server = RpcServer(recorder, accept_thread=False)
+    server.start()
+    assert server.path is not None
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(server.path)
+    client.sendall(EMIT * 5)
+    client.close()
+    server.accept_ready()  # its thread starts as close() begins
+    server.close()
+    assert len(recorder.calls) == 5

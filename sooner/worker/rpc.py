@@ -113,8 +113,12 @@ class RpcServer:
         directory: str | None = None,
         *,
         max_connections: int = 64,
+        accept_thread: bool = True,
     ) -> None:
         self._handler = handler
+        # Without an accept thread the owner selects on fileno() and calls accept_ready() (a run's
+        # follower loop does: one thread less per run; most scripts never connect).
+        self._own_accept = accept_thread
         self.registry = registry_of(handler)
         self._parent = directory
         self._max_connections = max_connections
@@ -154,10 +158,11 @@ class RpcServer:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
             raise
-        self._wake_r, self._wake_w = socket.socketpair()
         self.path = path
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="sooner-rpc-accept", daemon=True)
-        self._accept_thread.start()
+        if self._own_accept:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._accept_thread = threading.Thread(target=self._accept_loop, name="sooner-rpc-accept", daemon=True)
+            self._accept_thread.start()
         logger.debug("serving JSON-RPC on %s", path)
         return path
 
@@ -170,6 +175,8 @@ class RpcServer:
             self._wake_w.send(b"x")
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
+        elif self._listener is not None:
+            self._listener.close()
         with self._conns_lock:
             conns = dict(self._conns)
         for conn in conns:
@@ -206,6 +213,39 @@ class RpcServer:
                     if key.fileobj is self._listener and not self._closing.is_set():
                         self._accept()
 
+    def fileno(self) -> int:
+        """The listening socket, readable when a client connects (see ``accept_thread=False``)."""
+        assert self._listener is not None, "start() first"
+        return self._listener.fileno()
+
+    def accept_ready(self) -> None:
+        """Accept the connection waiting on :meth:`fileno` and serve it on its own thread."""
+        if not self._closing.is_set():
+            self._accept()
+
+    def accept_pending(self) -> None:
+        """Accept every connection still waiting (a script that connected, wrote and exited at once).
+
+        Called before :meth:`close`: what such a script sent is then read and handled, not dropped
+        with the listening socket.
+        """
+        if self._listener is None or self._closing.is_set():
+            return
+        self._listener.setblocking(False)
+        try:
+            while True:
+                try:
+                    conn, _ = self._listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    logger.warning("accept on %s failed: %s", self.path, exc)
+                    return
+                conn.setblocking(True)
+                self._serve_on_thread(conn)
+        finally:
+            self._listener.setblocking(True)
+
     def _accept(self) -> None:
         assert self._listener is not None
         try:
@@ -213,6 +253,9 @@ class RpcServer:
         except OSError as exc:
             logger.warning("accept on %s failed: %s", self.path, exc)
             return
+        self._serve_on_thread(conn)
+
+    def _serve_on_thread(self, conn: socket.socket) -> None:
         with self._conns_lock:
             if len(self._conns) >= self._max_connections:
                 logger.warning("refusing connection to %s: %d already open", self.path, len(self._conns))
@@ -225,7 +268,9 @@ class RpcServer:
     def _serve(self, conn: socket.socket) -> None:
         reader = LineReader()
         try:
-            while not self._closing.is_set():
+            # Until EOF, even once closing: close() shuts the connection down, after which recv
+            # returns what the client had sent (a script's last calls) and then EOF.
+            while True:
                 data = conn.recv(RECV_BYTES)
                 if not data:
                     break

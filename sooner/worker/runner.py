@@ -255,7 +255,7 @@ class ActiveRun:
 
             HttpRun(self, script, sleep=self.runner.http_sleep).execute()
             return
-        with RpcServer(self.calls, self.runner.socket_dir) as rpc:
+        with RpcServer(self.calls, self.runner.socket_dir, accept_thread=False) as rpc:
             try:
                 supervised = self._spawn(script, tree, rpc.path or "")
             except FileNotFoundError:
@@ -284,7 +284,7 @@ class ActiveRun:
                 self.facts = JobFacts.read(self.store, run.job)
             job = self.facts.job
             memory_limit_mb = job.memory_limit_mb if job is not None else None
-            returncode, forced = _Follower(self, supervised, started, memory_limit_mb).follow()
+            returncode, forced = _Follower(self, supervised, started, memory_limit_mb, rpc).follow()
         self._finish(returncode, forced, time.monotonic() - started)
 
     def _spawn(self, script: Path, tree: Path, socket_path: str) -> Supervised:
@@ -402,9 +402,10 @@ class _Follower:
     """The select loop of one supervised script: output, calls, exit, cancel, timeout, memory, lease."""
 
     def __init__(self, active: ActiveRun, supervised: Supervised, started: float,
-                 memory_limit_mb: int | None) -> None:
+                 memory_limit_mb: int | None, rpc: RpcServer | None = None) -> None:
         self.active = active
         self.supervised = supervised
+        self.rpc = rpc  # its connections are accepted here, in the loop
         self.decoder = StreamDecoder(active.output, active.calls)
         timeout_s = active.run.timeout_s
         self.timeout_at = started + float(timeout_s) if timeout_s else None
@@ -439,12 +440,16 @@ class _Follower:
             selector.register(fd, selectors.EVENT_READ, feed)
         selector.register(self.active._wake_r, selectors.EVENT_READ, None)
         selector.register(self.supervised.status_fd, selectors.EVENT_READ, "status")
+        if self.rpc is not None:
+            selector.register(self.rpc.fileno(), selectors.EVENT_READ, "rpc")
         if self.returncode is not None:  # a quick script: its end came with the supervisor's first report
             self.linger_until = time.monotonic() + LINGER_S
         try:
             self._loop(selector, streams)
         finally:
             selector.close()
+            if self.rpc is not None:
+                self.rpc.accept_pending()  # calls of a script that connected just before it ended
             if not self.supervisor_done:  # an error in the loop: leave nothing running
                 self.supervised.kill()
             self.supervised.close()
@@ -462,6 +467,8 @@ class _Follower:
                 for key, _ in selector.select(self._timeout()):
                     if key.data == "status":
                         self._read_status(selector)
+                    elif key.data == "rpc" and self.rpc is not None:
+                        self.rpc.accept_ready()
                     elif key.data is None:
                         _drain(key.fd)
                     else:
