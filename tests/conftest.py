@@ -39,6 +39,44 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
+def alive(pid: int, created: float) -> bool:
+    """The very process (pid + create time) still runs; a zombie or a recycled pid does not count."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - created) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class CountingStop(threading.Event):
+    """A stop event that records each wait and is set after ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.waits = limit, []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self.limit:
+            self.set()
+        return self.is_set()
+
+
+class LongWaits(threading.Event):
+    """A worker's wake-up event that tells (``long_wait``) when its loop has started a wait of over 30 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.long_wait = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is not None and timeout > 30:
+            self.long_wait.set()
+        return super().wait(timeout)
+
+
 @pytest.fixture
 def fake_clock() -> FakeClock:
     """One clock for a whole scenario: give it to the store, the run service, the scheduler and the worker."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import LongWaits, wait_for
 from sooner.config import Settings
 from sooner.model import RunStatus
 from sooner.runs import doorbell
@@ -35,19 +35,6 @@ store = Store(sys.argv[1], sys.argv[2])
 print(RunService(store, Settings()).queue("noop.sh", ManualTrigger()).id)
 store.close()
 """
-
-
-class Waits(threading.Event):
-    """A worker's wake-up event that tells when the loop has started a long wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.long_wait = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if timeout is not None and timeout > 30:
-            self.long_wait.set()
-        return super().wait(timeout)
 
 
 @pytest.fixture
@@ -69,7 +56,7 @@ def test_a_run_queued_by_another_process_wakes_an_idle_worker_at_once(embedded_s
     # given a worker that would not poll or heartbeat again for a minute, waiting
     deploy_files(embedded_store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
     worker = start_worker(embedded_store, Settings(heartbeat_s=60, lease_s=180), "bell", poll_s=60, start=False)
-    worker.finished = waits = Waits()
+    worker.finished = waits = LongWaits()
     stop = threading.Event()
     loop = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
     loop.start()

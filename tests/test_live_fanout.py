@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import served, wait_for
+from conftest import CountingStop, served, wait_for
 from node.harness import NodeScript, node_client
 from sooner.config import load_settings
 from sooner.model import ManualTrigger
@@ -145,20 +145,6 @@ def test_the_change_feeds_are_followed_only_while_someone_watches(running_hub):
     wait_for(lambda: len(env.follows) == 4, message="two new watchers")
     assert not any(stop.is_set() for stop in env.follows[2:])
     again.disconnect()
-
-
-class CountingStop(threading.Event):
-    """A stop event that records each wait and sets itself after ``limit`` of them."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit, self.waits = limit, []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waits.append(timeout)
-        if len(self.waits) >= self.limit:
-            self.set()
-        return self.is_set()
 
 
 class InstantStream:

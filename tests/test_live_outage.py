@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import wait_for
+from conftest import CountingStop, wait_for
 from node.harness import PASSWORD, follow_readme, live_site, node_client, start_run
 from sooner.config import load_settings
 from sooner.errors import StoreError
@@ -257,20 +257,6 @@ def test_the_run_page_shows_a_banner_while_the_database_is_frozen_and_keeps_ever
 
 
 # -- the change feed after an outage ------------------------------------------------------------------
-
-class CountingStop(threading.Event):
-    """A stop event that records each wait and is set after ``limit`` of them."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit, self.waits = limit, []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waits.append(timeout)
-        if len(self.waits) >= self.limit:
-            self.set()
-        return self.is_set()
-
 
 class BrokenStream:
     """What the driver's change stream does when the server went away."""

@@ -37,7 +37,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import git, wait_for
+from conftest import alive, git, wait_for
 from netns import Host, Network, namespaces_unavailable
 from sooner.model import FINISHED, Run, RunStatus
 from sooner.model.token import TokenScope
@@ -119,15 +119,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def alive(pid: int, created: float) -> bool:
-    """The very process (pid + create time) still runs; a zombie or a recycled pid does not count."""
-    try:
-        process = psutil.Process(pid)
-        return abs(process.create_time() - created) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def base_env() -> dict[str, str]:

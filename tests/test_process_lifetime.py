@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import run_sooner, wait_for
+from conftest import alive, run_sooner, wait_for
 from sooner.config import Settings, load_settings
 from sooner.errors import WorkerError
 from sooner.model import FINISHED, ManualTrigger, Run, RunStatus
@@ -49,15 +49,6 @@ def processes_of(run_id: str) -> dict[int, float]:
         except psutil.Error:
             continue
     return found
-
-
-def alive(pid: int, created: float) -> bool:
-    """The very process (pid + create time) still runs; a zombie or a recycled pid does not count."""
-    try:
-        process = psutil.Process(pid)
-        return abs(process.create_time() - created) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def all_gone(processes: dict[int, float]) -> bool:

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from pymongo import monitoring
 
-from conftest import wait_for
+from conftest import LongWaits, wait_for
 from sooner.config import Settings
 from sooner.model import ManualTrigger, RunStatus
 from sooner.runs import doorbell
@@ -167,20 +167,8 @@ def test_a_run_queued_in_this_process_wakes_an_idle_worker_at_once(mock_store, t
     # under `sooner up` the web, the scheduler and the worker share the process and its doorbell.
     settings = Settings(heartbeat_s=60, lease_s=180)
     deploy_files(mock_store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
-    class Waits(threading.Event):
-        """The worker's wake-up event, telling when the loop has started its long wait."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.long_wait = threading.Event()
-
-        def wait(self, timeout: float | None = None) -> bool:
-            if timeout is not None and timeout > 30:
-                self.long_wait.set()
-            return super().wait(timeout)
-
     worker = Worker(mock_store, settings, "doorbell", 1, cache=tmp_path / "cache", poll_s=60)
-    worker.finished = waits = Waits()
+    worker.finished = waits = LongWaits()
     doorbell.listen(waits)
     worker.register()
     stop = threading.Event()

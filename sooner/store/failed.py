@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pymongo import ReturnDocument
 
@@ -97,21 +97,31 @@ class FailedRuns:
         in the view is left alone and reported so (runs in any form ``store.runs.get`` takes).
         """
         moment = now or self.store.clock.now()
-        results = []
-        for given in dict.fromkeys(run_ids):
-            try:
-                run = self.store.runs.get(given)
-            except SoonerError as exc:  # not found, or an ambiguous prefix
-                results.append(BulkResult(given, False, str(exc)))
-                continue
-            doc = self.store.retry(lambda: self._runs.find_one_and_update(
-                {"_id": run.id, "failed_view": True},
-                {"$set": {"dismissed_at": moment, "dismissed_by": by}, "$unset": {"failed_view": ""}}))
-            if doc is None:
-                results.append(BulkResult(run.id, False, _not_in_view(run)))
-            else:
-                results.append(BulkResult(run.id, True, f"dismissed by {by}"))
-        return results
+        return take_off_list(self.store, self._runs, run_ids, listed=lambda run: {"_id": run.id, "failed_view": True},
+                             update={"$set": {"dismissed_at": moment, "dismissed_by": by},
+                                     "$unset": {"failed_view": ""}},
+                             refusal=_not_in_view, done=f"dismissed by {by}")
+
+
+def take_off_list(store: Store, runs: Any, run_ids: Iterable[str], *, listed: Callable[[Run], dict[str, Any]],
+                  update: dict[str, Any], refusal: Callable[[Run], str], done: str) -> list[BulkResult]:
+    """Take runs off a list (the Failed view, the poison list): one result per distinct id, in order.
+
+    Each run is one ``find_one_and_update`` on ``runs`` whose filter, ``listed(run)``, holds only
+    while the run is on the list, so of two takers one wins; a run it does not match is left
+    alone and ``refusal(run)`` says why. Ids in any form ``store.runs.get`` takes.
+    """
+    results = []
+    for given in dict.fromkeys(run_ids):
+        try:
+            run = store.runs.get(given)
+        except SoonerError as exc:  # not found, or an ambiguous prefix
+            results.append(BulkResult(given, False, str(exc)))
+            continue
+        query = listed(run)
+        doc = store.retry(lambda: runs.find_one_and_update(query, update))
+        results.append(BulkResult(run.id, True, done) if doc is not None else BulkResult(run.id, False, refusal(run)))
+    return results
 
 
 def _not_in_view(run: Run) -> str:

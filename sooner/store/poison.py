@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from sooner.clock import aware
-from sooner.errors import SoonerError
 from sooner.model import Run, RunStatus
 from sooner.model.failed import BulkResult
 from sooner.store import schema
+from sooner.store.failed import take_off_list
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -55,21 +55,12 @@ class PoisonRuns:
         left alone and reported so. Ids in any form ``store.runs.get`` takes.
         """
         moment = now or self.store.clock.now()
-        results = []
-        for given in dict.fromkeys(run_ids):
-            try:
-                run = self.store.runs.get(given)
-            except SoonerError as exc:  # not found, or an ambiguous prefix
-                results.append(BulkResult(given, False, str(exc)))
-                continue
-            doc = self.store.retry(lambda: self._runs.find_one_and_update(
-                {"_id": run.id, "status": RunStatus.POISON.value, "next_attempt": None, "dismissed_at": None},
-                {"$set": {"dismissed_at": moment, "dismissed_by": by}}))
-            if doc is None:
-                results.append(BulkResult(run.id, False, _not_listed(self.store.runs.get(run.id))))
-            else:
-                results.append(BulkResult(run.id, True, f"discarded by {by}"))
-        return results
+        return take_off_list(
+            self.store, self._runs, run_ids,
+            listed=lambda run: {"_id": run.id, "status": RunStatus.POISON.value, "next_attempt": None,
+                                "dismissed_at": None},
+            update={"$set": {"dismissed_at": moment, "dismissed_by": by}},
+            refusal=lambda run: _not_listed(self.store.runs.get(run.id)), done=f"discarded by {by}")
 
 
 def _listed(run: Run) -> bool:
