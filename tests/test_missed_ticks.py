@@ -222,6 +222,14 @@ def test_recording_is_idempotent_and_keeps_the_first_record(any_store):
                                                  recorded_at=at(11, 2))) is False
     [stored] = any_store.missed.list()
     assert stored == miss
+    # and in a batch (a tick's records at once) the existing one stays as it was, the new one is added
+    other = MissedTick.of("b.sh", MissReason.OVERLAP_SKIP, at(11))
+    any_store.missed.record_many([MissedTick.of("a.sh", MissReason.SCHEDULER_DOWN, at(9), at(11), count=3,
+                                                recorded_at=at(11, 3)), other])
+    assert any_store.missed.list("a.sh") == [miss]
+    [added] = any_store.missed.list("b.sh")
+    assert (added.reason, added.scheduled_for) == (MissReason.OVERLAP_SKIP, at(11))
+    assert added.recorded_at is not None and added.recorded_at <= any_store.clock.now()  # the store's clock
 
 
 def test_a_jobs_records_page_newest_first(any_store):

@@ -86,6 +86,50 @@ def test_a_tick_of_many_fires_costs_the_same_few_round_trips_as_a_tick_of_a_few(
         store.close()
 
 
+def _counted_tick(store: Store, listener: Commands, scheduler: Scheduler) -> tuple[list, int]:
+    listener.counts.clear()
+    listener.thread = threading.current_thread()
+    try:
+        fired = scheduler.tick()
+    finally:
+        listener.thread = None
+    return fired, sum(listener.counts.values())
+
+
+@pytest.mark.parametrize("setting", [{"overlap": "allow"}, {"overlap": "skip"}], ids=["missed", "overlap-skip"])
+def test_a_late_tick_records_every_jobs_missed_or_skipped_ticks_in_the_same_few_round_trips(embedded_store, setting):
+    # A tick that runs late finds a missed tick on every job (and with overlap=skip, every fire dropped):
+    # recording them one round trip each made the next tick later still, until most ticks were missed.
+    listener = Commands()
+    monitoring.register(listener)
+    store = Store(embedded_store.url, embedded_store.database_name)
+    try:
+        per_tick = {}
+        for count in (5, 40):
+            for job in store.jobs.list():
+                store.jobs.set_enabled(job.name, False)
+            names = make_jobs(store, count, prefix=f"late{count}", **setting)
+            clock = FakeClock(START + timedelta(hours=count))
+            scheduler = Scheduler(store, Settings(), clock)
+            scheduler.metrics.every_s = float("inf")
+            scheduler.tick()  # takes the cursors
+            clock.advance(1)
+            scheduler.tick()  # fires every job (with overlap=skip, each run is still queued after it)
+            clock.advance(2)  # the tick in between was missed
+            fired, per_tick[count] = _counted_tick(store, listener, scheduler)
+            skip = setting["overlap"] == "skip"
+            assert len(fired) == (0 if skip else count)
+            records = {(m.job, m.reason) for m in store.missed.list() if m.job in names}
+            expected = {(name, MissReason.SCHEDULER_DOWN) for name in names}
+            if skip:
+                expected |= {(name, MissReason.OVERLAP_SKIP) for name in names}
+            assert records == expected
+        assert per_tick[40] == per_tick[5], per_tick
+    finally:
+        listener.thread = None
+        store.close()
+
+
 @pytest.mark.parametrize("kind", ["mock", "embedded"])
 def test_two_schedulers_on_one_tick_make_one_run_per_job_with_distinct_numbers(kind, request):
     store = request.getfixturevalue(f"{kind}_store")

@@ -122,6 +122,40 @@ def test_scheduler_state_is_compare_and_set_and_cleared_for_disabled_jobs(any_st
     assert jobs.get("a.sh").scheduler_state is None
 
 
+def test_cursors_advance_together_only_forward_and_only_under_the_same_identity(any_store):
+    # given three jobs on one schedule, one whose cursor is ahead, one whose schedule changed, one cleared
+    jobs = any_store.jobs
+    identity = {"schedule": "* * * * *", "timezone": "UTC"}
+    for name in ("a.sh", "b.sh", "ahead.sh", "changed.sh", "cleared.sh"):
+        job(any_store, name, enabled=True, schedule="* * * * *")
+        assert jobs.save_trigger_state(name, "cron", {**identity, "last_tick_at": T0, "since": T0, "by": "s1"},
+                                       previous=None)
+    jobs.save_trigger_state("ahead.sh", "cron", {**identity, "last_tick_at": T0 + timedelta(minutes=5)},
+                            previous=dict(jobs.get("ahead.sh").scheduler_state))
+    jobs.save_trigger_state("changed.sh", "cron", {**identity, "schedule": "*/5 * * * *", "last_tick_at": T0},
+                            previous=dict(jobs.get("changed.sh").scheduler_state))
+    jobs.set_enabled("cleared.sh", False)
+    jobs.clear_trigger_states()
+    # when the scheduler moves them all to T0 + 1 min in one write
+    moved = jobs.advance_trigger_cursors("cron", identity, ["a.sh", "b.sh", "ahead.sh", "changed.sh", "cleared.sh"],
+                                         T0 + timedelta(minutes=1), by="s2")
+    # then the two behind it moved (keeping since), and no other state changed
+    assert moved == 2
+    for name in ("a.sh", "b.sh"):
+        assert jobs.get(name).scheduler_state == {**identity, "last_tick_at": T0 + timedelta(minutes=1),
+                                                  "since": T0, "by": "s2"}
+    assert jobs.get("ahead.sh").scheduler_state["last_tick_at"] == T0 + timedelta(minutes=5)
+    assert jobs.get("changed.sh").scheduler_state["last_tick_at"] == T0
+    assert jobs.get("cleared.sh").scheduler_state is None
+    assert set(jobs.collection.find_one({"_id": "a.sh"})) == set(jobs.collection.find_one({"_id": "ahead.sh"}))
+    # and another kind's cursor lives under trigger_state.<key>
+    job(any_store, "i.sh", enabled=True)
+    jobs.save_trigger_state("i.sh", "interval", {"every_s": 10, "last_tick_at": T0}, previous=None)
+    assert jobs.advance_trigger_cursors("interval", {"every_s": 10}, ["i.sh"], T0 + timedelta(seconds=10), by="s2") == 1
+    assert jobs.get("i.sh").extra["trigger_state"] == {
+        "interval": {"every_s": 10, "last_tick_at": T0 + timedelta(seconds=10), "by": "s2"}}
+
+
 def test_other_trigger_kinds_keep_their_cursor_under_trigger_state_and_lose_it_when_disabled(any_store):
     # given an enabled job without a schedule and a cursor of a non-cron trigger kind
     jobs = any_store.jobs

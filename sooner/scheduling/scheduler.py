@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 0.5  # longest sleep between ticks: changes take effect within this
+MISSED_LOG_LIMIT = 5  # jobs named one warning each when a tick finds missed ticks; the rest in one line
 BACKOFF_MAX_S = 30.0
 
 
@@ -93,6 +94,10 @@ class Scheduler:
         # (job, trigger key) -> (identity, cursor, next fire after cursor): saves maths on idle ticks.
         self._upcoming: dict[tuple[str, str], tuple[dict[str, Any], datetime, datetime | None]] = {}
         self._warned: set[tuple[str, str]] = set()
+        # What this tick recorded so far, written at once before the cursors move (see _write_records).
+        self._records: list[MissedTick] = []
+        self._skips: list[tuple[Job, TimeTrigger, datetime, datetime, DueTicks | None]] = []
+        self._missed_notes: list[tuple[str, str, str, str]] = []
         self._outage_seen = False  # the database did not answer since the last lease check
         self._failures_seen = store.connection_failures
         self._leases_resume_at: datetime | None = None
@@ -100,13 +105,13 @@ class Scheduler:
 
     # -- one step ---------------------------------------------------------
     def tick(self, now: datetime | None = None) -> list[Run]:
-        """Expire lost runs, then fire every due trigger; returns the runs created for them."""
+        """Fire every due trigger, then expire lost runs and do the housekeeping; returns the runs created.
+
+        Firing comes first: a fire's lateness is the time from its tick to its insert, and
+        nothing else in the tick has to happen before it.
+        """
         now = _utc_ms(now or self.clock.now())
-        self.expire_leases(now)
-        self.store.output.prune_expired(now)  # retention where no TTL index does it (at most hourly)
-        self.store.missed.prune_expired(now)
-        self.store.samples.tick(now, every_s=self.settings.sample_s)  # queue depth for the workers page; retention
-        self.store.jobs.clear_trigger_states()
+        self._records, self._skips, self._missed_notes = [], [], []  # what a failed tick left is recomputed
         plans: list[_Plan] = []
         seen: set[tuple[str, str]] = set()
         for job in self.store.jobs.schedulable():
@@ -131,6 +136,11 @@ class Scheduler:
         self.next_due = min(upcoming, default=None)
         for key in [k for k in self._upcoming if k not in seen]:
             del self._upcoming[key]
+        self.expire_leases(now)
+        self.store.output.prune_expired(now)  # retention where no TTL index does it (at most hourly)
+        self.store.missed.prune_expired(now)
+        self.store.samples.tick(now, every_s=self.settings.sample_s)  # queue depth for the workers page; retention
+        self.store.jobs.clear_trigger_states()  # of disabled jobs: schedulable() does not read them
         self.metrics.maybe_publish()
         return fired
 
@@ -152,12 +162,51 @@ class Scheduler:
                 if run.queued_at is not None and plan.on_time is not None:
                     PROCESS.fire_lateness.observe(max(0.0, (run.queued_at - plan.on_time).total_seconds()))
                 runs.append(run)
+        self._write_records()
+        self._save_cursors([plan for plan in plans if plan.save], now)
+        return runs
+
+    def _write_records(self) -> None:
+        """Write the tick's missed-tick records in one bulk write, before the cursors move past their ticks.
+
+        A tick that runs late finds missed ticks on every job at once: one round trip per record
+        made the next tick later still. A fire overlap=skip dropped is recorded unless its tick has
+        a run after all (another scheduler fired it a moment ago), asked for all of them at once.
+        """
+        if self._skips:
+            fired = self.store.reads.tick_runs((job.name, moment, trigger.kind)
+                                               for job, trigger, moment, _, _ in self._skips)
+            for job, trigger, moment, now, due in self._skips:
+                if (job.name, moment, trigger.kind) not in fired:
+                    self._record(job, trigger, MissReason.OVERLAP_SKIP, moment, now, due=due)
+        notes = self._missed_notes
+        for name, count, span, policy in notes[:MISSED_LOG_LIMIT]:
+            logger.warning("job %s: %s tick(s) missed (%s) not fired (missed=%s)", name, count, span, policy)
+        if len(notes) > MISSED_LOG_LIMIT:
+            logger.warning("%d more jobs missed ticks in this tick, not fired (each job's page lists its missed "
+                           "ticks)", len(notes) - MISSED_LOG_LIMIT)
+        self.store.missed.record_many(self._records)
+        self._records, self._skips, self._missed_notes = [], [], []
+
+    def _save_cursors(self, plans: list[_Plan], now: datetime) -> None:
+        """Store where each plan's cursor went: a new or reset state by compare-and-set, one per trigger;
+        a cursor moving forward under the same settings with every other one that moves to the same
+        tick under the same settings, in one update (a tick's fires share their tick).
+
+        Where another scheduler moved a cursor first, the next tick reads its state.
+        """
+        groups: dict[tuple[str, str, datetime], tuple[dict[str, Any], list[str]]] = {}
+        for plan in plans:
+            if plan.advance:
+                identity = plan.trigger.identity()
+                groups.setdefault((plan.trigger.key, repr(identity), plan.cursor), (identity, []))[1].append(
+                    plan.job.name)
+        for (key, _, cursor), (identity, names) in groups.items():
+            self.store.jobs.advance_trigger_cursors(key, identity, names, cursor, by=self.name)
         self.store.jobs.save_trigger_states(
             (plan.job.name, plan.trigger.key, self._state(plan.trigger, plan.cursor, plan.since or now),
              dict(plan.previous) if plan.previous else None)
-            for plan in plans if plan.save)
-        # Where another scheduler moved a cursor first, the next tick reads its state.
-        return runs
+            for plan in plans if not plan.advance)
 
     def _on_skip(self, job: Job, trigger: TimeTrigger, moment: datetime, now: datetime) -> Callable[[Job], None]:
         return lambda _: self._skipped(job, trigger, moment, now, due=None)
@@ -224,14 +273,13 @@ class Scheduler:
             return _Plan(job, trigger, cursor=cursor)
         caught_up = self._handle_missed(job, trigger, due, now) if due.missed_count else None
         return _Plan(job, trigger, cursor=due.latest, previous=state, since=state.get("since") or now, save=True,
-                     on_time=due.on_time, caught_up=caught_up)
+                     advance=True, on_time=due.on_time, caught_up=caught_up)
 
     def _handle_missed(self, job: Job, trigger: TimeTrigger, due: DueTicks, now: datetime) -> Run | None:
         assert due.missed_latest is not None
         count = f"{'more than ' if due.missed_capped else ''}{due.missed_count}"
         if job.missed is not Missed.CATCH_UP_ONCE:
-            logger.warning("job %s: %s tick(s) missed (%s) not fired (missed=%s)", job.name, count,
-                           missed_span(due), job.missed.value)
+            self._missed_notes.append((job.name, count, missed_span(due), job.missed.value))
             self._record(job, trigger, MissReason.SCHEDULER_DOWN, due.missed_latest, now, due=due)
             return None
         logger.warning("job %s: %s tick(s) missed (%s); firing one catch-up run", job.name, count, missed_span(due))
@@ -252,16 +300,16 @@ class Scheduler:
 
     def _skipped(self, job: Job, trigger: TimeTrigger, moment: datetime, now: datetime, *,
                  due: DueTicks | None) -> None:
-        """overlap=skip dropped the fire of ``moment``: record it, unless the active run is that tick's own
-        (another scheduler fired it a moment ago)."""
-        if self.store.reads.tick_run(job.name, moment, trigger.kind) is None:
-            self._record(job, trigger, MissReason.OVERLAP_SKIP, moment, now, due=due)
+        """overlap=skip dropped the fire of ``moment``: recorded with the tick's other records, unless the
+        active run is that tick's own (another scheduler fired it a moment ago)."""
+        self._skips.append((job, trigger, moment, now, due))
 
     def _record(self, job: Job, trigger: TimeTrigger, reason: MissReason, latest: datetime, now: datetime, *,
                 due: DueTicks | None = None, run: str | None = None) -> None:
-        """Record ticks that got no run of their own: ``latest`` alone, or the missed ones of ``due``."""
+        """Record ticks that got no run of their own: ``latest`` alone, or the missed ones of ``due``
+        (written with the tick's other records)."""
         first = due.missed_first if due is not None and due.missed_first is not None else latest
-        self.store.missed.record(MissedTick.of(
+        self._records.append(MissedTick.of(
             job.name, reason, first, latest, count=due.missed_count if due is not None else 1,
             capped=due.missed_capped if due is not None else False, trigger_kind=trigger.kind,
             trigger_key=trigger.key, recorded_at=now, run=run))
@@ -325,6 +373,7 @@ class _Plan:
     previous: Any = None  # the stored state the cursor moves from (compare-and-set)
     since: datetime | None = None
     save: bool = False  # the cursor moves
+    advance: bool = False  # ... forward from a stored state of the same settings (not a new or reset state)
     on_time: datetime | None = None  # the tick that fires now
     caught_up: Run | None = None  # the catch-up run queued for missed ticks
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
@@ -119,8 +120,7 @@ class CronSchedule(TimeTrigger):
         return job.scheduler_state  # the documented field, from before triggers had their own cursors
 
     def next_after(self, moment: datetime) -> datetime | None:
-        fires = next_fires(self.expr, self.timezone, moment, 1)
-        return fires[0] if fires else None
+        return next_fire_after(self.expr, self.timezone, moment)
 
     def due(self, cursor: datetime, now: datetime, grace_s: float = GRACE_S) -> DueTicks | None:
         return due_ticks(self.expr, self.timezone, cursor, now, grace_s)
@@ -189,6 +189,19 @@ class TriggerRegistry:
 TRIGGERS = TriggerRegistry([CronSchedule, EventHooks])
 
 
+# Cron maths is a pure function of its arguments, and a tick asks the same question of every job on a
+# schedule (one cursor, one now): cached, a thousand every-second jobs cost one answer per tick, not a thousand.
+CRON_ANSWERS_CACHED = 4096
+
+
+@lru_cache(maxsize=CRON_ANSWERS_CACHED)
+def next_fire_after(expr: str, tz: str, moment: datetime) -> datetime | None:
+    """The first fire of ``expr`` in ``tz`` after ``moment`` (aware UTC), or None if it never fires again."""
+    fires = next_fires(expr, tz, moment, 1)
+    return fires[0] if fires else None
+
+
+@lru_cache(maxsize=CRON_ANSWERS_CACHED)
 def due_ticks(expr: str, tz: str, cursor: datetime, now: datetime, grace_s: float = GRACE_S) -> DueTicks | None:
     """Classify the cron ticks in ``(cursor, now]`` as on time or missed; None when none is due."""
     latest = last_fire_at_or_before(expr, tz, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from pymongo import ReturnDocument
 
@@ -190,6 +190,25 @@ class JobRepo:
         bulk_write(self.store, self.collection, [
             Update(_trigger_state_query(name, key, previous), {"$set": {_state_field(key): state}})
             for name, key, state, previous in states])
+
+    def advance_trigger_cursors(self, key: str, identity: Mapping[str, Any], names: Sequence[str], cursor: datetime, *,
+                                by: str) -> int:
+        """Move trigger ``key``'s cursor to ``cursor`` on the jobs ``names``, in one update for all of them.
+
+        Only where the trigger's identity is still ``identity`` and its cursor is behind
+        ``cursor``: a cursor never moves back (another scheduler may be ahead), and a trigger
+        whose settings changed or whose state was cleared meanwhile keeps its own state (the
+        next tick reads it). ``since`` stays as it was. One scheduler tick moves the cursors of
+        every job on one schedule this way: a thousand every-second jobs cost one update, not a
+        thousand compare-and-sets (issue #12). Returns how many cursors moved.
+        """
+        field = _state_field(key)
+        # Not $max: nx-27017 applies $max on a dotted path as a new top-level key named by the path.
+        query = {"_id": {"$in": list(names)}, **{f"{field}.{k}": v for k, v in identity.items()},
+                 f"{field}.last_tick_at": {"$lt": cursor}}
+        result = self.store.retry(lambda: self.collection.update_many(
+            query, {"$set": {f"{field}.last_tick_at": cursor, f"{field}.by": by}}))
+        return result.modified_count
 
     def clear_trigger_states(self) -> int:
         """Forget the trigger cursors of jobs that are disabled, deleted or unscheduled.

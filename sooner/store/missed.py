@@ -25,6 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from sooner.model.missed import MissedTick, missed_tick_id
 from sooner.store import schema
+from sooner.store.bulk import Update, bulk_write
 from sooner.store.reads import Page
 from sooner.store.retention import prune_by_age
 
@@ -54,8 +55,7 @@ class MissedRepo:
         Writes every field of :meth:`MissedTick.to_doc`, ``recorded_at``
         defaulting to the store's clock.
         """
-        document = miss.to_doc()
-        document["recorded_at"] = document["recorded_at"] or self.store.clock.now()
+        document = self._document(miss, self.store.clock.now())
 
         def upsert() -> bool:
             try:
@@ -64,6 +64,18 @@ class MissedRepo:
                 return False
             return result.upserted_id is not None
         return self.store.retry(upsert)
+
+    def record_many(self, misses: Iterable[MissedTick]) -> None:
+        """:meth:`record` for many records at once, in one unordered bulk write (one scheduler tick's)."""
+        now = self.store.clock.now()
+        bulk_write(self.store, self.collection, [
+            Update({"_id": miss.id}, {"$setOnInsert": self._document(miss, now)}, upsert=True) for miss in misses])
+
+    @staticmethod
+    def _document(miss: MissedTick, now: datetime) -> dict[str, Any]:
+        document = miss.to_doc()
+        document["recorded_at"] = document["recorded_at"] or now
+        return document
 
     def page(self, job: str, *, before: datetime | None = None, limit: int = 20) -> Page[MissedTick]:
         """The job's records newest first by ``scheduled_for``; ``before`` pages back (strictly older)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from sooner.clock import aware, to_ms
 from sooner.model import ApiTrigger, Run, RunStatus
 from sooner.model.sample import Sample, SampleKind, downsample, series_of
 from sooner.model.trigger import WebhookTrigger
@@ -232,14 +233,26 @@ class Reads:
         return found
 
     def tick_run(self, job: str, moment: datetime, fire_kind: str) -> Run | None:
-        """The run fired for ``job``'s tick at ``moment`` by a time trigger of ``fire_kind``, if there is one.
+        """The run fired for ``job``'s tick at ``moment`` by a time trigger of ``fire_kind``, if there is one."""
+        return self.tick_runs([(job, moment, fire_kind)]).get((job, moment, fire_kind))
 
-        A date equality, which the embedded server answers with a scan: for
-        rare questions only (the scheduler asks when overlap=skip drops a fire).
+    def tick_runs(self, ticks: Iterable[tuple[str, datetime, str]]) -> dict[tuple[str, datetime, str], Run]:
+        """The runs fired for these ``(job, moment, fire_kind)`` ticks, by tick: one query for all of them.
+
+        Equalities on job and date, which the embedded server answers with a scan: for
+        rare questions (the scheduler asks once per tick in which overlap=skip dropped fires).
         """
-        doc = self.store.retry(lambda: self._runs.find_one(
-            {"job": job, "scheduled_for": moment, "fire_kind": fire_kind}, dict(TICK_RUN_FIELDS)))
-        return Run.from_doc(doc) if doc else None
+        wanted = {(job, to_ms(aware(moment)), kind): (job, moment, kind) for job, moment, kind in ticks}
+        if not wanted:
+            return {}
+        query = {"job": {"$in": sorted({job for job, _, _ in wanted})},
+                 "scheduled_for": {"$in": sorted({moment for _, moment, _ in wanted})}}
+        found: dict[tuple[str, datetime, str], Run] = {}
+        for doc in self.store.retry(lambda: list(self._runs.find(query, dict(TICK_RUN_FIELDS)))):
+            asked = wanted.get((doc["job"], to_ms(aware(doc["scheduled_for"])), doc.get("fire_kind")))
+            if asked is not None:
+                found[asked] = Run.from_doc(doc)
+        return found
 
     def dashboard_runs(self, *, running: int = 100, queued: int = 20, recent: int = 15) -> DashboardRuns:
         """What the dashboard shows: running runs, the oldest queued ones and the newest runs."""
