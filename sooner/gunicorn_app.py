@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from gunicorn.app.base import BaseApplication
 
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from sooner.config import Settings
 
 DEFAULT_THREADS = 100
+# Imported by python-engineio's Client and AsyncClient when engineio is imported (through
+# flask_socketio), though the server never uses a client: ~5 MB of RSS in each web process
+# (requests alone brings urllib3, idna, charset_normalizer, certifi). bench/footprint.py.
+ENGINEIO_CLIENT_ONLY = ("requests", "websocket", "aiohttp")
 
 
 class Gunicorn(BaseApplication):
@@ -39,7 +45,27 @@ class Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return self._load_app()
+        # In the worker process, before any of its threads start: nothing else imports meanwhile.
+        with without_client_libraries():
+            return self._load_app()
+
+
+@contextmanager
+def without_client_libraries(names: tuple[str, ...] = ENGINEIO_CLIENT_ONLY) -> Iterator[None]:
+    """Imports inside see ``names`` as not installed (engineio's clients then do without them);
+    afterwards they import as usual (apprise, for one, imports requests when a notification is sent).
+
+    Only modules not imported yet are hidden: one already loaded costs nothing more.
+    """
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
     def run(self) -> None:
         from gunicorn.arbiter import Arbiter

@@ -57,36 +57,31 @@ class Commands(monitoring.CommandListener):
         pass
 
 
-def test_a_tick_of_many_fires_costs_the_same_few_round_trips_as_a_tick_of_a_few(embedded_store):
+@pytest.fixture
+def counted(embedded_store):
+    """A second client on the embedded store's database, whose commands a listener counts while ``thread`` is set."""
     listener = Commands()
-    monitoring.register(listener)  # for clients created from now on: a second client on the same database
+    monitoring.register(listener)  # for clients created from now on
     store = Store(embedded_store.url, embedded_store.database_name)
-    try:
-        per_tick = {}
-        for count in (5, 40):
-            for job in store.jobs.list():
-                store.jobs.set_enabled(job.name, False)
-            make_jobs(store, count, prefix=f"round{count}")
-            clock = FakeClock(START + timedelta(hours=count))
-            scheduler = Scheduler(store, Settings(), clock)
-            scheduler.metrics.every_s = float("inf")  # publishes with the first tick only, not the counted one
-            scheduler.tick()  # takes the cursors
-            clock.advance(1)
-            listener.counts.clear()
-            listener.thread = threading.current_thread()
-            fired = scheduler.tick()
-            listener.thread = None
-            assert len(fired) == count
-            per_tick[count] = sum(listener.counts.values())
-        # Eight times the jobs: the same round trips (a bulk insert, one cursor write, a few reads).
-        assert per_tick[40] == per_tick[5], per_tick
-        assert per_tick[40] <= 12, listener.counts
-    finally:
-        listener.thread = None
-        store.close()
+    yield store, listener
+    listener.thread = None
+    store.close()
 
 
-def _counted_tick(store: Store, listener: Commands, scheduler: Scheduler) -> tuple[list, int]:
+def _jobs_on_a_fresh_scheduler(store: Store, count: int, prefix: str, **settings) -> tuple[list[str], FakeClock,
+                                                                                         Scheduler]:
+    """``count`` new every-second jobs (the earlier ones disabled) and a scheduler that took their cursors."""
+    for job in store.jobs.list():
+        store.jobs.set_enabled(job.name, False)
+    names = make_jobs(store, count, prefix=prefix, **settings)
+    clock = FakeClock(START + timedelta(hours=count))
+    scheduler = Scheduler(store, Settings(), clock)
+    scheduler.metrics.every_s = float("inf")  # publishes with the first tick only, not a counted one
+    scheduler.tick()  # takes the cursors
+    return names, clock, scheduler
+
+
+def _counted_tick(listener: Commands, scheduler: Scheduler) -> tuple[list, int]:
     listener.counts.clear()
     listener.thread = threading.current_thread()
     try:
@@ -96,38 +91,39 @@ def _counted_tick(store: Store, listener: Commands, scheduler: Scheduler) -> tup
     return fired, sum(listener.counts.values())
 
 
+def test_a_tick_of_many_fires_costs_the_same_few_round_trips_as_a_tick_of_a_few(counted):
+    store, listener = counted
+    per_tick = {}
+    for count in (5, 40):
+        _, clock, scheduler = _jobs_on_a_fresh_scheduler(store, count, f"round{count}")
+        clock.advance(1)
+        fired, per_tick[count] = _counted_tick(listener, scheduler)
+        assert len(fired) == count
+    # Eight times the jobs: the same round trips (a bulk insert, one cursor write, a few reads).
+    assert per_tick[40] == per_tick[5], per_tick
+    assert per_tick[40] <= 12, listener.counts
+
+
 @pytest.mark.parametrize("setting", [{"overlap": "allow"}, {"overlap": "skip"}], ids=["missed", "overlap-skip"])
-def test_a_late_tick_records_every_jobs_missed_or_skipped_ticks_in_the_same_few_round_trips(embedded_store, setting):
+def test_a_late_tick_records_every_jobs_missed_or_skipped_ticks_in_the_same_few_round_trips(counted, setting):
     # A tick that runs late finds a missed tick on every job (and with overlap=skip, every fire dropped):
     # recording them one round trip each made the next tick later still, until most ticks were missed.
-    listener = Commands()
-    monitoring.register(listener)
-    store = Store(embedded_store.url, embedded_store.database_name)
-    try:
-        per_tick = {}
-        for count in (5, 40):
-            for job in store.jobs.list():
-                store.jobs.set_enabled(job.name, False)
-            names = make_jobs(store, count, prefix=f"late{count}", **setting)
-            clock = FakeClock(START + timedelta(hours=count))
-            scheduler = Scheduler(store, Settings(), clock)
-            scheduler.metrics.every_s = float("inf")
-            scheduler.tick()  # takes the cursors
-            clock.advance(1)
-            scheduler.tick()  # fires every job (with overlap=skip, each run is still queued after it)
-            clock.advance(2)  # the tick in between was missed
-            fired, per_tick[count] = _counted_tick(store, listener, scheduler)
-            skip = setting["overlap"] == "skip"
-            assert len(fired) == (0 if skip else count)
-            records = {(m.job, m.reason) for m in store.missed.list() if m.job in names}
-            expected = {(name, MissReason.SCHEDULER_DOWN) for name in names}
-            if skip:
-                expected |= {(name, MissReason.OVERLAP_SKIP) for name in names}
-            assert records == expected
-        assert per_tick[40] == per_tick[5], per_tick
-    finally:
-        listener.thread = None
-        store.close()
+    store, listener = counted
+    per_tick = {}
+    skip = setting["overlap"] == "skip"
+    for count in (5, 40):
+        names, clock, scheduler = _jobs_on_a_fresh_scheduler(store, count, f"late{count}", **setting)
+        clock.advance(1)
+        scheduler.tick()  # fires every job (with overlap=skip, each run is still queued after it)
+        clock.advance(2)  # the tick in between was missed
+        fired, per_tick[count] = _counted_tick(listener, scheduler)
+        assert len(fired) == (0 if skip else count)
+        records = {(m.job, m.reason) for m in store.missed.list() if m.job in names}
+        expected = {(name, MissReason.SCHEDULER_DOWN) for name in names}
+        if skip:
+            expected |= {(name, MissReason.OVERLAP_SKIP) for name in names}
+        assert records == expected
+    assert per_tick[40] == per_tick[5], per_tick
 
 
 @pytest.mark.parametrize("kind", ["mock", "embedded"])
