@@ -253,6 +253,24 @@ def test_a_bad_stored_schedule_is_skipped_without_stopping_other_jobs(store, clo
     assert [r.job for r in drive(scheduler, clock, at(12, 5))] == ["good.sh"]
 
 
+def test_a_job_document_that_cannot_be_read_is_skipped_without_stopping_firing_or_lease_expiry(store, clock, caplog):
+    # given a good job, a running run whose lease expires, and a job whose stored document was edited by hand
+    good = make_job(store, "good.sh", schedule=None)
+    make_job(store, "every.sh", schedule="* * * * *", overlap="allow")
+    make_job(store, "broken.sh", schedule="* * * * *")
+    store.collection("jobs").update_one({"_id": "broken.sh"}, {"$set": {"retry": 5, "timeout_s": "soon"}})
+    scheduler = Scheduler(store, Settings(), clock)
+    run = scheduler.service.queue(good, ManualTrigger())
+    assert scheduler.service.claim("w1", [], lease_s=30).id == run.id
+    # when the scheduler ticks past the next minute and the lease
+    fired = drive(scheduler, clock, at(12, 1, 30))
+    # then the other job fired, the lost run ended, and the broken job is named once, with what is wrong
+    assert [r.job for r in fired] == ["every.sh"]
+    assert store.runs.get(run.id).status == "lost"
+    warnings = [r.getMessage() for r in caplog.records if "broken.sh" in r.getMessage()]
+    assert len(warnings) == 1 and "cannot be read" in warnings[0], warnings
+
+
 def test_run_forever_ticks_until_stopped(store):
     make_job(store, schedule="* * * * * *", overlap="allow")  # every second
     stop = threading.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -17,6 +18,8 @@ from sooner.store.bulk import Insert, Update, bulk_write
 if TYPE_CHECKING:
     from sooner.store import Store
 
+logger = logging.getLogger(__name__)
+
 
 class JobRepo:
     """Domain operations on ``jobs``."""
@@ -24,6 +27,7 @@ class JobRepo:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.collection = store.collection(schema.JOBS)
+        self._unreadable: set[tuple[str, str]] = set()  # (job, why) already warned about
 
     def find(self, name: str) -> Job | None:
         doc = self.store.retry(lambda: self.collection.find_one({"_id": name}))
@@ -165,8 +169,25 @@ class JobRepo:
         return self._jobs({"enabled": True, "deleted": {"$ne": True}, "schedule": {"$ne": None}})
 
     def schedulable(self) -> builtins.list[Job]:
-        """Enabled, not deleted jobs: the ones whose triggers may start runs."""
-        return self._jobs({"enabled": True, "deleted": {"$ne": True}})
+        """Enabled, not deleted jobs: the ones whose triggers may start runs.
+
+        A document that does not read as a job (edited by hand: ``retry: 5``) is left out
+        with one warning naming it and what is wrong, so one bad document stops neither the
+        other jobs' triggers nor the rest of the scheduler's tick.
+        """
+        query = {"enabled": True, "deleted": {"$ne": True}}
+        docs = self.store.retry(lambda: builtins.list(self.collection.find(query)))
+        jobs = []
+        for doc in docs:
+            try:
+                jobs.append(Job.from_doc(doc))
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                if (str(doc.get("_id")), why) not in self._unreadable:
+                    self._unreadable.add((str(doc.get("_id")), why))
+                    logger.warning("job %s: its stored document cannot be read (%s); its triggers are skipped "
+                                   "until the document is fixed", doc.get("_id"), why)
+        return jobs
 
     def save_trigger_state(self, name: str, key: str, state: dict[str, Any], *,
                            previous: dict[str, Any] | None) -> bool:
