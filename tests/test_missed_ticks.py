@@ -275,9 +275,10 @@ def test_runs_of_ticks_no_worker_took_are_found_by_status(any_store):
     assert sorted(unstarted) == [("b.sh", at(10)), ("b.sh", at(11)), ("c.sh", at(10))]
     assert unstarted[("b.sh", at(10))].status is RunStatus.QUEUED  # released: nothing of b.sh was busy
     assert any_store.reads.unstarted_tick_runs("interval") == {}
-    assert any_store.reads.tick_run("a.sh", at(10), "cron").id == queued.id
-    assert any_store.reads.tick_run("b.sh", at(10), "cron").id == waiting.id
-    assert any_store.reads.tick_run("a.sh", at(11), "cron") is None
+    found = any_store.reads.tick_runs([("a.sh", at(10), "cron"), ("b.sh", at(10), "cron"), ("a.sh", at(11), "cron")])
+    assert found[("a.sh", at(10), "cron")].id == queued.id
+    assert found[("b.sh", at(10), "cron")].id == waiting.id
+    assert ("a.sh", at(11), "cron") not in found
 
 
 def test_old_records_are_pruned_at_most_hourly(store, clock):

@@ -111,7 +111,7 @@ class Scheduler:
         nothing else in the tick has to happen before it.
         """
         now = _utc_ms(now or self.clock.now())
-        self._records, self._skips, self._missed_notes = [], [], []  # what a failed tick left is recomputed
+        self._records, self._skips, self._missed_notes = [], [], []  # this tick's alone (a failed one's are recomputed)
         plans: list[_Plan] = []
         seen: set[tuple[str, str]] = set()
         for job in self.store.jobs.schedulable():
@@ -186,7 +186,6 @@ class Scheduler:
             logger.warning("%d more jobs missed ticks in this tick, not fired (each job's page lists its missed "
                            "ticks)", len(notes) - MISSED_LOG_LIMIT)
         self.store.missed.record_many(self._records)
-        self._records, self._skips, self._missed_notes = [], [], []
 
     def _save_cursors(self, plans: list[_Plan], now: datetime) -> None:
         """Store where each plan's cursor went: a new or reset state by compare-and-set, one per trigger;

@@ -182,11 +182,11 @@ class JobRepo:
             try:
                 jobs.append(Job.from_doc(doc))
             except (TypeError, ValueError, AttributeError, KeyError) as exc:
-                why = f"{type(exc).__name__}: {exc}"
-                if (str(doc.get("_id")), why) not in self._unreadable:
-                    self._unreadable.add((str(doc.get("_id")), why))
+                problem = (str(doc.get("_id")), f"{type(exc).__name__}: {exc}")
+                if problem not in self._unreadable:
+                    self._unreadable.add(problem)
                     logger.warning("job %s: its stored document cannot be read (%s); its triggers are skipped "
-                                   "until the document is fixed", doc.get("_id"), why)
+                                   "until the document is fixed", *problem)
         return jobs
 
     def save_trigger_state(self, name: str, key: str, state: dict[str, Any], *,

@@ -232,10 +232,6 @@ class Reads:
                     found.setdefault((doc.get("job") or "", doc["scheduled_for"]), Run.from_doc(doc))
         return found
 
-    def tick_run(self, job: str, moment: datetime, fire_kind: str) -> Run | None:
-        """The run fired for ``job``'s tick at ``moment`` by a time trigger of ``fire_kind``, if there is one."""
-        return self.tick_runs([(job, moment, fire_kind)]).get((job, moment, fire_kind))
-
     def tick_runs(self, ticks: Iterable[tuple[str, datetime, str]]) -> dict[tuple[str, datetime, str], Run]:
         """The runs fired for these ``(job, moment, fire_kind)`` ticks, by tick: one query for all of them.
 
