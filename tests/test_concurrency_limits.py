@@ -155,6 +155,27 @@ def test_a_worker_that_loses_the_run_frees_only_the_slot_it_took(store):
     assert list(store.limits.holders("backup/*", 2).values()) == [run.id]
 
 
+def test_take_offers_claims_the_free_runs_at_once_and_the_limited_ones_within_their_limit(store):
+    # given a limited job (one.sh: max_concurrent 1) with one run held, and three runs without limits, one
+    # of them taken meanwhile by another worker
+    service = RunService(store, settings_for(store))
+    held, waiting = (service.queue("one.sh", ManualTrigger()) for _ in range(2))
+    free = [service.queue("report.sh", ManualTrigger()) for _ in range(3)]
+    assert service.take_offer(Candidate.from_doc(held.to_doc()), "w0", 30) is not None
+    assert service.take(free[1].id, "rival", 30) is not None
+    offers = [Candidate.from_doc(run.to_doc()) for run in (free[0], waiting, free[1], free[2])]
+
+    # when a worker takes all four offers
+    full: set[str] = set()
+    results = service.take_offers(offers, "w1", 30, full)
+
+    # then, offer by offer: taken, kept queued by its limit, lost to the rival, taken
+    assert [type(result).__name__ for result in results] == ["Run", "LimitReached", "NoneType", "Run"]
+    assert [results[0].id, results[3].id] == [free[0].id, free[2].id]
+    assert full == {"job:one.sh"} and store.runs.find(waiting.id).status is RunStatus.QUEUED
+    assert [store.runs.find(run.id).worker for run in free] == ["w1", "rival", "w1"]
+
+
 # -- where people set them ----------------------------------------------------------------------------
 def test_requires_and_max_concurrent_are_set_by_the_api_and_the_job_page(mock_web_app, mock_store):
     from conftest import signed_in

@@ -206,6 +206,26 @@ def test_claim_takes_runs_for_this_worker_its_tags_or_anyone(any_store):
     assert claim(any_store, "w2", [], 30, now=at).id == run_w2.id
 
 
+def test_take_many_claims_the_runs_still_queued_in_the_order_given(any_store):
+    a = job(any_store)
+    runs = [queued(any_store, a, i) for i in range(4)]
+    at = T0 + timedelta(seconds=10)
+    rival = any_store.runs.take(runs[1].id, "rival", 30, now=at)  # taken meanwhile by another worker
+    assert rival is not None
+
+    taken = any_store.runs.take_many([runs[3].id, runs[1].id, runs[0].id, runs[3].id], "w1", 30, now=at)
+
+    assert [run.id for run in taken] == [runs[3].id, runs[0].id]
+    assert {(run.status, run.worker, run.claimed_at, run.lease_until) for run in taken} == {
+        ("running", "w1", at, at + timedelta(seconds=30))}
+    assert any_store.runs.get(runs[1].id).worker == "rival"
+    assert any_store.runs.get(runs[2].id).status == "queued"
+    # a second claim of the same runs (say a worker's retried update) takes nothing more
+    assert any_store.runs.take_many([runs[0].id, runs[3].id], "w2", 30, now=at) == []
+    assert any_store.runs.take_many([runs[2].id], "w2", 30, now=at)[0].worker == "w2"
+    assert any_store.runs.take_many([], "w2", 30, now=at) == []
+
+
 def test_claim_order_is_oldest_first_and_not_before_is_respected(any_store):
     a = job(any_store)
     later = queued(any_store, a, 5)

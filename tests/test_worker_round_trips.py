@@ -120,6 +120,32 @@ def test_a_burst_of_runs_found_in_one_look_reads_their_jobs_once(counted, start_
     }), listener.counts
 
 
+def test_a_burst_claimed_at_once_costs_one_update_and_one_read_for_all_its_claims(counted, start_worker):
+    store, listener = counted
+    deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
+    worker = start_worker(store, Settings(), "batch", capacity=4, start=False)
+    run_one(worker, store, "noop.sh")
+    ids = burst(store, 5)
+    listener.counts.clear()
+    listener.on = True
+
+    # when the worker claims what there is room for
+    started = worker.run_batch()
+    actives = [worker.active(run.id) for run in started]
+    assert all(active is not None and active.done.wait(30) for active in actives)
+    listener.on = False
+
+    # then it took the four oldest (its capacity), and four claims cost one update and one read
+    assert [run.id for run in started] == ids[:4]
+    assert_succeeded(store, ids[:4])
+    assert store.runs.get(ids[4]).status is RunStatus.QUEUED
+    assert listener.counts == Counter({
+        ("find", "runs"): 2,  # the look at the queue, and the read of what the update took
+        ("update", "runs"): 1 + 4,  # the claim of all four; each one's start
+        ("find", "jobs"): 1, ("findAndModify", "runs"): 4, ("insert", "run_output"): 4, ("insert", "events"): 4,
+    }), listener.counts
+
+
 def test_facts_from_an_old_look_are_not_reused(counted, start_worker, monkeypatch):
     store, listener = counted
     deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})

@@ -320,6 +320,30 @@ class RunService:
             self.store.limits.release(slots, offer.id)
         return run
 
+    def take_offers(self, offers: Sequence[dispatch.Candidate], worker: str, lease_s: float,
+                    full: set[str]) -> list[Run | dispatch.LimitReached | None]:
+        """Claim several candidates for ``worker``; for each offer, in order: its Run, None (another
+        worker was faster) or the LimitReached that keeps it queued (its key is added to ``full``).
+
+        Those that count against no concurrency limit are claimed together, in one update and one
+        read (:meth:`sooner.store.runs.RunRepo.take_many`); the others one by one (:meth:`take_offer`).
+        """
+        limits = self.concurrency_limits
+        free = [offer.id for offer in offers if not dispatch.limit_keys(offer, limits)]
+        taken = {run.id: run for run in self.store.runs.take_many(free, worker, lease_s, now=self.clock.now())}
+        unlimited = set(free)
+        results: list[Run | dispatch.LimitReached | None] = []
+        for offer in offers:
+            if offer.id in unlimited:
+                results.append(taken.get(offer.id))
+                continue
+            try:
+                results.append(self.take_offer(offer, worker, lease_s, full))
+            except dispatch.LimitReached as exc:
+                full.add(exc.key)
+                results.append(exc)
+        return results
+
     def claim(self, worker: str, tags: Iterable[str], lease_s: float) -> Run | None:
         """Claim the oldest queued run ``worker`` may take now (within the concurrency limits), or None."""
         full: set[str] = set()

@@ -221,6 +221,28 @@ class RunRepo:
             return_document=ReturnDocument.AFTER))
         return Run.from_doc(doc) if doc else None
 
+    def take_many(self, run_ids: Iterable[str], worker: str, lease_s: float, *, now: datetime) -> builtins.list[Run]:
+        """Claim those of these runs that are still queued, in one update and one read; the runs taken, in the
+        order given (the others were taken by another worker meanwhile).
+
+        What changes is what :meth:`take` changes (no concurrency limit slots), plus ``claim_token``: the
+        update marks the runs it took with a new token, and the read keeps the runs carrying it. So a
+        retried update (its answer lost) still finds the runs the first attempt took.
+        """
+        ids = builtins.list(dict.fromkeys(run_ids))
+        if len(ids) < 2:
+            taken = self.take(ids[0], worker, lease_s, now=now) if ids else None
+            return [taken] if taken is not None else []
+        token = ObjectId().binary.hex()
+        fields = {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
+                  "lease_until": now + timedelta(seconds=lease_s), "claim_token": token}
+        self.store.retry(lambda: self.collection.update_many(
+            {"_id": {"$in": ids}, "status": RunStatus.QUEUED.value}, {"$set": fields}))
+        # By _id only: the embedded server answers `_id $in` from its index, and the token is checked here.
+        docs = self.store.retry(lambda: list(self.collection.find({"_id": {"$in": ids}})))
+        mine = {doc["_id"]: Run.from_doc(doc) for doc in docs if doc.get("claim_token") == token}
+        return [mine[run_id] for run_id in ids if run_id in mine]
+
     def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None,
                      host: str | None = None, pid_started_at: float | None = None, pgid: int | None = None,
                      supervisor_pid: int | None = None, supervisor_started_at: float | None = None,

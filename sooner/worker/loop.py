@@ -1,7 +1,8 @@
 """The worker: registers its name, claims runs up to its capacity, heartbeats, shuts down cleanly.
 
-:meth:`Worker.run_once` claims and starts at most one run (each run then
-lives on its own thread, see :mod:`sooner.worker.runner`);
+:meth:`Worker.run_batch` claims and starts as many runs as there is room for, in one round trip
+(each run then lives on its own thread, see :mod:`sooner.worker.runner`); :meth:`Worker.run_once`
+starts at most one;
 :meth:`Worker.heartbeat` renews leases, applies cancel requests and records
 load. :meth:`Worker.run_forever` is the small loop around them: claim while
 there is room, otherwise wait for a run to finish or the next poll, heartbeat
@@ -41,7 +42,7 @@ from sooner.errors import StoreError, StoreUnreachable
 from sooner.metrics import Publisher
 from sooner.runs import doorbell
 from sooner.model import Run, RunStatus, Worker as WorkerRecord
-from sooner.model.dispatch import Candidate, LimitReached
+from sooner.model.dispatch import Candidate
 from sooner.model.http_job import JobKind
 from sooner.runs.facts import JobFacts
 from sooner.model.sample import Sample
@@ -198,54 +199,68 @@ class Worker:
 
     def run_once(self) -> Run | None:
         """Claim one queued run this worker may take and start it (non-blocking); None if none or full."""
-        if self.lost_name or not self.has_room():
-            return None
+        started = self.run_batch(limit=1)
+        return started[0] if started else None
+
+    def run_batch(self, limit: int | None = None) -> list[Run]:
+        """Claim as many queued runs as there is room for (at most ``limit``) and start them (non-blocking).
+
+        Runs that count against no concurrency limit are claimed in one update and one read, however many.
+        """
+        with self._lock:
+            room = self.capacity - len(self._active)
+        room = min(room, limit) if limit is not None else room
+        if self.lost_name or room <= 0:
+            return []
         claimed_at = time.monotonic()
-        run = self._claim()
-        if run is None:
-            return None
+        runs = self._claim(room)
+        for run in runs:
+            self._start(run, claimed_at)
+        return runs
+
+    def _start(self, run: Run, claimed_at: float) -> None:
         try:
             active = self.runner.prepare(run, on_done=self._run_done, facts=self._facts.get(run.job))
         except OSError as exc:  # out of file descriptors or the like: do not leave the run claimed
             logger.error("cannot start run %s: %s", run.id, exc)
             self.service.finish(run.id, RunStatus.FAILED, note=f"worker {self.name} could not start it: {exc}")
-            return run
+            return
         if self._fencing:
             active.renewed(claimed_at)
         with self._lock:
             self._active[run.id] = active
         active.start()
         logger.info("started run %s of %s", run.id, run.job)
-        return run
 
-    def _claim(self) -> Run | None:
-        # Candidates from one query serve a burst of claims (one round trip each instead
-        # of two); a run someone else took means a competitor is active, so look again.
+    def _claim(self, room: int) -> list[Run]:
+        # Candidates from one query serve a burst of claims (one round trip for all that fit
+        # instead of two each); a run someone else took means a competitor is active, so look again.
         # Candidates a faster worker should get are held back (at most dispatch_hold_ms).
         for _ in range(2):
             if not self._candidates:
                 offers = self.service.claim_offers(self.name, self.tags)
                 self._candidates = deque(self.dispatch.choose(offers, self.clock.now()))
                 if not self._candidates:
-                    return None
+                    return []
                 if time.monotonic() < self._contended_until:
                     self._candidates.rotate(-(self._place % len(self._candidates)))
                 self._facts = self._read_facts(self._candidates)
             full: set[str] = set()  # concurrency limits found full: their other runs are not tried now
             while self._candidates:
-                try:
-                    run = self.service.take_offer(self._candidates.popleft(), self.name, self.settings.lease_s, full)
-                except LimitReached as exc:
-                    full.add(exc.key)
-                    continue
-                if run is not None:
-                    return run
-                self._candidates.clear()
-                self._contended_until = time.monotonic() + CONTENDED_S
-                break  # lost a race: look again
+                offers = [self._candidates.popleft() for _ in range(min(room, len(self._candidates)))]
+                results = self.service.take_offers(offers, self.name, self.settings.lease_s, full)
+                runs = [result for result in results if isinstance(result, Run)]
+                if any(result is None for result in results):  # lost a race: look again next time
+                    self._candidates.clear()
+                    self._contended_until = time.monotonic() + CONTENDED_S
+                    if runs:
+                        return runs
+                    break
+                if runs:
+                    return runs
             else:
-                return None  # the rest wait for concurrency limits
-        return None
+                return []  # the rest wait for concurrency limits
+        return []
 
     def _read_facts(self, candidates: Iterable[Candidate]) -> dict[str, JobFacts]:
         """Facts of the candidates' script jobs in one query when there are several runs to claim.
@@ -366,8 +381,8 @@ class Worker:
 
     def _claim_while_room(self) -> int:
         count = 0
-        while self.run_once() is not None:
-            count += 1
+        while started := self.run_batch():
+            count += len(started)
         return count
 
     def _guarded(self, step: Callable[[], Any]) -> Any:
