@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
 
 from sooner.store import schema
+from sooner.store.bulk import insert_all
+from sooner.store.group import GroupCommit
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -21,6 +22,8 @@ class EventRepo:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.collection = store.collection(schema.EVENTS)
+        # Outcome events of runs ending together on a worker's threads: one insert (sooner.store.group).
+        self._inserts: GroupCommit[dict, bool] = GroupCommit(self._insert_events)
 
     def record(self, name: str, data: Any, *, source: dict[str, Any], depth: int,
                now: datetime | None = None, event_id: str | None = None) -> dict:
@@ -32,14 +35,17 @@ class EventRepo:
         """
         event = {"_id": event_id or str(ObjectId()), "name": name, "data": data, "source": source, "depth": depth,
                  "t": now or self.store.clock.now(), "runs": [], "note": None}
-        try:
-            self.store.retry(lambda: self.collection.insert_one(event))
-        except DuplicateKeyError:
-            if event_id is None:  # our own insert, retried after its answer was lost
-                return event
-            stored = self.store.retry(lambda: self.collection.find_one({"_id": event_id}))
-            return {**(stored or event), "replayed": True}
-        return event
+        if self._inserts.submit(event):
+            return event
+        if event_id is None:  # a duplicate of a new id: our own insert, retried after its answer was lost
+            return event
+        stored = self.store.retry(lambda: self.collection.find_one({"_id": event_id}))
+        return {**(stored or event), "replayed": True}
+
+    def _insert_events(self, events: builtins.list[dict]) -> builtins.list[bool]:
+        """Insert these events in one command; for each, False if its ``_id`` was stored already."""
+        duplicates = insert_all(self.store, self.collection, events)
+        return [index not in duplicates for index in range(len(events))]
 
     def attach_runs(self, event_id: str, run_ids: builtins.list[str], note: str | None = None) -> None:
         """Remember which runs the event started (``runs``) and why it started none (``note``)."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from sooner.store import schema
 from sooner.store.bulk import insert_all
+from sooner.store.group import GroupCommit
 from sooner.store.retention import prune_by_age, server_sweeps, shape_age_index
 
 if TYPE_CHECKING:
@@ -67,12 +68,23 @@ class OutputRepo:
         self.policy = policy or OutputPolicy.from_settings()
         self.collection = store.collection(schema.RUN_OUTPUT)
         self._pruned_at: datetime | None = None
+        # Runs on a worker's threads flush at nearly the same moments: one insert carries them all.
+        self._appends: GroupCommit[list[dict], None] = GroupCommit(self._insert_batches)
 
     def append(self, run_id: str, chunks: Iterable[tuple[int, str, str, datetime | None]]) -> None:
-        """Insert chunks (seq, stream, text, t). A chunk already stored (a retried batch) is skipped."""
+        """Insert chunks (seq, stream, text, t). A chunk already stored (a retried batch) is skipped.
+
+        Appends of other runs made meanwhile on this process's other threads go in the same insert
+        (:mod:`sooner.store.group`); this returns once these chunks are stored.
+        """
         documents = [{"run": run_id, "seq": seq, "stream": stream, "text": text, "t": t or self.store.clock.now()}
                      for seq, stream, text, t in chunks]
-        insert_all(self.store, self.collection, documents)  # a duplicate is a chunk stored already
+        if documents:
+            self._appends.submit(documents)
+
+    def _insert_batches(self, batches: list[list[dict]]) -> list[None]:
+        insert_all(self.store, self.collection, [doc for batch in batches for doc in batch])  # duplicates: stored
+        return [None] * len(batches)
 
     def read(self, run_id: str, *, after_seq: int = -1, limit: int = 0) -> list[dict]:
         """Chunks with seq > after_seq, in order (at most ``limit`` if given)."""

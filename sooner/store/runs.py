@@ -26,7 +26,8 @@ from sooner.model.dispatch import Candidate, Sample, eligible
 from sooner.model.run_ref import FORMS, parse_run_ref
 from sooner.model.target import served_targets
 from sooner.store import schema
-from sooner.store.bulk import Insert, bulk_write
+from sooner.store.bulk import Insert, Update, bulk_write
+from sooner.store.group import GroupCommit
 
 if TYPE_CHECKING:
     from sooner.store import Store
@@ -46,6 +47,8 @@ class RunRepo:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.collection = store.collection(schema.RUNS)
+        # Scripts a worker starts at nearly the same moment: their starts in one bulk write (sooner.store.group).
+        self._starts: GroupCommit[tuple[str, dict[str, Any]], None] = GroupCommit(self._set_each)
 
     @staticmethod
     def new_id() -> str:
@@ -258,7 +261,12 @@ class RunRepo:
         identity = {"host": host, "pid_started_at": pid_started_at, "pgid": pgid, "supervisor_pid": supervisor_pid,
                     "supervisor_started_at": supervisor_started_at, "outlives_lease_s": outlives_lease_s}
         fields.update({name: value for name, value in identity.items() if value is not None})
-        self._update(run_id, fields)
+        self._starts.submit((run_id, fields))
+
+    def _set_each(self, changes: builtins.list[tuple[str, dict[str, Any]]]) -> builtins.list[None]:
+        """``$set`` each (run id, fields) in one unordered bulk write."""
+        bulk_write(self.store, self.collection, [Update({"_id": run_id}, {"$set": fields}) for run_id, fields in changes])
+        return [None] * len(changes)
 
     def mark_started_in_worker(self, run_id: str, *, commit: str | None, now: datetime | None = None,
                                host: str | None = None, outlives_lease_s: float | None = None) -> None:
