@@ -23,6 +23,7 @@ class HeldWrite:
         self.commands: list[list[int]] = []
         self.release = threading.Event()
         self.fail_first = fail_first
+        self.group: GroupCommit[int, int] | None = None
 
     def __call__(self, items: list[int]) -> list[int]:
         self.commands.append(list(items))
@@ -45,6 +46,22 @@ def writers(group: GroupCommit, items: list[int]) -> tuple[list[threading.Thread
     return threads, answers
 
 
+def meet_one_in_flight(write: HeldWrite, later_items: list[int]) -> tuple[dict[int, object], dict[int, object]]:
+    """Write 1 (held in flight), then ``later_items`` from threads of their own; release; every answer."""
+    group = write.group = GroupCommit(write)
+    first, answers = writers(group, [1])
+    first[0].start()
+    wait_for(lambda: write.commands, message="the first command in flight")
+    others, later = writers(group, later_items)
+    for thread in others:
+        thread.start()
+    wait_for(lambda: group.queued == len(later_items), message=f"{len(later_items)} writes queued")
+    write.release.set()
+    for thread in first + others:
+        thread.join(15)
+    return answers, later
+
+
 def test_a_lone_write_is_sent_at_once_and_alone():
     write = HeldWrite()
     write.release.set()
@@ -55,18 +72,8 @@ def test_a_lone_write_is_sent_at_once_and_alone():
 
 def test_writes_that_meet_one_in_flight_share_the_next_command_and_each_gets_its_own_answer():
     write = HeldWrite()
-    group = GroupCommit(write)
-    first, answers = writers(group, [1])
-    first[0].start()
-    wait_for(lambda: write.commands, message="the first command in flight")
-    # when three more writes arrive while it is in flight
-    others, later = writers(group, [2, 3, 4])
-    for thread in others:
-        thread.start()
-    wait_for(lambda: group.queued == 3, message="three writes queued")
-    write.release.set()
-    for thread in first + others:
-        thread.join(15)
+    # when three writes arrive while the first is in flight
+    answers, later = meet_one_in_flight(write, [2, 3, 4])
     # then they went together in one command, and each writer has its own answer
     assert write.commands[0] == [1] and sorted(write.commands[1]) == [2, 3, 4] and len(write.commands) == 2
     assert ({**answers, **later}) == {1: 10, 2: 20, 3: 30, 4: 40}
@@ -74,20 +81,10 @@ def test_writes_that_meet_one_in_flight_share_the_next_command_and_each_gets_its
 
 def test_the_error_of_a_command_reaches_every_writer_it_carried_and_the_next_command_still_goes():
     write = HeldWrite(fail_first=True)
-    group = GroupCommit(write)
-    first, answers = writers(group, [1])
-    first[0].start()
-    wait_for(lambda: write.commands, message="the first command in flight")
-    others, later = writers(group, [2, 3])
-    for thread in others:
-        thread.start()
-    wait_for(lambda: group.queued == 2, message="two writes queued")
-    write.release.set()
-    for thread in first + others:
-        thread.join(15)
+    answers, later = meet_one_in_flight(write, [2, 3])
     assert isinstance(answers[1], ConnectionError)
     assert later == {2: 20, 3: 30}
-    assert group.submit(5) == 50  # nothing is left in flight
+    assert write.group is not None and write.group.submit(5) == 50  # nothing is left in flight
 
 
 def test_a_write_function_that_answers_wrongly_fails_its_writers_not_the_group():

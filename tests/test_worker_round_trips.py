@@ -102,14 +102,20 @@ def assert_succeeded(store: Store, ids: list[str]) -> None:
     assert [store.runs.get(run_id).status for run_id in ids] == [RunStatus.SUCCEEDED] * len(ids)
 
 
-def test_a_burst_of_runs_found_in_one_look_reads_their_jobs_once(counted, start_worker):
+def warm_worker_and_burst(counted, start_worker, name: str, count: int) -> tuple:
+    """A capacity-4 worker that ran one run (its tree is materialised), ``count`` runs queued, counting on."""
     store, listener = counted
     deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
-    worker = start_worker(store, Settings(), "burst", capacity=4, start=False)
+    worker = start_worker(store, Settings(), name, capacity=4, start=False)
     run_one(worker, store, "noop.sh")
-    ids = burst(store, 4)
+    ids = burst(store, count)
     listener.counts.clear()
     listener.on = True
+    return store, listener, worker, ids
+
+
+def test_a_burst_of_runs_found_in_one_look_reads_their_jobs_once(counted, start_worker):
+    store, listener, worker, ids = warm_worker_and_burst(counted, start_worker, "burst", 4)
     claim_and_finish(worker, ids)
     listener.on = False
     assert_succeeded(store, ids)
@@ -131,13 +137,7 @@ def assert_grouped(counts: Counter, at_most: dict[tuple[str, str], int]) -> None
 
 
 def test_a_burst_claimed_at_once_costs_one_update_and_one_read_for_all_its_claims(counted, start_worker):
-    store, listener = counted
-    deploy_files(store, {"noop.sh": "#!/bin/sh\nexit 0\n"})
-    worker = start_worker(store, Settings(), "batch", capacity=4, start=False)
-    run_one(worker, store, "noop.sh")
-    ids = burst(store, 5)
-    listener.counts.clear()
-    listener.on = True
+    store, listener, worker, ids = warm_worker_and_burst(counted, start_worker, "batch", 5)
 
     # when the worker claims what there is room for
     started = worker.run_batch()
