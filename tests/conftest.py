@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +27,15 @@ from sooner.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+@pytest.fixture
+def short_tmp():
+    """A short temp folder: unix socket paths are limited to ~107 bytes, and pytest's tmp_path can be longer
+    (under pytest-xdist it has a per-worker part too)."""
+    path = Path(tempfile.mkdtemp(prefix="sk-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, message: str = "") -> object:

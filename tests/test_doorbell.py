@@ -8,16 +8,13 @@ would not look at the queue again for a minute, takes it within seconds.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
-import pytest
 
 from conftest import LongWaits, wait_for
 from sooner.config import Settings
@@ -35,14 +32,6 @@ store = Store(sys.argv[1], sys.argv[2])
 print(RunService(store, Settings()).queue("noop.sh", ManualTrigger()).id)
 store.close()
 """
-
-
-@pytest.fixture
-def short_tmp():
-    """A short temp folder: unix socket paths are limited to ~107 bytes, and pytest's tmp_path can be longer."""
-    path = Path(tempfile.mkdtemp(prefix="bell-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Named:

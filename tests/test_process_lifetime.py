@@ -349,8 +349,8 @@ def test_a_name_held_by_a_dead_process_on_this_host_is_taken_despite_a_fresh_hea
             register(name)
 
 
-def test_a_starting_worker_removes_socket_directories_no_live_run_uses(store, settings, tmp_path):
-    parent = tmp_path / "sockets"
+def test_a_starting_worker_removes_socket_directories_no_live_run_uses(store, settings, tmp_path, short_tmp):
+    parent = short_tmp / "sockets"
     parent.mkdir()
     # a directory whose server is gone (its socket file is left), one in use, one of another user
     stale = parent / "sooner-rpc-stale"
