@@ -215,8 +215,7 @@ class RunRepo:
         Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``, and ``limit_slots``
         when the claim took concurrency limit slots for it (:mod:`sooner.store.limits`).
         """
-        fields: dict[str, Any] = {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
-                                  "lease_until": now + timedelta(seconds=lease_s)}
+        fields = self._claim_fields(worker, lease_s, now)
         if slots:
             fields["limit_slots"] = slots
         doc = self.store.retry(lambda: self.collection.find_one_and_update(
@@ -237,14 +236,19 @@ class RunRepo:
             taken = self.take(ids[0], worker, lease_s, now=now) if ids else None
             return [taken] if taken is not None else []
         token = ObjectId().binary.hex()
-        fields = {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
-                  "lease_until": now + timedelta(seconds=lease_s), "claim_token": token}
+        fields = {**self._claim_fields(worker, lease_s, now), "claim_token": token}
         self.store.retry(lambda: self.collection.update_many(
             {"_id": {"$in": ids}, "status": RunStatus.QUEUED.value}, {"$set": fields}))
         # By _id only: the embedded server answers `_id $in` from its index, and the token is checked here.
         docs = self.store.retry(lambda: list(self.collection.find({"_id": {"$in": ids}})))
         mine = {doc["_id"]: Run.from_doc(doc) for doc in docs if doc.get("claim_token") == token}
         return [mine[run_id] for run_id in ids if run_id in mine]
+
+    @staticmethod
+    def _claim_fields(worker: str, lease_s: float, now: datetime) -> dict[str, Any]:
+        """What a claim sets: running, on ``worker``, claimed ``now``, leased for ``lease_s``."""
+        return {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
+                "lease_until": now + timedelta(seconds=lease_s)}
 
     def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None,
                      host: str | None = None, pid_started_at: float | None = None, pgid: int | None = None,

@@ -193,9 +193,13 @@ class Worker:
         with self._lock:
             return self._active.get(run_id)
 
-    def has_room(self) -> bool:
+    def room(self) -> int:
+        """How many more runs fit now (capacity minus the runs executing)."""
         with self._lock:
-            return len(self._active) < self.capacity
+            return self.capacity - len(self._active)
+
+    def has_room(self) -> bool:
+        return self.room() > 0
 
     def run_once(self) -> Run | None:
         """Claim one queued run this worker may take and start it (non-blocking); None if none or full."""
@@ -207,9 +211,9 @@ class Worker:
 
         Runs that count against no concurrency limit are claimed in one update and one read, however many.
         """
-        with self._lock:
-            room = self.capacity - len(self._active)
-        room = min(room, limit) if limit is not None else room
+        room = self.room()
+        if limit is not None:
+            room = min(room, limit)
         if self.lost_name or room <= 0:
             return []
         claimed_at = time.monotonic()
@@ -247,8 +251,8 @@ class Worker:
                 self._facts = self._read_facts(self._candidates)
             full: set[str] = set()  # concurrency limits found full: their other runs are not tried now
             while self._candidates:
-                offers = [self._candidates.popleft() for _ in range(min(room, len(self._candidates)))]
-                results = self.service.take_offers(offers, self.name, self.settings.lease_s, full)
+                batch = [self._candidates.popleft() for _ in range(min(room, len(self._candidates)))]
+                results = self.service.take_offers(batch, self.name, self.settings.lease_s, full)
                 runs = [result for result in results if isinstance(result, Run)]
                 if any(result is None for result in results):  # lost a race: look again next time
                     self._candidates.clear()

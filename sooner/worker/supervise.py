@@ -99,7 +99,7 @@ def launcher(worker_pid: str, channel_fd: str) -> int:
     import resource  # noqa: F401 -- loaded once here: each supervisor reports its tree's rusage
 
     # A supervisor copies every page it writes to (copy-on-write, ~1 ms of its start measured): its
-    # collector must not walk the launcher's objects, and it runs too briefly to need one.
+    # collector must not walk the launcher's objects, and it allocates too little to need one.
     gc.freeze()
     while True:
         _reap_all()
