@@ -38,6 +38,30 @@ def short_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def released_together(count: int, work: Callable[[int], object], timeout: float = 60.0) -> list:
+    """Call ``work(i)`` for i in range(count), each on its own thread, all released at once by a barrier.
+
+    Their answers, in order; fails the test with the errors any of them raised.
+    """
+    barrier = threading.Barrier(count)
+    answers: list = [None] * count
+    errors: list[BaseException] = []
+
+    def call(index: int) -> None:
+        try:
+            barrier.wait(timeout)
+            answers[index] = work(index)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not errors, errors
+    return answers
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, message: str = "") -> object:
     """Poll ``condition`` until it returns something truthy or the deadline passes (then fail)."""
     deadline = time.monotonic() + timeout

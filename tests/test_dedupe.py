@@ -8,13 +8,12 @@ app's test client.
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_sooner, signed_in
+from conftest import released_together, run_sooner, signed_in
 from sooner.clock import FakeClock
 from sooner.config import load_settings
 from sooner.model import CronTrigger, ManualTrigger, Missed, Overlap, RunStatus
@@ -198,26 +197,13 @@ def test_insert_holding_key_on_every_store(any_store):
 def race(embedded_store: Store, clock: FakeClock, key: str, threads: int) -> list:
     """``threads`` requests with ``key``, released together, each through its own client; their answers."""
     stores = [Store(embedded_store.url, embedded_store.database_name, clock=clock) for _ in range(threads)]
-    barrier = threading.Barrier(threads)
-    answers: list = [None] * threads
-    errors: list[BaseException] = []
-
-    def request(i: int) -> None:
-        try:
-            service = RunService(stores[i], clock=clock)
-            barrier.wait(10)
-            answers[i] = service.queue(JOB, ManualTrigger(author=f"t{i}"), dedupe_key=key)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-    workers = [threading.Thread(target=request, args=(i,)) for i in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join(60)
-    for store in stores:
-        store.close()
-    assert not errors, errors
-    return answers
+    services = [RunService(store, clock=clock) for store in stores]
+    try:
+        return released_together(threads, lambda i: services[i].queue(JOB, ManualTrigger(author=f"t{i}"),
+                                                                        dedupe_key=key))
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_concurrent_requests_with_one_key_make_exactly_one_run(embedded_store, fake_clock):

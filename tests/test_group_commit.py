@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import wait_for
+from conftest import released_together, wait_for
 from sooner.model import ManualTrigger
 from sooner.runs.service import RunService
 from sooner.store.group import GroupCommit
@@ -101,27 +101,16 @@ def test_runs_writing_from_many_threads_store_every_chunk_event_and_start_once(e
     service = RunService(embedded_store)
     runs = [service.queue("noop.sh", ManualTrigger()) for _ in range(threads)]
     at = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
-    start = threading.Barrier(threads)
-    errors: list[BaseException] = []
 
     def write(index: int) -> None:
         run = runs[index]
-        try:
-            start.wait(15)
-            for seq in range(5):
-                embedded_store.output.append(run.id, [(seq, "stdout", f"line {seq} of {index}\n", at)])
-            embedded_store.runs.mark_started(run.id, pid=1000 + index, commit="c1", now=at)
-            embedded_store.events.record("job:noop.sh:succeeded", {"i": index}, source={"type": "system"}, depth=0,
-                                         now=at, event_id=f"event-{index}")
-        except BaseException as exc:
-            errors.append(exc)
-    pool = [threading.Thread(target=write, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(30)
+        for seq in range(5):
+            embedded_store.output.append(run.id, [(seq, "stdout", f"line {seq} of {index}\n", at)])
+        embedded_store.runs.mark_started(run.id, pid=1000 + index, commit="c1", now=at)
+        embedded_store.events.record("job:noop.sh:succeeded", {"i": index}, source={"type": "system"}, depth=0,
+                                     now=at, event_id=f"event-{index}")
+    released_together(threads, write, timeout=30)
 
-    assert errors == []
     for index, run in enumerate(runs):
         assert embedded_store.output.text(run.id) == "".join(f"line {seq} of {index}\n" for seq in range(5))
         stored = embedded_store.runs.get(run.id)
