@@ -137,7 +137,7 @@ def test_cancel_and_timeout_kill_grandchildren_that_left_the_process_group(store
     reaper(run_id)
     wait_for(lambda: sleeps_of(run_id) >= 3, message="the script's sleeps to start")
     tree = processes_of(run_id)
-    script_pid = store.runs.get(run_id).pid
+    script_pid = wait_for(lambda: store.runs.get(run_id).pid, message="the run's start record")
     assert any(os.getsid(pid) != os.getsid(script_pid) for pid in tree), "some process left the script's session"
     # when the run is cancelled or times out
     if ending == "cancel":
@@ -231,6 +231,9 @@ def test_a_worker_restarted_at_once_kills_what_its_killed_predecessor_left(store
     tree = processes_of(run_id)
     rpc_dir = Path(wait_for(lambda: socket_file.exists() and socket_file.read_text().strip(),
                             message="the socket path")).parent
+    # (its start record is stored: before that, START_RECORD_S after the spawn, only the supervisor
+    # knows the tree, and the switch turns off what it does at the worker's death)
+    wait_for(lambda: store.runs.get(run_id).pid_started_at, message="the run's start record")
     # when the worker is killed with SIGKILL, its scripts live on (that is what the switch is for)
     worker.kill()
     worker.wait(10)
@@ -287,7 +290,7 @@ def _lost_run(store, service, fake_clock, lease_s: float, **started) -> Run:
 
 def test_the_retry_of_a_lost_run_waits_for_the_old_process_to_be_killed(clocked_store, make_service, fake_clock):
     # given a lost run (lease expired) whose job retries after 1 s
-    service = make_service(clocked_store, cancel_grace_s=10, lease_s=30)
+    service = make_service(clocked_store, cancel_grace_s=10, lease_s=30, outage_grace_s=30)  # outlives it by 0 s
     run = _lost_run(clocked_store, service, fake_clock, 30)
     # when its lease expiry is noticed
     lost = service.expire_leases()

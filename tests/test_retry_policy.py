@@ -169,7 +169,8 @@ def test_a_job_without_retries_sends_its_failed_timed_out_and_lost_runs_straight
 def test_a_lost_run_waits_at_least_the_cancel_grace_even_with_a_shorter_backoff(clocked_store, make_service,
                                                                                   fake_clock):
     deployed(clocked_store, attempts=1, backoff_base_s=0.5)
-    service = make_service(clocked_store, cancel_grace_s=4.0)
+    # no outage grace past the lease: the claim says the script cannot outlive it (outlives_lease_s 0)
+    service = make_service(clocked_store, cancel_grace_s=4.0, outage_grace_s=0.0)
     run = service.queue("flaky.sh", ManualTrigger())
     service.claim("w1", [], lease_s=5)
     fake_clock.advance(10)

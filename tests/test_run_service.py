@@ -100,6 +100,29 @@ def test_one_fake_clock_drives_a_failure_its_retry_and_the_hooked_run_without_sl
     assert load.data["run"] == retry.id and load.depth == 1
 
 
+# -- queued_at ----------------------------------------------------------------------------------
+def test_a_run_records_when_it_was_inserted_not_when_queueing_began(clocked_store, service, fake_clock,
+                                                                     monkeypatch):
+    # given taking the run's number takes 2 s (the deploy read and counter are round trips)
+    deployed(clocked_store, "job.sh")
+    take_number = clocked_store.counters.next_run_number
+
+    def slow_number(job: str) -> int:
+        fake_clock.advance(2)
+        return take_number(job)
+    monkeypatch.setattr(clocked_store.counters, "next_run_number", slow_number)
+    began = fake_clock.now()
+    # when a run is queued (no time given: now is meant)
+    run = service.queue("job.sh", ManualTrigger())
+    # then it is queued, and may start, from its insert: queued->started counts from there
+    stored = clocked_store.runs.get(run.id)
+    assert stored.queued_at == run.queued_at == began + timedelta(seconds=2)
+    assert stored.not_before == stored.queued_at
+    # and a time given by the caller (an event's, a replay's) is kept as it is
+    given = service.queue("job.sh", ManualTrigger(), now=began)
+    assert clocked_store.runs.get(given.id).queued_at == began
+
+
 # -- lost leases --------------------------------------------------------------------------
 def test_a_claimed_run_whose_lease_passed_is_ended_lost_by_a_scheduler_tick_and_retried(
         clocked_store, service, fake_clock):
@@ -125,7 +148,12 @@ def test_a_claimed_run_whose_lease_passed_is_ended_lost_by_a_scheduler_tick_and_
     retry = only(clocked_store.runs.list(status="queued"))
     assert (retry.attempt, retry.data, retry.trigger.kind, retry.trigger.previous_status) == (2, {"n": 1}, "retry",
                                                                                               "lost")
-    assert retry.not_before == fake_clock.now() + timedelta(seconds=10)
+    # not before the policy's 10 s, nor before the old copy is surely dead: the claim said how long its
+    # script may outlive the lease (a worker cut off from the database keeps it running that long)
+    settings = service.settings
+    assert lost.outlives_lease_s == settings.outlives_lease_s
+    wait_s = max(10, settings.cancel_grace_s + settings.outlives_lease_s)
+    assert retry.not_before == fake_clock.now() + timedelta(seconds=wait_s)
 
 
 def test_expire_leases_ends_each_expired_run_once_and_the_last_attempt_is_not_retried(

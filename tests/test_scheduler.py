@@ -220,7 +220,8 @@ def test_overlap_policy_applies_when_a_tick_fires_while_a_run_is_active(store, c
 
 def test_a_run_whose_lease_expired_is_lost_and_retried_per_the_job_policy(store, clock):
     job = make_job(store, schedule=None, retry={"attempts": 1, "delay_s": 10})
-    scheduler = Scheduler(store, Settings(), clock)
+    # An outage grace no longer than the lease: the claim says no script outlives it, so lost at expiry.
+    scheduler = Scheduler(store, Settings(outage_grace_s=30.0), clock)
     run = scheduler.service.queue(job, ManualTrigger(), data={"n": 1})
     assert scheduler.service.claim("w1", [], lease_s=30).id == run.id
 

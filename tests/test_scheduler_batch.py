@@ -207,6 +207,28 @@ def test_a_fired_run_records_when_it_was_inserted_not_when_the_tick_began(mock_s
         assert stored.not_before == stored.queued_at
 
 
+def test_fired_runs_are_stamped_after_their_numbers_are_taken(mock_store, monkeypatch):
+    # given taking a tick's run numbers takes 2 s (two round trips on a busy database)
+    make_jobs(mock_store, 3)
+    clock = FakeClock(START)
+    scheduler = Scheduler(mock_store, Settings(), clock)
+    scheduler.tick()
+    take = mock_store.counters.take_run_numbers
+
+    def slow(wanted):
+        clock.advance(2)
+        return take(wanted)
+    monkeypatch.setattr(mock_store.counters, "take_run_numbers", slow)
+    # when the next tick fires
+    clock.set(START + timedelta(seconds=1))
+    fired = scheduler.tick()
+    # then each run's queued_at is its insert, after the numbers: what the lateness figure measures
+    assert fired
+    for run in fired:
+        stored = mock_store.runs.get(run.id)
+        assert stored.queued_at == stored.not_before == START + timedelta(seconds=3), stored
+
+
 @dataclass(frozen=True)
 class EverySecondToo(TimeTrigger):
     """A second time trigger of every scheduled job, firing every second as its cron schedule does."""

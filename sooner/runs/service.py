@@ -95,6 +95,7 @@ class RunService:
         job = self.store.jobs.get(job) if isinstance(job, str) else job
         if job.deleted:
             raise SoonerError(f"job {job.name!r} was removed from the repository; it cannot run")
+        stamp = None if now is not None else self.clock.now  # now is meant: queued at the insert itself
         now = now or self.clock.now()
         key, expired = self._dedupe(job, dedupe_key, now)
         if key is not None and (held := self.store.runs.key_holder(job.name, key)) and not expired(held):
@@ -110,7 +111,8 @@ class RunService:
         new = self._new_run(job, trigger, status, self.store.deploys.latest(), now, data=data, target=target,
                             depth=depth, attempt=attempt, not_before=not_before, chain=chain, run_id=run_id,
                             dedupe_key=key)
-        run = self.store.runs.insert(new) if key is None else self.store.runs.insert_holding_key(new, expired)
+        run = (self.store.runs.insert(new, stamp=stamp) if key is None
+               else self.store.runs.insert_holding_key(new, expired, stamp=stamp))
         if run is not None and run.deduplicated:
             return run
         if run is not None and status is RunStatus.QUEUED:
@@ -158,9 +160,8 @@ class RunService:
             if deploy is None:
                 deploy = self.store.deploys.latest() or {}
             batch.append((index, self._new_run(job, fire.trigger, status, deploy, None)))
-        inserted_at = self.clock.now()
-        runs = [replace(run, queued_at=inserted_at, not_before=inserted_at) for _, run in batch]
-        for (index, _), run in zip(batch, self.store.runs.insert_fires(runs)):
+        runs = [run for _, run in batch]
+        for (index, _), run in zip(batch, self.store.runs.insert_fires(runs, stamp=self.clock.now)):
             answers[index] = run
         if any(answers):
             doorbell.ring(self.store, runs=sum(1 for run in answers if run is not None))
@@ -286,7 +287,8 @@ class RunService:
 
         Takes no concurrency limit slots: claims go through :meth:`take_offer` (tests take runs directly).
         """
-        return self.store.runs.take(run_id, worker, lease_s, now=self.clock.now())
+        return self.store.runs.take(run_id, worker, lease_s, now=self.clock.now(),
+                                    outlives_lease_s=self.settings.outlives_lease_s)
 
     def claim_offers(self, worker: str, tags: Iterable[str]) -> list[dispatch.Candidate]:
         """Queued runs ``worker`` may take now, oldest first, with what dispatch needs (:meth:`take_offer`)."""
@@ -315,7 +317,8 @@ class RunService:
             slots, key = self.store.limits.acquire(limits, offer.id, now=now)
             if slots is None:
                 raise dispatch.LimitReached(offer, str(key), dict(limits)[str(key)])
-        run = self.store.runs.take(offer.id, worker, lease_s, now=now, slots=slots)
+        run = self.store.runs.take(offer.id, worker, lease_s, now=now, slots=slots,
+                                   outlives_lease_s=self.settings.outlives_lease_s)
         if run is None and slots:
             self.store.limits.release(slots, offer.id)
         return run
@@ -330,7 +333,8 @@ class RunService:
         """
         limits = self.concurrency_limits
         free = [offer.id for offer in offers if not dispatch.limit_keys(offer, limits)]
-        taken = {run.id: run for run in self.store.runs.take_many(free, worker, lease_s, now=self.clock.now())}
+        taken = {run.id: run for run in self.store.runs.take_many(free, worker, lease_s, now=self.clock.now(),
+                                                                  outlives_lease_s=self.settings.outlives_lease_s)}
         unlimited = set(free)
         results: list[Run | dispatch.LimitReached | None] = []
         for offer in offers:
@@ -360,15 +364,19 @@ class RunService:
     # -- ending ----------------------------------------------------------------
     def finish(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, note: str | None = None,
                started_at: datetime | None = None, now: datetime | None = None,
-               facts: JobFacts | None = None, usage: RunUsage | None = None) -> Run | None:
+               facts: JobFacts | None = None, usage: RunUsage | None = None,
+               start: dict[str, Any] | None = None) -> Run | None:
         """Record how an active run ended, then run the end-of-run listeners. None if it had ended already.
 
         ``facts``: what the worker read of the job when the run started, which the listeners
         use instead of reading it again while it is fresh (:mod:`sooner.runs.facts`).
-        ``usage`` (what its process tree used: peak memory, CPU seconds) is recorded in the same write.
+        ``usage`` (what its process tree used: peak memory, CPU seconds) and ``start`` (its start
+        record, :meth:`~sooner.store.runs.RunRepo.start_fields`, when the script ended before it was
+        stored) are recorded in the same write.
         """
+        fields = {**(start or {}), **(usage.fields() if usage is not None else {})}
         return self._end(run_id, status, now=now, exit_code=exit_code, note=note, started_at=started_at, facts=facts,
-                         fields=usage.fields() if usage is not None else None)
+                         fields=fields or None)
 
     def cancel(self, run_id: str, *, by: str) -> Run:
         """Cancel a run: a queued or waiting one ends now (listeners run); a running one is flagged for its worker.

@@ -55,14 +55,15 @@ class RunRepo:
         return str(ObjectId())
 
     # -- creating ---------------------------------------------------------
-    def insert(self, run: Run) -> Run | None:
+    def insert(self, run: Run, *, stamp: Callable[[], datetime] | None = None) -> Run | None:
         """Insert a new run with the job's next run number. None when a run for the same cron tick exists already.
 
         A trigger with ``scheduled_for`` makes the insert idempotent per (job, tick)
         through the unique ``one_run_per_fire`` index (see sooner.store.schema); the
-        number taken for a refused insert is not used again.
+        number taken for a refused insert is not used again. With ``stamp`` (a clock's
+        ``now``) the run is queued at its insert: see :meth:`_stamped`.
         """
-        run = self._numbered(run)
+        run = self._stamped(self._numbered(run), stamp)
         document = run.to_doc()
         try:
             self.store.retry(lambda: self.collection.insert_one(document))
@@ -70,7 +71,8 @@ class RunRepo:
             return None
         return run
 
-    def insert_fires(self, runs: builtins.list[Run]) -> builtins.list[Run | None]:
+    def insert_fires(self, runs: builtins.list[Run], *,
+                     stamp: Callable[[], datetime] | None = None) -> builtins.list[Run | None]:
         """Insert the runs of one scheduler tick's fires at once; per run, as :meth:`insert` answers.
 
         Three round trips for any number of runs (run numbers: two, see
@@ -87,6 +89,9 @@ class RunRepo:
                 wanted[run.job] = wanted.get(run.job, 0) + 1
         numbers = self.store.counters.take_run_numbers(wanted)
         numbered = [run if run.number is not None else replace(run, number=numbers[run.job].pop(0)) for run in runs]
+        if stamp is not None:
+            at = stamp()
+            numbered = [self._stamped(run, lambda: at) for run in numbered]
         refused = bulk_write(self.store, self.collection, [Insert(run.to_doc()) for run in numbered])
         results: builtins.list[Run | None] = []
         for index, run in enumerate(numbered):
@@ -108,7 +113,8 @@ class RunRepo:
         return {doc["job"] for doc in self.store.retry(lambda: builtins.list(self.collection.find(
             {"job": {"$in": names}, "status": {"$in": RunStatus.values(ACTIVE)}}, {"job": 1})))}
 
-    def insert_holding_key(self, run: Run, expired: Callable[[Run], bool]) -> Run | None:
+    def insert_holding_key(self, run: Run, expired: Callable[[Run], bool], *,
+                           stamp: Callable[[], datetime] | None = None) -> Run | None:
         """Insert ``run``, which carries a ``dedupe_key``, unless another run of its job holds that key.
 
         Returns the inserted run, or the run holding the key (with ``deduplicated`` set) when
@@ -126,7 +132,7 @@ class RunRepo:
         key = run.dedupe_key
         if key is None:
             raise ValueError("insert_holding_key needs a run with a dedupe_key")
-        run = self._numbered(run)  # one number for all rounds; unused when a holder is returned
+        run = self._stamped(self._numbered(run), stamp)  # one number for all rounds; unused when a holder is returned
         document = run.to_doc()
         for _ in range(KEY_ROUNDS):
             try:
@@ -149,6 +155,16 @@ class RunRepo:
 
     def _numbered(self, run: Run) -> Run:
         return run if run.number is not None else replace(run, number=self.store.counters.next_run_number(run.job))
+
+    @staticmethod
+    def _stamped(run: Run, stamp: Callable[[], datetime] | None) -> Run:
+        """``run`` queued when ``stamp()`` says, read just before its insert (after the number and deploy
+        reads): ``queued_at`` is when the run entered the queue, so queued->started is dispatch alone.
+        ``not_before`` moves with it unless it was set later on purpose (a delayed retry)."""
+        if stamp is None:
+            return run
+        at = stamp()
+        return replace(run, queued_at=at, not_before=max(run.not_before, at) if run.not_before else at)
 
     def key_holder(self, job: str, key: str) -> Run | None:
         """The run of ``job`` that holds dedupe key ``key``, if any (expired or not)."""
@@ -209,13 +225,14 @@ class RunRepo:
         return {str(doc["_id"]): RunStatus(doc["status"]) for doc in docs if doc.get("status")}
 
     def take(self, run_id: str, worker: str, lease_s: float, *, now: datetime,
-             slots: builtins.list[str] | None = None) -> Run | None:
+             slots: builtins.list[str] | None = None, outlives_lease_s: float | None = None) -> Run | None:
         """Claim this run if it is still queued (None if another worker was faster).
 
-        Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``, and ``limit_slots``
-        when the claim took concurrency limit slots for it (:mod:`sooner.store.limits`).
+        Changes ``status`` (running), ``worker``, ``claimed_at``, ``lease_until``, ``outlives_lease_s``
+        when given (how long past the lease's expiry the worker may let the script run), and
+        ``limit_slots`` when the claim took concurrency limit slots for it (:mod:`sooner.store.limits`).
         """
-        fields = self._claim_fields(worker, lease_s, now)
+        fields = self._claim_fields(worker, lease_s, now, outlives_lease_s)
         if slots:
             fields["limit_slots"] = slots
         doc = self.store.retry(lambda: self.collection.find_one_and_update(
@@ -223,7 +240,8 @@ class RunRepo:
             return_document=ReturnDocument.AFTER))
         return Run.from_doc(doc) if doc else None
 
-    def take_many(self, run_ids: Iterable[str], worker: str, lease_s: float, *, now: datetime) -> builtins.list[Run]:
+    def take_many(self, run_ids: Iterable[str], worker: str, lease_s: float, *, now: datetime,
+                  outlives_lease_s: float | None = None) -> builtins.list[Run]:
         """Claim those of these runs that are still queued, in one update and one read; the runs taken, in the
         order given (the others were taken by another worker meanwhile).
 
@@ -233,10 +251,10 @@ class RunRepo:
         """
         ids = builtins.list(dict.fromkeys(run_ids))
         if len(ids) < 2:
-            taken = self.take(ids[0], worker, lease_s, now=now) if ids else None
+            taken = self.take(ids[0], worker, lease_s, now=now, outlives_lease_s=outlives_lease_s) if ids else None
             return [taken] if taken is not None else []
         token = ObjectId().binary.hex()
-        fields = {**self._claim_fields(worker, lease_s, now), "claim_token": token}
+        fields = {**self._claim_fields(worker, lease_s, now, outlives_lease_s), "claim_token": token}
         self.store.retry(lambda: self.collection.update_many(
             {"_id": {"$in": ids}, "status": RunStatus.QUEUED.value}, {"$set": fields}))
         # By _id only: the embedded server answers `_id $in` from its index, and the token is checked here.
@@ -245,26 +263,47 @@ class RunRepo:
         return [mine[run_id] for run_id in ids if run_id in mine]
 
     @staticmethod
-    def _claim_fields(worker: str, lease_s: float, now: datetime) -> dict[str, Any]:
-        """What a claim sets: running, on ``worker``, claimed ``now``, leased for ``lease_s``."""
-        return {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
-                "lease_until": now + timedelta(seconds=lease_s)}
+    def _claim_fields(worker: str, lease_s: float, now: datetime, outlives_lease_s: float | None) -> dict[str, Any]:
+        """What a claim sets: running, on ``worker``, claimed ``now``, leased for ``lease_s``; and, when
+        given, how long the script may outlive the lease (set before the script starts: a run whose
+        worker vanished before its start was stored is still retried only once that copy is dead)."""
+        fields = {"status": RunStatus.RUNNING.value, "worker": worker, "claimed_at": now,
+                  "lease_until": now + timedelta(seconds=lease_s)}
+        if outlives_lease_s is not None:
+            fields["outlives_lease_s"] = outlives_lease_s
+        return fields
 
     def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None,
                      host: str | None = None, pid_started_at: float | None = None, pgid: int | None = None,
                      supervisor_pid: int | None = None, supervisor_started_at: float | None = None,
                      outlives_lease_s: float | None = None) -> None:
-        """The script's process exists. Changes ``pid``, ``started_at``, ``commit`` and what identifies the process.
+        """The script's process exists: :meth:`record_started` of :meth:`start_fields`."""
+        self.record_started(run_id, self.start_fields(
+            pid=pid, commit=commit, now=now or self.store.clock.now(), host=host, pid_started_at=pid_started_at,
+            pgid=pgid, supervisor_pid=supervisor_pid, supervisor_started_at=supervisor_started_at,
+            outlives_lease_s=outlives_lease_s))
+
+    @staticmethod
+    def start_fields(*, pid: int, commit: str | None, now: datetime, host: str | None = None,
+                     pid_started_at: float | None = None, pgid: int | None = None, supervisor_pid: int | None = None,
+                     supervisor_started_at: float | None = None,
+                     outlives_lease_s: float | None = None) -> dict[str, Any]:
+        """A run's start record: ``pid``, ``started_at`` (``now``), ``commit`` and what identifies the process.
 
         ``host``, ``pid_started_at`` (the process's create time, epoch seconds), ``pgid``,
         ``supervisor_pid`` and ``supervisor_started_at`` let a later worker on that host verify a
         pid before it kills anything (a pid alone may have been recycled); ``outlives_lease_s``
-        says how long past its lease's expiry the script may run; those given are set.
+        says how long past its lease's expiry the script may run; those given are set. Stored by
+        :meth:`record_started`, or with the run's end (:meth:`finish`'s ``fields``).
         """
-        fields: dict[str, Any] = {"pid": pid, "started_at": now or self.store.clock.now(), "commit": commit}
+        fields: dict[str, Any] = {"pid": pid, "started_at": now, "commit": commit}
         identity = {"host": host, "pid_started_at": pid_started_at, "pgid": pgid, "supervisor_pid": supervisor_pid,
                     "supervisor_started_at": supervisor_started_at, "outlives_lease_s": outlives_lease_s}
         fields.update({name: value for name, value in identity.items() if value is not None})
+        return fields
+
+    def record_started(self, run_id: str, fields: dict[str, Any]) -> None:
+        """Store a start record (:meth:`start_fields`); starts made at nearly the same moment share one write."""
         self._starts.submit((run_id, fields))
 
     def _set_each(self, changes: builtins.list[tuple[str, dict[str, Any]]]) -> builtins.list[None]:

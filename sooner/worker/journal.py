@@ -179,10 +179,13 @@ class RunJournal:
         return event_id
 
     def end(self, status: RunStatus, *, exit_code: int | None, note: str | None, started_at: datetime | None,
-            process_gone: bool, usage: RunUsage | None = None) -> None:
+            process_gone: bool, usage: RunUsage | None = None, start: dict[str, Any] | None = None) -> None:
+        """Journal the run's end; ``start``: its start record when that was not stored either (its
+        ``started_at`` is the record's own)."""
         self._append({"k": END, "status": status.value, "exit_code": exit_code, "note": note,
                       "started_at": _epoch(started_at), "process_gone": process_gone,
-                      "usage": usage.fields() if usage is not None else None})
+                      "usage": usage.fields() if usage is not None else None,
+                      "start": {k: v for k, v in start.items() if k != "started_at"} if start else None})
 
     def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode()
@@ -261,8 +264,11 @@ def apply_record(service: RunService, run_id: str, record: dict[str, Any]) -> No
     elif kind == END:
         if record.get("process_gone"):
             store.runs.mark_process_gone(run_id)
+        started_at = _datetime(record.get("started_at"))
+        start = record.get("start")
         service.finish(run_id, RunStatus(record["status"]), exit_code=record.get("exit_code"), note=record.get("note"),
-                       started_at=_datetime(record.get("started_at")), usage=RunUsage.from_doc(record.get("usage")))
+                       started_at=started_at, usage=RunUsage.from_doc(record.get("usage")),
+                       start={**start, "started_at": started_at} if start else None)
     else:
         logger.warning("run %s: skipping an unknown journal record %r", run_id, kind)
 

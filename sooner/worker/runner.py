@@ -36,7 +36,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import sooner
 from sooner.errors import RunError, SoonerError, StoreUnreachable
@@ -62,6 +62,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 READ_BYTES = 64 * 1024
+# How long after its spawn a run's start record (pid, host, process identity) waits before it is stored
+# on its own: a script that ends sooner has it stored with its end, one write instead of two. The run is
+# ``running`` from its claim, and the claim already says how long the script may outlive the lease; in
+# this window the supervisor alone guards the tree (it kills it when the worker dies).
+START_RECORD_S = 0.2
 # After the script exits, how long processes it left behind may keep its pipes open.
 LINGER_S = 1.0
 MB = 1 << 20
@@ -89,6 +94,7 @@ class Runner:
         self.journal_dir = journal_dir or journal_dir_for(trees.root, worker_name)
         # How HTTP jobs wait between a step's attempts (None: really, woken by cancel); tests pass a fake clock's.
         self.http_sleep: Callable[[float], None] | None = None
+        self.start_record_s = START_RECORD_S
 
     def prepare(self, run: Run, on_done: Callable[[ActiveRun], None] | None = None,
                 facts: JobFacts | None = None) -> ActiveRun:
@@ -144,6 +150,8 @@ class ActiveRun:
         self.started_at: datetime | None = None
         self.facts: JobFacts | None = facts  # given by the claim, or read once the script has started
         self.supervised: Supervised | None = None
+        self._start: dict[str, Any] | None = None  # the start record while it is not stored (START_RECORD_S)
+        self._start_due = 0.0
         # Monotonic time this worker's lease on the run ends unless renewed (None: not fenced, see renewed()).
         self.lease_deadline: float | None = None
         self.thread = threading.Thread(target=self._main, name=f"sooner-run-{self.id[-6:]}", daemon=True)
@@ -270,11 +278,11 @@ class ActiveRun:
             self.supervised, self.pid = supervised, supervised.script_pid
             self.started_at = self.runner.clock.now()
             PROCESS.dispatch_latency.observe(run.waited_s(self.started_at))
-            self.store.runs.mark_started(
-                self.id, pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
-                pid_started_at=supervised.script_started_at(), pgid=supervised.script_pid,
-                supervisor_pid=supervised.supervisor_pid, supervisor_started_at=supervised.supervisor_started_at,
-                outlives_lease_s=self.settings.outlives_lease_s)
+            self._start = self.store.runs.start_fields(
+                pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
+                pgid=supervised.script_pid,
+                supervisor_pid=supervised.supervisor_pid, supervisor_started_at=supervised.supervisor_started_at)
+            self._start_due = started + self.runner.start_record_s
             commit = (run.commit or "")[:8]
             self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
                                f"(commit {commit})")
@@ -317,6 +325,27 @@ class ActiveRun:
                          usage=self.usage.result(reported),
                          process_gone=status is RunStatus.LOST)
 
+    @property
+    def start_due(self) -> float | None:
+        """When (monotonic) the start record is due to be stored on its own; None: stored, or the database is away."""
+        return None if self._start is None or self.link.down else self._start_due
+
+    def record_start_if_due(self, now: float) -> None:
+        """Store the start record once it is due (the script still runs); an outage leaves it for the end."""
+        due = self.start_due
+        if due is None or now < due or self._start is None:
+            return
+        if "pid_started_at" not in self._start and self.supervised is not None:
+            # Read now, not at the spawn: a script that ends first needs none (no process is left to verify).
+            if (created := self.supervised.script_started_at()) is not None:
+                self._start["pid_started_at"] = created
+        try:
+            self.store.runs.record_started(self.id, self._start)
+        except StoreUnreachable as exc:
+            self.link.failed(exc)  # kept: stored when the link is back, or with the end (or its journal)
+            return
+        self._start = None
+
     def _end_without_process(self, reason: str) -> None:
         self.output.system(f"sooner: {reason}")
         self.output.flush()
@@ -334,17 +363,18 @@ class ActiveRun:
         an outage it lived through.
         """
         PROCESS.runs_finished.labels(self.run.job, status.value).inc()
+        start, self._start = self._start, None  # not stored yet: it goes with the end
         if not self.journal.active and not self.link.down:
             try:
                 if process_gone:
                     self.store.runs.mark_process_gone(self.id)
                 self.service.finish(self.id, status, exit_code=exit_code, note=note, started_at=started_at,
-                                    facts=self.facts, usage=usage)
+                                    facts=self.facts, usage=usage, start=start)
                 return
             except StoreUnreachable as exc:
                 self.link.failed(exc)
         self.journal.end(status, exit_code=exit_code, note=note, started_at=started_at, process_gone=process_gone,
-                         usage=usage)
+                         usage=usage, start=start)
         self._replay_until_stored()
 
     def _replay_until_stored(self) -> None:
@@ -484,6 +514,7 @@ class _Follower:
                         del streams[fd]
                 now = time.monotonic()
                 self._control(now)
+                self.active.record_start_if_due(now)
                 if self.linger_until is not None and now >= self.linger_until:
                     if not self._leftovers(selector, streams):
                         break
@@ -520,6 +551,7 @@ class _Follower:
                                  self.active.lease_deadline if self.forced is None and running else None,
                                  self.kill_at if not self.killed and running else None,
                                  self.next_sample if running else None,
+                                 self.active.start_due if running else None,
                                  self.linger_until) if d is not None]
         if not deadlines:
             return None
