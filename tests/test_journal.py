@@ -290,8 +290,8 @@ def test_a_lost_runs_retry_waits_until_its_script_cannot_be_running_any_more(clo
     service = make_service(clocked_store, lease_s=30, cancel_grace_s=10, outage_grace_s=300)
     deploy_files(clocked_store, {"job.sh": "#!/bin/sh\n"}, settings={"job.sh": {"retry": {"attempts": 1}}})
     run = service.queue("job.sh", ManualTrigger())
-    service.take(run.id, "w1", 30)
-    clocked_store.runs.mark_started(run.id, pid=1, commit=None, outlives_lease_s=service.settings.outlives_lease_s)
+    service.take(run.id, "w1", 30)  # the claim records how long the script may outlive the lease
+    clocked_store.runs.mark_started(run.id, pid=1, commit=None)
     # when its lease expires (a worker cut off from the database, not the database) and it is marked lost
     fake_clock.advance(31)
     service.expire_leases()

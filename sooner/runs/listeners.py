@@ -146,7 +146,7 @@ def old_process_grace_s(ended: RunEnded) -> float:
     same name (from another host that needs the old heartbeat, and so the lease, to be
     expired). A worker that could not renew a lease keeps the script going through what may
     be a database outage for ``outlives_lease_s`` past the lease's expiry (recorded on the
-    run when it started: the worker's ``outage_grace_s`` less its ``lease_s``), then SIGTERMs
+    run by its claim: the worker's ``outage_grace_s`` less its ``lease_s``), then SIGTERMs
     it and SIGKILLs it ``cancel_grace_s`` later; so that long after ``now`` (which is past
     the lease's expiry) the old process is dead. No wait is needed once a
     worker on the run's host confirmed its processes gone (``process_gone``).

@@ -275,30 +275,27 @@ class RunRepo:
 
     def mark_started(self, run_id: str, *, pid: int, commit: str | None, now: datetime | None = None,
                      host: str | None = None, pid_started_at: float | None = None, pgid: int | None = None,
-                     supervisor_pid: int | None = None, supervisor_started_at: float | None = None,
-                     outlives_lease_s: float | None = None) -> None:
+                     supervisor_pid: int | None = None, supervisor_started_at: float | None = None) -> None:
         """The script's process exists: :meth:`record_started` of :meth:`start_fields`."""
         self.record_started(run_id, self.start_fields(
             pid=pid, commit=commit, now=now or self.store.clock.now(), host=host, pid_started_at=pid_started_at,
-            pgid=pgid, supervisor_pid=supervisor_pid, supervisor_started_at=supervisor_started_at,
-            outlives_lease_s=outlives_lease_s))
+            pgid=pgid, supervisor_pid=supervisor_pid, supervisor_started_at=supervisor_started_at))
 
     @staticmethod
     def start_fields(*, pid: int, commit: str | None, now: datetime, host: str | None = None,
                      pid_started_at: float | None = None, pgid: int | None = None, supervisor_pid: int | None = None,
-                     supervisor_started_at: float | None = None,
-                     outlives_lease_s: float | None = None) -> dict[str, Any]:
+                     supervisor_started_at: float | None = None) -> dict[str, Any]:
         """A run's start record: ``pid``, ``started_at`` (``now``), ``commit`` and what identifies the process.
 
         ``host``, ``pid_started_at`` (the process's create time, epoch seconds), ``pgid``,
         ``supervisor_pid`` and ``supervisor_started_at`` let a later worker on that host verify a
-        pid before it kills anything (a pid alone may have been recycled); ``outlives_lease_s``
-        says how long past its lease's expiry the script may run; those given are set. Stored by
-        :meth:`record_started`, or with the run's end (:meth:`finish`'s ``fields``).
+        pid before it kills anything (a pid alone may have been recycled); those given are set. How long
+        the script may outlive its lease is the claim's (:meth:`take`). Stored by :meth:`record_started`,
+        or with the run's end (:meth:`finish`'s ``fields``).
         """
         fields: dict[str, Any] = {"pid": pid, "started_at": now, "commit": commit}
         identity = {"host": host, "pid_started_at": pid_started_at, "pgid": pgid, "supervisor_pid": supervisor_pid,
-                    "supervisor_started_at": supervisor_started_at, "outlives_lease_s": outlives_lease_s}
+                    "supervisor_started_at": supervisor_started_at}
         fields.update({name: value for name, value in identity.items() if value is not None})
         return fields
 
@@ -312,12 +309,11 @@ class RunRepo:
         return [None] * len(changes)
 
     def mark_started_in_worker(self, run_id: str, *, commit: str | None, now: datetime | None = None,
-                               host: str | None = None, outlives_lease_s: float | None = None) -> None:
+                               host: str | None = None) -> None:
         """An HTTP job's run started inside its worker: no process of its own, so no pid a later worker
-        could kill. Changes ``started_at``, ``commit``, ``host`` and ``outlives_lease_s`` (as :meth:`mark_started`:
-        how long past its lease's expiry a cut-off worker may still make the run's requests)."""
-        self._update(run_id, {"started_at": now or self.store.clock.now(), "commit": commit, "host": host,
-                              "outlives_lease_s": outlives_lease_s})
+        could kill. Changes ``started_at``, ``commit`` and ``host`` (how long past its lease's expiry a
+        cut-off worker may still make the run's requests is the claim's, as for any run: :meth:`take`)."""
+        self._update(run_id, {"started_at": now or self.store.clock.now(), "commit": commit, "host": host})
 
     def mark_process_gone(self, run_id: str) -> None:
         """A worker on the run's host confirmed none of its processes is left. Sets ``process_gone``."""

@@ -88,8 +88,7 @@ class HttpRun:
         active, run = self.active, self.active.run
         active.started_at = self.clock.now()
         active.store.runs.mark_started_in_worker(active.id, commit=run.commit, now=active.started_at,
-                                                 host=active.runner.host,
-                                                 outlives_lease_s=self.settings.outlives_lease_s)
+                                                 host=active.runner.host)
         self.output.system(f"sooner: run {active.id} of {run.job} on worker {active.runner.worker_name} "
                            f"(commit {(run.commit or '')[:8]}, HTTP job)")
         try:

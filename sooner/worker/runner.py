@@ -332,15 +332,15 @@ class ActiveRun:
 
     def record_start_if_due(self, now: float) -> None:
         """Store the start record once it is due (the script still runs); an outage leaves it for the end."""
-        due = self.start_due
-        if due is None or now < due or self._start is None:
+        due, start = self.start_due, self._start
+        if due is None or now < due or start is None:  # start: None whenever due is (for the type checker)
             return
-        if "pid_started_at" not in self._start and self.supervised is not None:
+        if "pid_started_at" not in start and self.supervised is not None:
             # Read now, not at the spawn: a script that ends first needs none (no process is left to verify).
             if (created := self.supervised.script_started_at()) is not None:
-                self._start["pid_started_at"] = created
+                start["pid_started_at"] = created
         try:
-            self.store.runs.record_started(self.id, self._start)
+            self.store.runs.record_started(self.id, start)
         except StoreUnreachable as exc:
             self.link.failed(exc)  # kept: stored when the link is back, or with the end (or its journal)
             return
