@@ -73,11 +73,11 @@ class EveryNSeconds(TimeTrigger):
         if count < 1:
             return None
         latest = cursor + timedelta(seconds=count * self.every_s)
-        on_time = latest if (now - latest).total_seconds() <= grace_s else None
-        missed = count - (1 if on_time else 0)
+        on_time = (latest,) if (now - latest).total_seconds() <= grace_s else ()  # this kind fires the latest only
+        missed = count - len(on_time)
         return DueTicks(latest=latest, on_time=on_time, missed_count=missed, missed_capped=False,
                         missed_first=cursor + timedelta(seconds=self.every_s) if missed else None,
-                        missed_latest=(latest if on_time is None else latest - timedelta(seconds=self.every_s))
+                        missed_latest=(latest if not on_time else latest - timedelta(seconds=self.every_s))
                         if missed else None)
 
     def cause(self, moment: datetime, *, missed: DueTicks | None = None) -> Trigger:
@@ -283,9 +283,9 @@ def test_a_cron_schedule_names_its_cursor_finds_due_ticks_and_describes_its_runs
     assert cron.next_after(at(5)) == at(10)
     # and a tick is due on time within the grace, missed after it, and nothing is due in between
     assert cron.due(at(5), at(9)) is None
-    assert cron.due(at(5), at(10, GRACE_S)).on_time == at(10)
+    assert cron.due(at(5), at(10, GRACE_S)).on_time == (at(10),)
     late = cron.due(at(5), at(20, GRACE_S + 1))
-    assert (late.on_time, late.missed_count, late.missed_first, late.missed_latest) == (None, 3, at(10), at(20))
+    assert (late.on_time, late.missed_count, late.missed_first, late.missed_latest) == ((), 3, at(10), at(20))
     # and its run records carry the tick, plain or as a catch-up
     assert cron.cause(at(10)) == CronTrigger(scheduled_for=at(10), schedule="*/5 * * * *", timezone="UTC")
     catch_up = cron.cause(at(20), missed=late)

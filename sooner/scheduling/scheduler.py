@@ -16,10 +16,12 @@ made in the UI or CLI takes effect on the next tick:
   cron) differs from the one in its state, starts from *now*: ticks before that never fire. Jobs
   that are disabled, deleted or unscheduled lose their state, so enabling one
   again later also starts from then (the disabled time is not "missed").
-* A tick ``t`` is *due* when ``last_tick_at < t <= now``. The latest due tick
-  is *on time* when ``now - t <= grace_s`` (default 5 s): it fires as a normal
-  run. Every other due tick is *missed* -- no scheduler was running, or this
-  one stalled -- and the job's ``missed`` policy decides:
+* A tick ``t`` is *due* when ``last_tick_at < t <= now``. A due tick is *on
+  time* when ``now - t <= grace_s`` (default 5 s): each fires as a normal run,
+  so a scheduler that fell a few seconds behind (a tick of a thousand jobs that
+  took longer than a second) fires every tick, late, instead of dropping all
+  but the latest. An older due tick is *missed* -- no scheduler was running, or
+  this one stalled -- and the job's ``missed`` policy decides:
 
   - ``skip`` (default): none of the missed ticks fires (a warning is logged);
   - ``catch_up_once``: one run for the whole missed period, with
@@ -27,7 +29,8 @@ made in the UI or CLI takes effect on the next tick:
     many ticks were missed (counted up to ``MISSED_COUNT_LIMIT``;
     ``trigger.missed_capped`` says when there were more).
 
-  So a job fires at most two runs per tick (catch-up + on time), never a storm.
+  So a job fires at most one catch-up run per tick beside its on-time ticks, of which
+  there are at most ``grace_s + 1`` (cron's finest step is a second): never a storm.
 * The job's ``overlap`` policy (allow / skip / queue) applies to every fire,
   through :meth:`sooner.runs.service.RunService.queue`.
 * Every tick that gets no run of its own is recorded in ``store.missed``
@@ -151,16 +154,16 @@ class Scheduler:
         the unique index rejects. Batching keeps a tick's database work close to one bulk
         insert whatever the number of jobs (issue #12; ``bench/round_trips.py``).
         """
-        due = [plan for plan in plans if plan.on_time is not None]
-        fires = [Fire(plan.job, replace(plan.trigger.cause(plan.on_time), source=self.name),
-                      on_skip=self._on_skip(plan.job, plan.trigger, plan.on_time, now))
-                 for plan in due if plan.on_time is not None]
+        due = [(plan, moment) for plan in plans for moment in plan.on_time]
+        fires = [Fire(plan.job, replace(plan.trigger.cause(moment), source=self.name),
+                      on_skip=self._on_skip(plan.job, plan.trigger, moment, now))
+                 for plan, moment in due]
         runs = [*(plan.caught_up for plan in plans if plan.caught_up is not None)]
-        for plan, run in zip(due, self.service.queue_fires(fires)):
+        for (plan, moment), run in zip(due, self.service.queue_fires(fires)):
             if run is not None:
-                logger.info("fired %s for %s: run %s", plan.job.name, plan.on_time, run.id)
-                if run.queued_at is not None and plan.on_time is not None:
-                    PROCESS.fire_lateness.observe(max(0.0, (run.queued_at - plan.on_time).total_seconds()))
+                logger.info("fired %s for %s: run %s", plan.job.name, moment, run.id)
+                if run.queued_at is not None:
+                    PROCESS.fire_lateness.observe(max(0.0, (run.queued_at - moment).total_seconds()))
                 runs.append(run)
         self._write_records()
         self._save_cursors([plan for plan in plans if plan.save], now)
@@ -373,7 +376,7 @@ class _Plan:
     since: datetime | None = None
     save: bool = False  # the cursor moves
     advance: bool = False  # ... forward from a stored state of the same settings (not a new or reset state)
-    on_time: datetime | None = None  # the tick that fires now
+    on_time: tuple[datetime, ...] = ()  # the ticks that fire now, oldest first
     caught_up: Run | None = None  # the catch-up run queued for missed ticks
 
 

@@ -29,6 +29,7 @@ from sooner.scheduling.cron import fires_between, last_fire_at_or_before, next_f
 
 GRACE_S = 5.0  # a tick this late still fires as "on time"
 MISSED_COUNT_LIMIT = 1000  # missed ticks are counted up to this many
+_JUST_BEFORE = timedelta(microseconds=1)  # cron ticks are whole seconds: this separates "grace_s old" from older
 
 K = TypeVar("K", bound=type["JobTrigger"])
 
@@ -37,13 +38,15 @@ K = TypeVar("K", bound=type["JobTrigger"])
 class DueTicks:
     """What a time trigger has due between its cursor and now.
 
-    ``latest`` is the new cursor; ``on_time`` fires normally; the other due
-    ticks are *missed* (``missed_count`` of them, from ``missed_first`` to
-    ``missed_latest``; ``missed_capped`` when there were more than counted).
+    ``latest`` is the new cursor; ``on_time`` are the due ticks at most the
+    grace old, oldest first, each fired as a normal run (a scheduler a few
+    seconds behind fires every tick, late); the older due ticks are *missed*
+    (``missed_count`` of them, from ``missed_first`` to ``missed_latest``;
+    ``missed_capped`` when there were more than counted).
     """
 
     latest: datetime
-    on_time: datetime | None
+    on_time: tuple[datetime, ...]
     missed_count: int
     missed_capped: bool
     missed_first: datetime | None
@@ -203,23 +206,20 @@ def next_fire_after(expr: str, tz: str, moment: datetime) -> datetime | None:
 
 @lru_cache(maxsize=CRON_ANSWERS_CACHED)
 def due_ticks(expr: str, tz: str, cursor: datetime, now: datetime, grace_s: float = GRACE_S) -> DueTicks | None:
-    """Classify the cron ticks in ``(cursor, now]`` as on time or missed; None when none is due."""
+    """Classify the cron ticks in ``(cursor, now]``: at most ``grace_s`` old, on time; older, missed. None when none is due.
+
+    Cron's finest step is a second, so at most ``grace_s + 1`` ticks are on time: never a storm.
+    """
     latest = last_fire_at_or_before(expr, tz, now)
     if latest is None or latest <= cursor:
         return None
-    due = fires_between(expr, tz, cursor, now, limit=MISSED_COUNT_LIMIT + 1)
-    capped = len(due) > MISSED_COUNT_LIMIT
-    on_time = latest if (now - latest).total_seconds() <= grace_s else None
-    if on_time is None:
-        missed_latest: datetime | None = latest
-    elif len(due) > 1:
-        missed_latest = due[-2] if not capped else last_fire_at_or_before(expr, tz, latest - timedelta(microseconds=1))
-    else:
-        missed_latest = None
-    count = min(len(due), MISSED_COUNT_LIMIT) - (1 if on_time and not capped else 0)
-    return DueTicks(latest=latest, on_time=on_time, missed_count=count if missed_latest else 0,
-                    missed_capped=capped, missed_first=due[0] if missed_latest else None,
-                    missed_latest=missed_latest)
+    too_late = now - timedelta(seconds=grace_s) - _JUST_BEFORE  # a tick at or before this is missed
+    on_time = tuple(fires_between(expr, tz, max(cursor, too_late), now, limit=int(grace_s) + 2))
+    missed = fires_between(expr, tz, cursor, too_late, limit=MISSED_COUNT_LIMIT + 1) if cursor < too_late else []
+    capped = len(missed) > MISSED_COUNT_LIMIT
+    missed_latest = (last_fire_at_or_before(expr, tz, too_late) if capped else missed[-1]) if missed else None
+    return DueTicks(latest=latest, on_time=on_time, missed_count=min(len(missed), MISSED_COUNT_LIMIT),
+                    missed_capped=capped, missed_first=missed[0] if missed else None, missed_latest=missed_latest)
 
 
 def missed_span(due: DueTicks) -> str:
