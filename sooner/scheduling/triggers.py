@@ -210,14 +210,15 @@ def due_ticks(expr: str, tz: str, cursor: datetime, now: datetime, grace_s: floa
 
     Cron's finest step is a second, so at most ``grace_s + 1`` ticks are on time: never a storm.
     """
-    latest = last_fire_at_or_before(expr, tz, now)
-    if latest is None or latest <= cursor:
-        return None
     too_late = now - timedelta(seconds=grace_s) - _JUST_BEFORE  # a tick at or before this is missed
     on_time = tuple(fires_between(expr, tz, max(cursor, too_late), now, limit=int(grace_s) + 2))
     missed = fires_between(expr, tz, cursor, too_late, limit=MISSED_COUNT_LIMIT + 1) if cursor < too_late else []
+    if not on_time and not missed:
+        return None
     capped = len(missed) > MISSED_COUNT_LIMIT
     missed_latest = (last_fire_at_or_before(expr, tz, too_late) if capped else missed[-1]) if missed else None
+    latest = on_time[-1] if on_time else missed_latest
+    assert latest is not None
     return DueTicks(latest=latest, on_time=on_time, missed_count=min(len(missed), MISSED_COUNT_LIMIT),
                     missed_capped=capped, missed_first=missed[0] if missed else None, missed_latest=missed_latest)
 

@@ -91,17 +91,14 @@ def patch_date_updates() -> None:
 WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify", "bulkWrite"})
 
 
-def _write_command(msg: Any) -> str | None:
-    """The database a write command of ``msg`` goes to, or None when it is no write, has no body, or is
-    part of a client's transaction (``autocommit: false`` on each of its commands)."""
+def _batched_write(msg: Any) -> bool:
+    """Whether ``msg`` is a write command outside a client's transaction (``autocommit: false`` on each of its
+    commands), which :func:`batch_writes` runs in one SQLite transaction."""
     for section_type, doc in (msg.get("sections") or ()) if isinstance(msg, dict) else ():
         if section_type == "body" and isinstance(doc, dict):
-            name = next(iter(doc), None)
-            if name in WRITE_COMMANDS and not ("startTransaction" in doc or doc.get("autocommit") is False):
-                db_name = doc.get("$db", "test")
-                return db_name if isinstance(db_name, str) and db_name else "test"
-            return None
-    return None
+            return (next(iter(doc), None) in WRITE_COMMANDS
+                    and not ("startTransaction" in doc or doc.get("autocommit") is False))
+    return False
 
 
 def batch_writes() -> None:
@@ -116,7 +113,7 @@ def batch_writes() -> None:
     of the command rolls its writes back, and the client, told it failed, retries the
     whole command (before, the documents written up to the error stayed). A command in
     a client's own transaction is left to that transaction. Measured with
-    ``bench/embedded_server.py``.
+    ``bench/round_trips.py`` (database CPU per cron fire) and ``bench/scheduler_scale.py``.
     """
     from nx_27017.handler import NeoSQLiteHandler
 
@@ -128,10 +125,12 @@ def batch_writes() -> None:
 
 
 def _batched(operation: Callable[..., Any]) -> Callable[..., Any]:
+    from nx_27017.handler import _msg_db_name  # how nx-27017's own lock (_serialize) names the database
+
     def batched(handler: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
-        db_name = _write_command(msg)
-        if db_name is None:
+        if not _batched_write(msg):
             return operation(handler, msg, *args, **kwargs)
+        db_name = _msg_db_name(msg)
         with handler._lock_for(db_name):  # an RLock: the command takes it again inside
             try:
                 raw = handler.get_database(db_name).db
