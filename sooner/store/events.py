@@ -66,7 +66,7 @@ class EventRepo:
         """
         query: dict[str, Any] = {}
         if name:
-            query["name"] = name
+            query["name"] = schema.eq(name)
         if before:
             query["t"] = {"$lt": before}
         return self.store.retry(lambda: list(self.collection.find(query).sort("t", -1).limit(limit)))

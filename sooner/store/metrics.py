@@ -47,6 +47,6 @@ class MetricsRepo:
         counts = {}
         for status in ACTIVE:
             rows = self.store.retry(lambda: builtins.list(runs.aggregate(
-                [{"$match": {"status": status.value}}, {"$count": "n"}])))
+                [{"$match": {"status": schema.eq(status.value)}}, {"$count": "n"}])))
             counts[status] = int(rows[0]["n"]) if rows else 0
         return counts

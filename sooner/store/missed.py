@@ -79,7 +79,7 @@ class MissedRepo:
 
     def page(self, job: str, *, before: datetime | None = None, limit: int = 20) -> Page[MissedTick]:
         """The job's records newest first by ``scheduled_for``; ``before`` pages back (strictly older)."""
-        query: dict[str, Any] = {"job": job}
+        query: dict[str, Any] = {"job": schema.eq(job)}
         if before is not None:
             query["scheduled_for"] = {"$lt": before}
         docs = self.store.retry(lambda: list(self.collection.find(query).sort("scheduled_for", -1).limit(limit + 1)))

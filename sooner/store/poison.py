@@ -3,8 +3,8 @@
 A run is on the list while its status is ``poison``, it has no ``next_attempt`` (a retry takes it
 off: :meth:`sooner.runs.service.RunService.retry` links one) and no ``dismissed_at`` (a discard:
 :meth:`PoisonRuns.discard`, which keeps the status). The read is one equality on ``status``, the
-first field of an index, and the rest is checked here in Python: poison runs are few, and the
-embedded server scans for a status filter with another field beside it.
+first field of an index (:func:`sooner.store.schema.eq`), and the rest is checked here in Python:
+poison runs are few.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PoisonRuns:
 
     def page(self, *, job: str | None = None, limit: int = 100) -> tuple[list[Run], int, bool]:
         """(runs, total, truncated): the list's runs (of ``job`` only, if given), newest end first, at most ``limit``."""
-        docs = self.store.retry(lambda: list(self._runs.find({"status": RunStatus.POISON.value}, dict(VIEW_FIELDS),
+        docs = self.store.retry(lambda: list(self._runs.find({"status": schema.eq(RunStatus.POISON.value)}, dict(VIEW_FIELDS),
                                                              limit=MAX_SCAN + 1)))
         runs = [run for run in map(Run.from_doc, docs[:MAX_SCAN]) if _listed(run) and (job is None or run.job == job)]
         runs.sort(key=lambda run: _aware(run.finished_at or run.queued_at), reverse=True)

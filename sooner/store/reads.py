@@ -226,7 +226,7 @@ class Reads:
         found: dict[tuple[str, datetime], Run] = {}
         for status in (RunStatus.QUEUED, RunStatus.WAITING):
             docs = self.store.retry(lambda: list(self._runs.find(
-                {"status": status.value}, dict(TICK_RUN_FIELDS), sort=[("queued_at", -1)], limit=limit)))
+                {"status": schema.eq(status.value)}, dict(TICK_RUN_FIELDS), sort=[("queued_at", -1)], limit=limit)))
             for doc in docs:
                 if doc.get("fire_kind") == fire_kind and isinstance(doc.get("scheduled_for"), datetime):
                     found.setdefault((doc.get("job") or "", doc["scheduled_for"]), Run.from_doc(doc))
@@ -253,8 +253,8 @@ class Reads:
     def dashboard_runs(self, *, running: int = 100, queued: int = 20, recent: int = 15) -> DashboardRuns:
         """What the dashboard shows: running runs, the oldest queued ones and the newest runs."""
         # Equality on status uses its index; an $in over statuses is a scan on the embedded server.
-        busy = self._find_runs({"status": RunStatus.RUNNING.value}, limit=running)
-        waiting = self._find_runs({"status": RunStatus.QUEUED.value}, sort=[("queued_at", 1)], limit=queued)
+        busy = self._find_runs({"status": schema.eq(RunStatus.RUNNING.value)}, limit=running)
+        waiting = self._find_runs({"status": schema.eq(RunStatus.QUEUED.value)}, sort=[("queued_at", 1)], limit=queued)
         busy.sort(key=lambda run: (run.started_at is None, run.started_at or datetime.min))
         return DashboardRuns(running=busy, queued=waiting, recent=self.recent_runs(recent))
 
@@ -275,7 +275,7 @@ class Reads:
         wanted = {"_id": 1, **{name: 1 for name in WAIT_FIELDS}}
 
         def by_status(status: RunStatus, sort: list[tuple[str, int]] | None) -> list[Run]:
-            return self._find_runs({"status": status.value}, wanted, sort=sort, limit=WAIT_QUEUE_LIMIT + 1)
+            return self._find_runs({"status": schema.eq(status.value)}, wanted, sort=sort, limit=WAIT_QUEUE_LIMIT + 1)
 
         queued = by_status(RunStatus.QUEUED, [("queued_at", 1)])
         running = by_status(RunStatus.RUNNING, None)
