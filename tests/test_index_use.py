@@ -159,6 +159,8 @@ HOT: dict[str, Callable[[Store], object]] = {
     "a job's history": lambda store: store.reads.job_history("noop.sh"),
     "a job's missed ticks, second page": lambda store: store.missed.page("noop.sh", before=store.clock.now()),
     "events of a name, second page": lambda store: store.events.list(name="x", before=store.clock.now()),
+    "a takeover's look for a trigger's latest fire": lambda store: store.reads.latest_fire(
+        "noop.sh", "cron", after=store.clock.now()),
 }
 
 

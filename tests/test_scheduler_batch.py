@@ -75,7 +75,7 @@ def _jobs_on_a_fresh_scheduler(store: Store, count: int, prefix: str, **settings
         store.jobs.set_enabled(job.name, False)
     names = make_jobs(store, count, prefix=prefix, **settings)
     clock = FakeClock(START + timedelta(hours=count))
-    scheduler = Scheduler(store, Settings(), clock)
+    scheduler = Scheduler(store, Settings(), clock, cursor_store_s=0)  # every cursor stored each tick
     scheduler.metrics.every_s = float("inf")  # publishes with the first tick only, not a counted one
     scheduler.tick()  # takes the cursors
     return names, clock, scheduler

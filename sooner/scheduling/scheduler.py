@@ -12,6 +12,9 @@ made in the UI or CLI takes effect on the next tick:
 * The trigger's state (``scheduler_state`` for cron) holds ``last_tick_at``, a cursor: the latest tick
   already dealt with (fired, dropped by a policy, or the moment the scheduler
   started tracking the schedule).
+  The scheduler stores a cursor that only moves forward about every
+  ``cursor_store_s`` (:meth:`Scheduler._store_now`) and remembers it in between;
+  the runs witness what fired since a stored cursor (:meth:`Scheduler._plan`).
 * A trigger without state, or whose identity (``schedule``/``timezone`` for
   cron) differs from the one in its state, starts from *now*: ticks before that never fire. Jobs
   that are disabled, deleted or unscheduled lose their state, so enabling one
@@ -51,6 +54,7 @@ import logging
 import os
 import socket
 import threading
+import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
@@ -73,6 +77,7 @@ logger = logging.getLogger(__name__)
 INTERVAL_S = 0.5  # longest sleep between ticks: changes take effect within this
 MISSED_LOG_LIMIT = 5  # jobs named one warning each when a tick finds missed ticks; the rest in one line
 BACKOFF_MAX_S = 30.0
+CURSOR_STORE_S = 10.0  # a cursor that moves every tick is stored about this often (see _store_now)
 
 
 class Scheduler:
@@ -84,7 +89,8 @@ class Scheduler:
 
     def __init__(self, store: Store, settings: Settings | None = None, clock: Clock | None = None, *,
                  grace_s: float = GRACE_S, interval_s: float = INTERVAL_S, name: str | None = None,
-                 service: RunService | None = None, triggers: TriggerRegistry = TRIGGERS) -> None:
+                 service: RunService | None = None, triggers: TriggerRegistry = TRIGGERS,
+                 cursor_store_s: float = CURSOR_STORE_S) -> None:
         self.store = store
         self.clock = clock or store.clock
         self.service = service or RunService(store, settings, self.clock)
@@ -92,10 +98,14 @@ class Scheduler:
         self.triggers = triggers
         self.grace_s = grace_s
         self.interval_s = interval_s
+        self.cursor_store_s = cursor_store_s
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.next_due: datetime | None = None  # earliest upcoming fire seen by the last tick()
         # (job, trigger key) -> (identity, cursor, next fire after cursor): saves maths on idle ticks.
         self._upcoming: dict[tuple[str, str], tuple[dict[str, Any], datetime, datetime | None]] = {}
+        # (job, trigger key) -> (identity, cursor): where this scheduler last moved a cursor, stored or not.
+        self._handled: dict[tuple[str, str], tuple[dict[str, Any], datetime]] = {}
+        self._shared = False  # another scheduler moved cursors lately (this tick's _others_active)
         self._warned: set[tuple[str, str]] = set()
         # What this tick recorded so far, written at once before the cursors move (see _write_records).
         self._records: list[MissedTick] = []
@@ -117,7 +127,9 @@ class Scheduler:
         self._records, self._skips, self._missed_notes = [], [], []  # this tick's alone (a failed one's are recomputed)
         plans: list[_Plan] = []
         seen: set[tuple[str, str]] = set()
-        for job in self.store.jobs.schedulable():
+        jobs = self.store.jobs.schedulable()
+        self._shared = self._others_active(jobs, now)
+        for job in jobs:
             triggers = self._time_triggers(job)
             self._forget_removed(job, triggers)
             for trigger in triggers:
@@ -137,8 +149,9 @@ class Scheduler:
             if next_fire is not None:
                 upcoming.append(next_fire)
         self.next_due = min(upcoming, default=None)
-        for key in [k for k in self._upcoming if k not in seen]:
-            del self._upcoming[key]
+        for cache in (self._upcoming, self._handled):
+            for key in [k for k in cache if k not in seen]:
+                del cache[key]
         self.expire_leases(now)
         self.store.output.prune_expired(now)  # retention where no TTL index does it (at most hourly)
         self.store.missed.prune_expired(now)
@@ -193,14 +206,20 @@ class Scheduler:
     def _save_cursors(self, plans: list[_Plan], now: datetime) -> None:
         """Store where each plan's cursor went: a new or reset state by compare-and-set, one per trigger;
         a cursor moving forward under the same settings with every other one that moves to the same
-        tick under the same settings, in one update (a tick's fires share their tick).
+        tick under the same settings, in one update (a tick's fires share their tick), when
+        :meth:`_store_now` says so, else only in this scheduler's memory.
 
         Where another scheduler moved a cursor first, the next tick reads its state.
         """
+        skipped = {(job.name, trigger.key) for job, trigger, _, _, _ in self._skips}
         groups: dict[tuple[str, str, datetime], tuple[dict[str, Any], list[str]]] = {}
         for plan in plans:
+            identity = plan.trigger.identity()
+            slot = (plan.job.name, plan.trigger.key)
+            self._handled[slot] = (identity, plan.cursor)
             if plan.advance:
-                identity = plan.trigger.identity()
+                if not (plan.recorded or slot in skipped or self._store_now(plan)):
+                    continue  # remembered in _handled only
                 groups.setdefault((plan.trigger.key, repr(identity), plan.cursor), (identity, []))[1].append(
                     plan.job.name)
         for (key, _, cursor), (identity, names) in groups.items():
@@ -209,6 +228,48 @@ class Scheduler:
             (plan.job.name, plan.trigger.key, self._state(plan.trigger, plan.cursor, plan.since or now),
              dict(plan.previous) if plan.previous else None)
             for plan in plans if not plan.advance)
+
+    def _store_now(self, plan: _Plan) -> bool:
+        """Whether an advancing cursor is stored in this tick, or only remembered.
+
+        A thousand every-second jobs moved a thousand cursors every tick, the second biggest
+        write of a tick on the embedded server (150-250 ms). Each cursor is stored when it
+        crosses a boundary of its job's own grid of ``cursor_store_s`` (phases spread by the
+        job's name, so a tenth of them per tick), and at once when the tick recorded something
+        for it (missed ticks, a catch-up, a skipped fire) or when the trigger's key is not its
+        kind (the runs could not witness it). The stored cursor is at most one interval behind:
+        a scheduler that takes a cursor over, or that sees another one at work, asks the runs
+        what fired since before it calls a tick missed (:meth:`_plan`), and a job's dead man's
+        switch waits at least twice the interval (``alert_after_s``/2 caps it).
+        """
+        if plan.trigger.key != plan.trigger.kind or plan.stored is None or self.cursor_store_s <= 0:
+            return True
+        every = self.cursor_store_s
+        if plan.job.alert_after_s:
+            every = min(every, plan.job.alert_after_s / 2)
+        phase = zlib.crc32(plan.job.name.encode()) % 1000 / 1000 * every
+        def bucket(moment: datetime) -> int:
+            return int((moment.timestamp() - phase) // every)
+        return bucket(plan.cursor) != bucket(plan.stored)
+
+    def _others_active(self, jobs: list[Job], now: datetime) -> bool:
+        """Whether another scheduler moved a cursor lately (its ticks may be ahead of the stored cursors)."""
+        recent = now - timedelta(seconds=2 * self.cursor_store_s + self.grace_s)
+        for job in jobs:
+            states = [job.scheduler_state, *((job.extra.get("trigger_state") or {}).values())]
+            for state in states:
+                if (isinstance(state, dict) and state.get("by") not in (None, self.name)
+                        and isinstance(state.get("last_tick_at"), datetime)
+                        and _utc_ms(state["last_tick_at"]) > recent):
+                    return True
+        return False
+
+    def _witnessed(self, job: Job, trigger: TimeTrigger, stored: datetime) -> datetime:
+        """The stored cursor moved to the latest tick a run was fired for since (by any scheduler)."""
+        if trigger.key != trigger.kind:
+            return stored
+        fired = self.store.reads.latest_fire(job.name, trigger.kind, after=stored)
+        return max(stored, fired) if fired is not None else stored
 
     def _on_skip(self, job: Job, trigger: TimeTrigger, moment: datetime, now: datetime) -> Callable[[Job], None]:
         return lambda _: self._skipped(job, trigger, moment, now, due=None)
@@ -266,16 +327,27 @@ class Scheduler:
         identity = trigger.identity()
         if not state or any(state.get(k) != v for k, v in identity.items()) or not state.get("last_tick_at"):
             return _Plan(job, trigger, cursor=now, previous=state, since=now, save=True)
-        cursor = _utc_ms(state["last_tick_at"])
+        stored = cursor = _utc_ms(state["last_tick_at"])
+        handled = self._handled.get((job.name, trigger.key))
+        mine = handled is not None and handled[0] == identity
+        if mine and handled is not None and handled[1] > cursor:
+            cursor = handled[1]  # moved by this scheduler, not stored yet (_store_now)
         next_fire = self._next_after(job, trigger, cursor)
         if next_fire is None or next_fire > now:
             return _Plan(job, trigger, cursor=cursor)
         due = trigger.due(cursor, now, self.grace_s)
+        if due is not None and due.missed_count and (not mine or self._shared):
+            # Taken over, or another scheduler fires too: the stored cursor may lag its cursor by one
+            # store interval, and the runs say which ticks since then were fired.
+            witnessed = self._witnessed(job, trigger, cursor)
+            due = trigger.due(witnessed, now, self.grace_s) if witnessed > cursor else due
+            cursor = witnessed
         if due is None:
             return _Plan(job, trigger, cursor=cursor)
         caught_up = self._handle_missed(job, trigger, due, now) if due.missed_count else None
         return _Plan(job, trigger, cursor=due.latest, previous=state, since=state.get("since") or now, save=True,
-                     advance=True, on_time=due.on_time, caught_up=caught_up)
+                     advance=True, on_time=due.on_time, caught_up=caught_up, stored=stored,
+                     recorded=bool(due.missed_count))
 
     def _handle_missed(self, job: Job, trigger: TimeTrigger, due: DueTicks, now: datetime) -> Run | None:
         assert due.missed_latest is not None
@@ -378,6 +450,8 @@ class _Plan:
     advance: bool = False  # ... forward from a stored state of the same settings (not a new or reset state)
     on_time: tuple[datetime, ...] = ()  # the ticks that fire now, oldest first
     caught_up: Run | None = None  # the catch-up run queued for missed ticks
+    stored: datetime | None = None  # the cursor as stored (this scheduler may be ahead of it)
+    recorded: bool = False  # missed ticks were recorded or caught up: the cursor is stored at once
 
 
 def _utc_ms(moment: datetime) -> datetime:

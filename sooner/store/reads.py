@@ -250,6 +250,18 @@ class Reads:
                 found[asked] = Run.from_doc(doc)
         return found
 
+    def latest_fire(self, job: str, fire_kind: str, *, after: datetime) -> datetime | None:
+        """The latest tick after ``after`` that a time trigger of ``fire_kind`` fired a run of ``job`` for, if any.
+
+        What a scheduler that takes over a cursor stored a few seconds behind asks before it
+        calls the ticks since then missed: the runs are the witnesses of the ticks fired.
+        """
+        doc = self.store.retry(lambda: self._runs.find_one(
+            {"job": schema.eq(job), "fire_kind": schema.eq(fire_kind), "scheduled_for": {"$gt": after}},
+            {"scheduled_for": 1}, sort=[("scheduled_for", -1)]))
+        moment = doc.get("scheduled_for") if doc else None
+        return to_ms(aware(moment)) if isinstance(moment, datetime) else None
+
     def dashboard_runs(self, *, running: int = 100, queued: int = 20, recent: int = 15) -> DashboardRuns:
         """What the dashboard shows: running runs, the oldest queued ones and the newest runs."""
         # Equality on status uses its index; an $in over statuses is a scan on the embedded server.
