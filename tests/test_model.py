@@ -6,6 +6,7 @@ from the collection, on every store kind (``any_store``).
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -297,3 +298,13 @@ def test_a_runs_duration_is_recorded_once_ended_and_counted_until_now_while_runn
 def test_a_queued_run_is_due_from_its_not_before():
     run = Run(id="r", job="a.sh", not_before=T0)
     assert not run.due(T0 - timedelta(milliseconds=1)) and run.due(T0) and Run(id="r", job="a.sh").due(T0)
+
+
+def test_evolving_a_run_equals_replacing_its_fields_and_refuses_unknown_names() -> None:
+    run = Run.from_doc({"_id": "r1", "job": "a.sh", "status": "queued", "trigger": {"type": "manual"}})
+    moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    evolved = run.evolve(number=7, queued_at=moment)
+    assert evolved == dataclasses.replace(run, number=7, queued_at=moment)
+    assert run.number is None and evolved.number == 7  # a copy: the original is unchanged
+    with pytest.raises(TypeError, match="nuber"):
+        run.evolve(nuber=7)

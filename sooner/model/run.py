@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -195,6 +195,19 @@ class Run:
             extra={k: v for k, v in doc.items() if k != "_id" and k not in _FIELDS},
         )
 
+    def evolve(self, **changes: Any) -> Run:
+        """A copy with ``changes``, for values already valid (nothing is converted or checked but the names).
+
+        ``dataclasses.replace`` runs ``__init__`` over every field, ~75 µs a run: three per fire were
+        a fifth of a thousand-job tick's scheduler CPU. This copies the fields instead.
+        """
+        unknown = set(changes) - _DATACLASS_FIELDS
+        if unknown:
+            raise TypeError(f"Run has no field(s) {sorted(unknown)}")
+        copy = object.__new__(Run)
+        copy.__dict__.update(self.__dict__, **changes)
+        return copy
+
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "_id": self.id, "job": self.job, "status": self.status.value, "trigger": self.trigger.to_doc(),
@@ -257,3 +270,6 @@ class RunUsage:
                 or not isinstance(cpu, (int, float)):
             return None
         return cls(int(rss), float(cpu))
+
+
+_DATACLASS_FIELDS = frozenset(f.name for f in fields(Run))

@@ -69,7 +69,7 @@ class Counters:
             return {}
         ids = {counter_id(job): job for job in wanted}
         current = {doc["_id"]: int(doc.get("n") or 0) for doc in self.store.retry(
-            lambda: list(self.collection.find({"_id": {"$in": list(ids)}}, {"n": 1})))}
+            lambda: list(self.collection.find({"_id": {"$in": list(ids)}}, {"n": 1}).batch_size(len(ids) + 1)))}
         jobs = list(wanted)
         starts = [current.get(counter_id(job), 0) for job in jobs]
         refused = bulk_write(self.store, self.collection, [

@@ -88,10 +88,9 @@ class RunRepo:
             if run.number is None:
                 wanted[run.job] = wanted.get(run.job, 0) + 1
         numbers = self.store.counters.take_run_numbers(wanted)
-        numbered = [run if run.number is not None else replace(run, number=numbers[run.job].pop(0)) for run in runs]
-        if stamp is not None:
-            at = stamp()
-            numbered = [self._stamped(run, lambda: at) for run in numbered]
+        at = stamp() if stamp is not None else None
+        # One replace per run (a tick's thousand of them were ~70 ms of the scheduler's CPU at three).
+        numbered = [self._fire_ready(run, numbers, at) for run in runs]
         refused = bulk_write(self.store, self.collection, [Insert(run.to_doc()) for run in numbered])
         results: builtins.list[Run | None] = []
         for index, run in enumerate(numbered):
@@ -163,8 +162,20 @@ class RunRepo:
         ``not_before`` moves with it unless it was set later on purpose (a delayed retry)."""
         if stamp is None:
             return run
-        at = stamp()
-        return replace(run, queued_at=at, not_before=max(run.not_before, at) if run.not_before else at)
+        return replace(run, **RunRepo._stamp_fields(run, stamp()))
+
+    @staticmethod
+    def _fire_ready(run: Run, numbers: dict[str, builtins.list[int]], at: datetime | None) -> Run:
+        """``run`` with the next of its job's ``numbers`` (unless it has one) and stamped queued ``at``."""
+        changes: dict[str, Any] = {} if run.number is not None else {"number": numbers[run.job].pop(0)}
+        if at is not None:
+            changes.update(RunRepo._stamp_fields(run, at))
+        return run.evolve(**changes) if changes else run
+
+    @staticmethod
+    def _stamp_fields(run: Run, at: datetime) -> dict[str, Any]:
+        """What stamping ``run`` queued at ``at`` changes (see :meth:`_stamped`)."""
+        return {"queued_at": at, "not_before": max(run.not_before, at) if run.not_before else at}
 
     def key_holder(self, job: str, key: str) -> Run | None:
         """The run of ``job`` that holds dedupe key ``key``, if any (expired or not)."""
