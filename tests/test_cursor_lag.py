@@ -12,6 +12,7 @@ switch never sees the lag as a tick no scheduler fired.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -158,3 +159,19 @@ def test_the_dead_mans_switch_of_a_short_alert_grace_never_sees_the_lag(store) -
                 store.runs.finish(run.id, RunStatus.SUCCEEDED, exit_code=0, now=clock.now())
         states = alerts.job_alerts(store, [store.jobs.get(name) for name in names], clock.now())
         assert {state.state for state in states.values()} == {AlertState.OK}, states
+
+
+def test_a_scheduler_that_stops_stores_the_cursors_it_only_remembered(store) -> None:
+    names = make_jobs(store)
+    clock = FakeClock(START)
+    scheduler = Scheduler(store, Settings(), clock, name="stopping")
+    run_ticks(scheduler, clock, 13)
+    latest = clock.now().replace(microsecond=0)
+    assert min(stored_cursors(store, names).values()) < latest  # some only remembered
+    stop = threading.Event()
+    stop.set()  # run_forever ticks no more, and stores what it remembers on its way out
+    scheduler.run_forever(stop)
+    assert set(stored_cursors(store, names).values()) == {latest}
+    clock.advance(GRACE_S + 3)
+    Scheduler(store, Settings(), clock, name="next").tick()  # a late successor, no runs to ask
+    assert {m.first for m in store.missed.list()} == {latest + timedelta(seconds=1)}

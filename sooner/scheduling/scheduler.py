@@ -212,18 +212,13 @@ class Scheduler:
         Where another scheduler moved a cursor first, the next tick reads its state.
         """
         skipped = {(job.name, trigger.key) for job, trigger, _, _, _ in self._skips}
-        groups: dict[tuple[str, str, datetime], tuple[dict[str, Any], list[str]]] = {}
+        moving: list[tuple[tuple[str, str], tuple[dict[str, Any], datetime]]] = []
         for plan in plans:
-            identity = plan.trigger.identity()
-            slot = (plan.job.name, plan.trigger.key)
-            self._handled[slot] = (identity, plan.cursor)
-            if plan.advance:
-                if not (plan.recorded or slot in skipped or self._store_now(plan)):
-                    continue  # remembered in _handled only
-                groups.setdefault((plan.trigger.key, repr(identity), plan.cursor), (identity, []))[1].append(
-                    plan.job.name)
-        for (key, _, cursor), (identity, names) in groups.items():
-            self.store.jobs.advance_trigger_cursors(key, identity, names, cursor, by=self.name)
+            slot, handled = (plan.job.name, plan.trigger.key), (plan.trigger.identity(), plan.cursor)
+            self._handled[slot] = handled
+            if plan.advance and (plan.recorded or slot in skipped or self._store_now(plan)):
+                moving.append((slot, handled))  # the others are remembered in _handled only
+        self._advance(moving)
         self.store.jobs.save_trigger_states(
             (plan.job.name, plan.trigger.key, self._state(plan.trigger, plan.cursor, plan.since or now),
              dict(plan.previous) if plan.previous else None)
@@ -342,6 +337,7 @@ class Scheduler:
             witnessed = self._witnessed(job, trigger, cursor)
             due = trigger.due(witnessed, now, self.grace_s) if witnessed > cursor else due
             cursor = witnessed
+            self._handled[(job.name, trigger.key)] = (identity, cursor)  # not asked again next tick
         if due is None:
             return _Plan(job, trigger, cursor=cursor)
         caught_up = self._handle_missed(job, trigger, due, now) if due.missed_count else None
@@ -434,7 +430,25 @@ class Scheduler:
                 else:
                     logger.exception("tick failed (retrying in %.1fs)", wait)
             stop_event.wait(wait)
+        try:
+            self.store_cursors()
+        except SoonerError as exc:  # the database is away: the next scheduler asks the runs instead
+            logger.warning("could not store the trigger cursors on the way out: %s", exc)
         logger.info("scheduler %s stopped", self.name)
+
+    def store_cursors(self) -> int:
+        """Store every cursor this scheduler moved and only remembers (a stop that is not a crash), so the
+        next scheduler starts from them instead of asking the runs. Returns how many moved."""
+        return self._advance(list(self._handled.items()))
+
+    def _advance(self, moves: list[tuple[tuple[str, str], tuple[dict[str, Any], datetime]]]) -> int:
+        """Move these ((job, trigger key), (identity, cursor)) stored cursors forward: one update for all
+        that move to the same cursor under the same trigger settings (a tick's fires share their tick)."""
+        groups: dict[tuple[str, str, datetime], tuple[dict[str, Any], list[str]]] = {}
+        for (name, key), (identity, cursor) in moves:
+            groups.setdefault((key, repr(identity), cursor), (identity, []))[1].append(name)
+        return sum(self.store.jobs.advance_trigger_cursors(key, identity, names, cursor, by=self.name)
+                   for (key, _, cursor), (identity, names) in groups.items())
 
 
 @dataclass
