@@ -163,7 +163,8 @@ def throughput(store, settings, tree: Path, cache: Path, count: int) -> None:
 
 
 def _cpu_meter(settings):
-    """CPU time used from now on by this process (the worker), its children (scripts) and the database server."""
+    """CPU time used from now on by this process (the worker), its children (scripts), the database server, and
+    the whole machine (the launcher, the runs' supervisors and scripts are not this process's reaped children)."""
     info = EmbeddedServer(settings.state_dir).status()
     server = psutil.Process(info.pid) if info.pid else None
     me = psutil.Process()
@@ -173,12 +174,16 @@ def _cpu_meter(settings):
         db = server.cpu_times() if server else None
         return (mine.user + mine.system, mine.children_user + mine.children_system,
                 (db.user + db.system) if db else 0.0)
-    before = snapshot()
+    before, machine_before, started = snapshot(), psutil.cpu_times(), time.monotonic()
 
     def report() -> str:
-        after = snapshot()
+        after, machine = snapshot(), psutil.cpu_times()
         worker, scripts, db = (a - b for a, b in zip(after, before))
-        return f"worker {worker:.1f}, scripts {scripts:.1f}, database server {db:.1f}"
+        busy = sum(getattr(machine, f) - getattr(machine_before, f) for f in ("user", "system", "nice", "irq",
+                                                                               "softirq") if hasattr(machine, f))
+        cores = busy / max(time.monotonic() - started, 1e-9)
+        return (f"worker {worker:.1f}, scripts {scripts:.1f}, database server {db:.1f}; the machine "
+                f"{busy:.1f} ({cores:.2f} of {psutil.cpu_count()} cores busy)")
     return report
 
 
