@@ -82,6 +82,20 @@ def test_a_deleted_job_keeps_history_and_comes_back_disabled_with_its_settings(a
     assert (back.deleted, back.enabled, back.schedule) == (False, False, "0 * * * *")
 
 
+def test_the_schedulable_jobs_are_read_afresh_when_their_document_changes(any_store):
+    jobs = any_store.jobs
+    jobs.record_deployed("a.sh", commit="c1", blob="b1")
+    jobs.set_enabled("a.sh", True)
+    jobs.update_settings("a.sh", {"schedule": "* * * * *"})
+    first = jobs.schedulable()
+    assert [job.schedule for job in first] == ["* * * * *"]
+    assert jobs.schedulable()[0] is first[0]  # an unchanged document is not decoded again
+    jobs.update_settings("a.sh", {"schedule": "*/5 * * * *"})
+    assert [job.schedule for job in jobs.schedulable()] == ["*/5 * * * *"]
+    jobs.set_enabled("a.sh", False)
+    assert jobs.schedulable() == []
+
+
 def test_job_settings_and_hooks(any_store):
     jobs = any_store.jobs
     jobs.record_deployed("a.sh", commit="c1", blob="b1")

@@ -430,10 +430,13 @@ class Scheduler:
                 else:
                     logger.exception("tick failed (retrying in %.1fs)", wait)
             stop_event.wait(wait)
-        try:
-            self.store_cursors()
-        except SoonerError as exc:  # the database is away: the next scheduler asks the runs instead
-            logger.warning("could not store the trigger cursors on the way out: %s", exc)
+        # Not while the ticks fail (the database is away): the stop would wait out the store's
+        # retries, and the next scheduler asks the runs instead.
+        if failures == 0:
+            try:
+                self.store_cursors()
+            except SoonerError as exc:
+                logger.warning("could not store the trigger cursors on the way out: %s", exc)
         logger.info("scheduler %s stopped", self.name)
 
     def store_cursors(self) -> int:

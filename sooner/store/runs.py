@@ -89,7 +89,7 @@ class RunRepo:
                 wanted[run.job] = wanted.get(run.job, 0) + 1
         numbers = self.store.counters.take_run_numbers(wanted)
         at = stamp() if stamp is not None else None
-        # One replace per run (a tick's thousand of them were ~70 ms of the scheduler's CPU at three).
+        # One copy per run (Run.evolve): two dataclasses.replace each took ~70 ms of a 1,000-run tick.
         numbered = [self._fire_ready(run, numbers, at) for run in runs]
         refused = bulk_write(self.store, self.collection, [Insert(run.to_doc()) for run in numbered])
         results: builtins.list[Run | None] = []
