@@ -2,13 +2,14 @@
 
 nx-27017 hands each filter to neosqlite, which writes it as SQL. Whether SQLite
 can answer that SQL from an index depends on the filter's shape: a bare
-``{"status": "queued"}`` becomes ``= 'queued' OR <an array holding 'queued'>``,
-which SQLite answers by reading every row, so a worker's poll read the whole
-run history (70-100 ms at 30,000 runs, 1 ms from the index). These tests issue
-the hot queries through the store on the real embedded server, record the
-filters PyMongo sent, translate each with the server's own neosqlite on a
-snapshot of the server's database file, and read SQLite's query plan: no
-plan may scan the ``runs`` table. No time is measured; a bare filter fails.
+``{"status": "running"}`` beside a date condition becomes ``= 'running' OR <an
+array holding 'running'>``, which SQLite answers by reading every row, so the
+scheduler's lease check read the whole run history on every tick (100 ms at
+30,000 runs, 2 ms from the index; see ``schema.eq``). These tests issue the hot
+queries through the store on the real embedded server, record the filters
+PyMongo sent, translate each with the server's own neosqlite on a snapshot of
+the server's database file, and read SQLite's query plan: no plan may scan
+the query's table. No time is measured; a filter of the old shape fails.
 """
 
 from __future__ import annotations
