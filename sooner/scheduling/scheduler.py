@@ -50,6 +50,7 @@ whose end-of-run listeners retry them per the job's policy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -105,7 +106,8 @@ class Scheduler:
         self._upcoming: dict[tuple[str, str], tuple[dict[str, Any], datetime, datetime | None]] = {}
         # (job, trigger key) -> (identity, cursor): where this scheduler last moved a cursor, stored or not.
         self._handled: dict[tuple[str, str], tuple[dict[str, Any], datetime]] = {}
-        self._shared = False  # another scheduler moved cursors lately (this tick's _others_active)
+        # Whether another scheduler moved cursors lately: asked only when a tick finds missed ticks.
+        self._shared: Callable[[], bool] = lambda: False
         self._warned: set[tuple[str, str]] = set()
         # What this tick recorded so far, written at once before the cursors move (see _write_records).
         self._records: list[MissedTick] = []
@@ -128,7 +130,7 @@ class Scheduler:
         plans: list[_Plan] = []
         seen: set[tuple[str, str]] = set()
         jobs = self.store.jobs.schedulable()
-        self._shared = self._others_active(jobs, now)
+        self._shared = functools.cache(lambda: self._others_active(jobs, now))
         for job in jobs:
             triggers = self._time_triggers(job)
             self._forget_removed(job, triggers)
@@ -237,7 +239,7 @@ class Scheduler:
         what fired since before it calls a tick missed (:meth:`_plan`), and a job's dead man's
         switch waits at least twice the interval (``alert_after_s``/2 caps it).
         """
-        if plan.trigger.key != plan.trigger.kind or plan.stored is None or self.cursor_store_s <= 0:
+        if not _runs_witness(plan.trigger) or plan.stored is None or self.cursor_store_s <= 0:
             return True
         every = self.cursor_store_s
         if plan.job.alert_after_s:
@@ -259,12 +261,12 @@ class Scheduler:
                     return True
         return False
 
-    def _witnessed(self, job: Job, trigger: TimeTrigger, stored: datetime) -> datetime:
-        """The stored cursor moved to the latest tick a run was fired for since (by any scheduler)."""
-        if trigger.key != trigger.kind:
-            return stored
-        fired = self.store.reads.latest_fire(job.name, trigger.kind, after=stored)
-        return max(stored, fired) if fired is not None else stored
+    def _witnessed(self, job: Job, trigger: TimeTrigger, cursor: datetime) -> datetime:
+        """``cursor`` moved to the latest tick a run was fired for since (by any scheduler)."""
+        if not _runs_witness(trigger):
+            return cursor
+        fired = self.store.reads.latest_fire(job.name, trigger.kind, after=cursor)
+        return max(cursor, fired) if fired is not None else cursor
 
     def _on_skip(self, job: Job, trigger: TimeTrigger, moment: datetime, now: datetime) -> Callable[[Job], None]:
         return lambda _: self._skipped(job, trigger, moment, now, due=None)
@@ -324,14 +326,14 @@ class Scheduler:
             return _Plan(job, trigger, cursor=now, previous=state, since=now, save=True)
         stored = cursor = _utc_ms(state["last_tick_at"])
         handled = self._handled.get((job.name, trigger.key))
-        mine = handled is not None and handled[0] == identity
-        if mine and handled is not None and handled[1] > cursor:
-            cursor = handled[1]  # moved by this scheduler, not stored yet (_store_now)
+        remembered = handled[1] if handled is not None and handled[0] == identity else None
+        if remembered is not None and remembered > cursor:
+            cursor = remembered  # moved by this scheduler, not stored yet (_store_now)
         next_fire = self._next_after(job, trigger, cursor)
         if next_fire is None or next_fire > now:
             return _Plan(job, trigger, cursor=cursor)
         due = trigger.due(cursor, now, self.grace_s)
-        if due is not None and due.missed_count and (not mine or self._shared):
+        if due is not None and due.missed_count and (remembered is None or self._shared()):
             # Taken over, or another scheduler fires too: the stored cursor may lag its cursor by one
             # store interval, and the runs say which ticks since then were fired.
             witnessed = self._witnessed(job, trigger, cursor)
@@ -469,6 +471,11 @@ class _Plan:
     caught_up: Run | None = None  # the catch-up run queued for missed ticks
     stored: datetime | None = None  # the cursor as stored (this scheduler may be ahead of it)
     recorded: bool = False  # missed ticks were recorded or caught up: the cursor is stored at once
+
+
+def _runs_witness(trigger: TimeTrigger) -> bool:
+    """Whether the runs tell which ticks of ``trigger`` fired: they carry its kind (``fire_kind``), not its key."""
+    return trigger.key == trigger.kind
 
 
 def _utc_ms(moment: datetime) -> datetime:

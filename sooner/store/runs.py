@@ -162,7 +162,7 @@ class RunRepo:
         ``not_before`` moves with it unless it was set later on purpose (a delayed retry)."""
         if stamp is None:
             return run
-        return replace(run, **RunRepo._stamp_fields(run, stamp()))
+        return run.evolve(**RunRepo._stamp_fields(run, stamp()))
 
     @staticmethod
     def _fire_ready(run: Run, numbers: dict[str, builtins.list[int]], at: datetime | None) -> Run:
