@@ -155,8 +155,10 @@ def test_run_now_streams_output_and_progress_live_and_a_reload_shows_everything_
     assert [text.count(f"line {i} of 20\n") for i in range(1, 11)] == [1] * 10
     assert "line 11 of 20" not in text
     page.wait_for_selector("#live[data-state=live]")
+    assert page.locator("#move-form").is_visible()  # a running run can be moved
     gate.touch()  # from here on, every line reaches this page over Socket.IO only
     page.wait_for_selector("#run-status[data-status=succeeded]", timeout=30_000)
+    page.wait_for_selector("#move-form", state="hidden")  # a finished run cannot, without a reload
     page.wait_for_selector("#output >> text=done")
     text = output_text(page)
     assert [text.count(f"line {i} of 20\n") for i in range(1, 21)] == [1] * 20

@@ -134,8 +134,10 @@
     var live = document.getElementById("live");
     if (live && finished) { live.hidden = true; }  // nothing more will change
     if (finished || run.duration_s !== null) { durationBox.textContent = S.duration(run.duration_s); }
-    var cancelForm = document.getElementById("cancel-form");
-    if (cancelForm) { cancelForm.hidden = finished; }
+    ["cancel-form", "move-form"].forEach(function (id) {  // actions on an active run only
+      var form = document.getElementById(id);
+      if (form) { form.hidden = finished; }
+    });
     if (run.cancel_requested && !finished) { setText("cancel", "Cancelling…"); }
   }
 
