@@ -49,6 +49,16 @@ def seeded(mock_web_app) -> dict[str, Any]:
     return {"app": app, "store": store, "run": run.id, "now": now, "auth": {"Authorization": f"Bearer {token}"}}
 
 
+@pytest.fixture(scope="module")
+def chromium_ok() -> None:
+    """Headless Chromium can start (a failure under CI, a skip elsewhere, with the reason)."""
+    problem = chromium_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests need headless Chromium: {problem}")
+        pytest.skip(f"browser tests need headless Chromium: {problem}")
+
+
 def get(url: str, headers: dict[str, str]) -> tuple[int, Any]:
     request = urllib.request.Request(url, headers=headers)
     try:
@@ -104,12 +114,7 @@ def test_the_run_page_shows_peak_memory_and_cpu_time_and_where_its_chart_reads(s
 
 
 @pytest.mark.browser
-def test_the_workers_page_draws_its_charts_in_headless_chromium(seeded):
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+def test_the_workers_page_draws_its_charts_in_headless_chromium(chromium_ok, seeded):
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
@@ -135,3 +140,31 @@ def test_the_workers_page_draws_its_charts_in_headless_chromium(seeded):
         finally:
             browser.close()
     assert errors == []
+
+
+@pytest.mark.browser
+def test_a_run_with_a_single_sample_charts_it_on_a_minute_not_years(chromium_ok, seeded):
+    from playwright.sync_api import sync_playwright
+
+    store, now = seeded["store"], seeded["now"]
+    service = RunService(store)
+    run = service.queue("hungry.sh", ManualTrigger(author="admin"))  # a run of two seconds: one sample, at its end
+    assert run is not None and service.take(run.id, "w1", lease_s=60) is not None
+    store.runs.mark_started(run.id, pid=1, commit=None, now=now - timedelta(seconds=2))
+    store.samples.insert([Sample(SampleKind.RUN, run.id, now, cpu_percent=0.0, rss_bytes=5 * MB)])
+    service.finish(run.id, RunStatus.SUCCEEDED, exit_code=0)
+    with served(seeded["app"]) as base, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(15_000)
+            sign_in(page, base, "admin", "admin-password")
+            page.goto(f"{base}/runs/{run.id}")
+            page.wait_for_selector("#run-usage canvas")
+            page.wait_for_selector("#run-usage .empty", state="hidden")
+            span = page.evaluate("(() => { const x = document.querySelector('#run-usage .usage-chart').chart.scales.x;"
+                                 " return x.max - x.min; })()")
+        finally:
+            browser.close()
+    assert 0 < span <= 120, span  # seconds on the time axis around the one sample (was about two and a half years)
+

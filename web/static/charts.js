@@ -6,6 +6,7 @@
   var Sooner = window.Sooner = window.Sooner || {};
   var Charts = Sooner.charts = {};
   var HEIGHT = 160;
+  var SINGLE_SPAN_S = 30;  // a chart of one sample shows this many seconds on each side of it
   var WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
 
   Charts.bytes = function (value) {
@@ -58,6 +59,11 @@
     var scales = { x: { time: true } };
     if (options.window_s) {  // a "last N seconds" chart: its time axis is that window, however few samples it has
       scales.x.range = function () { var now = Date.now() / 1000; return [now - options.window_s, now]; };
+    } else {  // one sample (a run of a second or two): uPlot spans a lone time over 1,000 days; a minute around it
+      scales.x.range = function (u, min, max) {
+        var only = u.data[0].length === 1 ? u.data[0][0] : null;
+        return only === null ? [min, max] : [only - SINGLE_SPAN_S, only + SINGLE_SPAN_S];
+      };
     }
     var seen = {};
     series.forEach(function (s) {
@@ -77,7 +83,8 @@
       cursor: { drag: { x: false, y: false } },
       series: [{}].concat(series.map(function (s) {
         var line = { label: s.label, stroke: s.color, fill: s.fill, width: 1.5, scale: s.scale || "y", spanGaps: true,
-                     points: { show: false }, value: function (u, v) { return s.format(v); } };
+                     points: { show: function (u) { return u.data[0].length === 1; } },  // a lone sample: a dot
+                     value: function (u, v) { return s.format(v); } };
         if (s.bars && window.uPlot.paths && window.uPlot.paths.bars) {
           line.paths = window.uPlot.paths.bars({ size: [0.7, 24] });
           line.fill = s.color;
@@ -87,6 +94,7 @@
     };
     var empty = [[]].concat(series.map(function () { return []; }));
     var chart = new window.uPlot(opts, empty, el);
+    el.chart = chart;  // the uPlot instance, for scripts and tests that read its scales
     // The cell's width follows the page (flex rows wrap): follow it.
     var resize = function () {
       var width = widthOf(el);
