@@ -1,0 +1,163 @@
+"""The launcher and its per-run supervisors, driven directly (no worker): what starts, what dies with what.
+
+Real processes throughout: `Launcher` forks real supervisors, which start real
+shell scripts; every process is checked by pid and create time.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import alive, wait_for
+from sooner.worker.supervise import Launcher, Supervised
+
+# Leaves the script's group three ways (setsid, a double fork into another session, a plain
+# child), says so, then waits: the run's tree is the script and three sleeps.
+ESCAPING = """#!/bin/sh
+setsid sleep 600 &
+sh -c 'sleep 600 & wait' &
+( setsid sh -c 'sleep 600; true' & )
+echo started
+wait
+"""
+
+
+@pytest.fixture
+def launcher() -> Iterator[Launcher]:
+    launcher = Launcher()
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def run_env(tmp_path) -> Iterator[dict[str, str]]:
+    """A run's environment, marked so the test can find (and at teardown kill) every process of it."""
+    env = {"PATH": os.environ["PATH"], "SOONER_RUN_ID": f"test-supervise-{os.getpid()}-{time.monotonic_ns()}"}
+    yield env
+    for pid, created in processes_of(env["SOONER_RUN_ID"]).items():
+        if alive(pid, created):
+            psutil.Process(pid).kill()
+
+
+def processes_of(run_id: str) -> dict[int, float]:
+    found = {}
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get("SOONER_RUN_ID") == run_id:
+                found[process.pid] = process.create_time()
+        except psutil.Error:
+            continue
+    return found
+
+
+def script(tmp_path: Path, text: str, name: str = "script.sh") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def read_line(fd: int, timeout: float = 10.0) -> bytes:
+    data, deadline = b"", time.monotonic() + timeout
+    while b"\n" not in data and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def wait_ended(supervised: Supervised, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not supervised.status_closed and time.monotonic() < deadline:
+        if select.select([supervised.status_fd], [], [], 0.1)[0]:
+            supervised.read_status()
+    assert supervised.status_closed, "the supervisor did not exit"
+
+
+def test_a_script_starts_in_its_own_session_in_its_directory_with_stdin_empty(launcher, tmp_path, run_env):
+    work = tmp_path / "work"
+    work.mkdir()
+    path = script(tmp_path, '#!/bin/sh\nread line; echo "read=$? cwd=$(pwd)"; exec sleep 30\n')
+    supervised = launcher.start([path], cwd=str(work), env=run_env)
+    try:
+        line = read_line(supervised.stdout).decode()
+        session = os.getsid(supervised.script_pid)
+        supervised.kill()
+        wait_ended(supervised)
+    finally:
+        supervised.close()
+    assert line == f"read=1 cwd={work}\n"
+    assert session == supervised.script_pid
+    assert supervised.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("problem", ["missing", "not executable", "no directory"])
+def test_a_script_that_cannot_start_is_an_os_error_with_the_reason(launcher, tmp_path, run_env, problem):
+    path = script(tmp_path, "#!/bin/sh\nexit 0\n")
+    cwd = str(tmp_path)
+    if problem == "missing":
+        path = str(tmp_path / "nowhere.sh")
+    elif problem == "not executable":
+        os.chmod(path, 0o644)
+    else:
+        cwd = str(tmp_path / "gone")
+    with pytest.raises(OSError) as raised:
+        launcher.start([path], cwd=cwd, env=run_env)
+    assert raised.value.errno in {"missing": (2,), "not executable": (13,), "no directory": (2,)}[problem]
+    # The launcher still serves the next run.
+    supervised = launcher.start([script(tmp_path, "#!/bin/sh\nexit 3\n", "ok.sh")], cwd=str(tmp_path), env=run_env)
+    wait_ended(supervised)
+    supervised.close()
+    assert supervised.returncode == 3
+
+
+def test_a_killed_supervisor_takes_the_script_and_all_it_started_with_it(launcher, tmp_path, run_env):
+    # A supervisor killed by anyone (the OOM killer, a person) must not leave its run's tree
+    # behind: the script, and the descendants that left its group, all die within seconds.
+    supervised = launcher.start([script(tmp_path, ESCAPING)], cwd=str(tmp_path), env=run_env)
+    try:
+        assert read_line(supervised.stdout) == b"started\n"
+        run_id = run_env["SOONER_RUN_ID"]
+        wait_for(lambda: len(processes_of(run_id)) >= 6, message="the script and its three sleeps")
+        tree = processes_of(run_id)
+        os.kill(supervised.supervisor_pid, signal.SIGKILL)
+        wait_for(lambda: not any(alive(pid, created) for pid, created in tree.items()), timeout=10,
+                 message="every process of the run to die with its supervisor")
+    finally:
+        supervised.close()
+
+
+def test_the_workers_death_kills_the_whole_tree(launcher, tmp_path, run_env):
+    # The control pipe's EOF is how a supervisor learns its worker died, however it died.
+    supervised = launcher.start([script(tmp_path, ESCAPING)], cwd=str(tmp_path), env=run_env)
+    assert read_line(supervised.stdout) == b"started\n"
+    run_id = run_env["SOONER_RUN_ID"]
+    wait_for(lambda: len(processes_of(run_id)) >= 6, message="the script and its three sleeps")
+    tree = processes_of(run_id)
+    os.close(supervised.control)
+    wait_for(lambda: not any(alive(pid, created) for pid, created in tree.items()), timeout=10,
+             message="every process of the run to die when the control pipe closes")
+    os.close(supervised.stdout)
+    os.close(supervised.stderr)
+    os.close(supervised.status_fd)
+
+
+def test_the_usage_of_the_tree_is_reported_when_it_is_gone(launcher, tmp_path, run_env):
+    busy = script(tmp_path, "#!/bin/sh\ni=0\nwhile [ $i -lt 20000 ]; do i=$((i+1)); done\n")
+    supervised = launcher.start([busy], cwd=str(tmp_path), env=run_env)
+    wait_ended(supervised)
+    supervised.close()
+    assert supervised.returncode == 0
+    assert supervised.reported_usage is not None
+    cpu_s, max_rss = supervised.reported_usage
+    assert cpu_s > 0 and max_rss > 0
