@@ -48,6 +48,8 @@ class Bench:
 SUITE = [
     Bench("runtime", "runtime.py", "one worker's no-op throughput, dispatch latency, progress calls, output ingest",
           quick=("--runs", "100", "--latency-runs", "30")),
+    Bench("launcher", "launcher.py", "a run's process start: Launcher.start (launcher, supervisor) vs a bare posix_spawn",
+          quick=("--starts", "100")),
     Bench("rq", "rq_baseline.py", "RQ + local redis-server: SimpleWorker jobs/s, latency, 4 workers, idle RSS",
           quick=("--runs", "100", "--runs-4", "100", "--latency-runs", "30")),
     Bench("scheduler_scale", "scheduler_scale.py", "100 and 1,000 every-second jobs: missed ticks, lateness, CPU",

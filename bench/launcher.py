@@ -4,8 +4,8 @@
 Each start of a no-op ``/bin/sh`` script goes through the worker's launcher: a
 fork of the launcher becomes the run's supervisor, which spawns the script and
 waits until its tree is gone. The CPU of the launcher's whole tree (launcher,
-supervisors, scripts: ``psutil`` reads its own and its waited children's
-times) is divided by the starts, and compared with the same script started by
+supervisors, scripts: ``psutil`` reads the launcher's own and reaped children's
+times, and those of each supervisor alive, with its scripts) is divided by the starts, and compared with the same script started by
 ``os.posix_spawn`` from this process and waited for, in the same run.
 
     python bench/launcher.py [--starts 300] [--json]
@@ -34,8 +34,16 @@ ENV = {"PATH": "/usr/bin:/bin"}
 
 
 def _tree_cpu(process: psutil.Process) -> float:
+    """CPU seconds of the launcher, the supervisors it reaped, and those alive now (each with its scripts)."""
     times = process.cpu_times()
-    return times.user + times.system + times.children_user + times.children_system
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in process.children():
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue  # reaped meanwhile: counted in the launcher's children_* from now on (a small miss)
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def _children_cpu() -> float:
@@ -50,10 +58,10 @@ def _until_gone(supervised: Supervised) -> None:
     supervised.close()
 
 
-def _wait_reaped(launcher_process: psutil.Process) -> None:
-    """Until the launcher reaped every supervisor (it does so at least every IDLE_S): its times count them then."""
+def _wait_idle(launcher_process: psutil.Process) -> None:
+    """Until no supervisor has a child left (the last scripts' times reached their supervisors)."""
     deadline = time.monotonic() + 10 * IDLE_S
-    while launcher_process.children() and time.monotonic() < deadline:
+    while any(child.children() for child in launcher_process.children()) and time.monotonic() < deadline:
         time.sleep(IDLE_S / 5)
 
 
@@ -66,14 +74,14 @@ def launcher_starts(script: str, cwd: str, starts: int) -> tuple[float, float]:
         process = psutil.Process(launcher._process.pid)
         for _ in range(20):  # warm-up: the launcher's pages, the page cache
             _until_gone(launcher.start([script], cwd=cwd, env=ENV))
-        _wait_reaped(process)
+        _wait_idle(process)
         cpu, latencies = _tree_cpu(process), []
         for _ in range(starts):
             started = time.perf_counter()
             supervised = launcher.start([script], cwd=cwd, env=ENV)
             latencies.append(time.perf_counter() - started)
             _until_gone(supervised)
-        _wait_reaped(process)
+        _wait_idle(process)
         cpu = _tree_cpu(process) - cpu
     finally:
         launcher.close()

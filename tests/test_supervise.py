@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import alive, wait_for
-from sooner.worker.supervise import Launcher, Supervised
+from sooner.worker.supervise import IDLE_NAME, Launcher, Supervised, stop_recorded, supervisor_name
 
 # Leaves the script's group three ways (setsid, a double fork into another session, a plain
 # child), says so, then waits: the run's tree is the script and three sleeps.
@@ -161,3 +161,107 @@ def test_the_usage_of_the_tree_is_reported_when_it_is_gone(launcher, tmp_path, r
     assert supervised.reported_usage is not None
     cpu_s, max_rss = supervised.reported_usage
     assert cpu_s > 0 and max_rss > 0
+
+
+# -- supervisors serve one run after another -----------------------------------------------------
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as name:
+        return name.read().strip()
+
+
+def released(supervised: Supervised) -> None:
+    """Close the run's pipes and wait until its supervisor is idle (the launcher may then hand it a run)."""
+    supervised.close()
+    wait_for(lambda: comm(supervised.supervisor_pid) == IDLE_NAME, message="the supervisor to be idle")
+
+
+def test_a_released_supervisor_serves_the_next_run_under_that_runs_name(launcher, tmp_path, run_env):
+    path = script(tmp_path, "#!/bin/sh\nread line\nexec sleep 30\n")
+    first = launcher.start([path], cwd=str(tmp_path), env={**run_env, "SOONER_RUN_ID": "run-a"})
+    assert comm(first.supervisor_pid) == supervisor_name("run-a")
+    first.kill()
+    wait_ended(first)
+    released(first)
+    second = launcher.start([path], cwd=str(tmp_path), env={**run_env, "SOONER_RUN_ID": "run-b"})
+    try:
+        assert second.supervisor_pid == first.supervisor_pid
+        assert comm(second.supervisor_pid) == supervisor_name("run-b") != supervisor_name("run-a")
+    finally:
+        second.kill()
+        wait_ended(second)
+        second.close()
+
+
+def test_a_supervisor_not_released_yet_serves_no_other_run(launcher, tmp_path, run_env):
+    # Until the worker closes a run's pipes it may still signal the run's tree, so the tree (and
+    # the supervisor's pid) must stay that run's.
+    quick = script(tmp_path, "#!/bin/sh\nexit 0\n", "quick.sh")
+    first = launcher.start([quick], cwd=str(tmp_path), env=run_env)
+    wait_ended(first)
+    second = launcher.start([quick], cwd=str(tmp_path), env=run_env)
+    wait_ended(second)
+    first.close()
+    second.close()
+    assert second.supervisor_pid != first.supervisor_pid
+
+
+def test_each_run_reports_its_own_usage_not_its_supervisors_total(launcher, tmp_path, run_env):
+    busy = script(tmp_path, "#!/bin/sh\ni=0\nwhile [ $i -lt 100000 ]; do i=$((i+1)); done\n", "busy.sh")
+    quick = script(tmp_path, "#!/bin/sh\nexit 0\n", "quick.sh")
+    reports = []
+    for path in (busy, quick):
+        supervised = launcher.start([path], cwd=str(tmp_path), env=run_env)
+        wait_ended(supervised)
+        released(supervised)
+        reports.append((supervised.supervisor_pid, supervised.reported_usage))
+    (busy_pid, (busy_cpu, _)), (quick_pid, (quick_cpu, _)) = reports
+    assert busy_pid == quick_pid  # one supervisor served both
+    assert busy_cpu > 0.05 and quick_cpu < busy_cpu / 2, reports
+
+
+def test_a_later_worker_never_kills_a_supervisor_that_moved_on_to_another_run(launcher, tmp_path, run_env):
+    path = script(tmp_path, "#!/bin/sh\nread line\nexec sleep 30\n")
+    earlier = launcher.start([path], cwd=str(tmp_path), env={**run_env, "SOONER_RUN_ID": "run-a"})
+    recorded = (earlier.supervisor_pid, earlier.supervisor_started_at)
+    earlier.kill()
+    wait_ended(earlier)
+    released(earlier)
+    now = launcher.start([path], cwd=str(tmp_path), env={**run_env, "SOONER_RUN_ID": "run-b"})
+    try:
+        assert now.supervisor_pid == recorded[0]
+        script_started = psutil.Process(now.script_pid).create_time()
+        killed, _ = stop_recorded("run-a", recorded, (None, None), None)
+        assert killed == [] and alive(now.script_pid, script_started)
+        killed, gone = stop_recorded("run-b", (now.supervisor_pid, now.supervisor_started_at),
+                                     (now.script_pid, script_started), now.script_pid)
+        assert (set(killed), gone) == ({now.supervisor_pid, now.script_pid}, True)
+        assert not alive(now.script_pid, script_started)
+    finally:
+        now.close()
+
+
+def test_idle_supervisors_are_let_go_and_go_with_the_launcher(tmp_path, run_env):
+    quick = script(tmp_path, "#!/bin/sh\nexit 0\n", "quick.sh")
+    brief = Launcher(keep_idle_s=0.3)
+    try:
+        supervised = brief.start([quick], cwd=str(tmp_path), env=run_env)
+        wait_ended(supervised)
+        supervised.close()
+        pid, created = supervised.supervisor_pid, supervised.supervisor_started_at
+        wait_for(lambda: not alive(pid, created), timeout=10, message="an idle supervisor to be let go")
+    finally:
+        brief.close()
+    kept = Launcher()
+    try:
+        runs = [kept.start([quick], cwd=str(tmp_path), env=run_env) for _ in range(3)]  # three at once
+        for supervised in runs:
+            wait_ended(supervised)
+            supervised.close()
+        pids = [(supervised.supervisor_pid, supervised.supervisor_started_at) for supervised in runs]
+        assert len(set(pids)) == 3
+        # Released, they wait for the next run (the launcher keeps idle ones for KEEP_IDLE_S).
+        assert all(alive(*pid) for pid in pids)
+    finally:
+        kept.close()
+    wait_for(lambda: not any(alive(*pid) for pid in pids), timeout=10,
+             message="idle supervisors to exit with their launcher")

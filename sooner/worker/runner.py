@@ -276,22 +276,27 @@ class ActiveRun:
                 return
             started = time.monotonic()
             self.supervised, self.pid = supervised, supervised.script_pid
-            self.started_at = self.runner.clock.now()
-            PROCESS.dispatch_latency.observe(run.waited_s(self.started_at))
-            self._start = self.store.runs.start_fields(
-                pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
-                pgid=supervised.script_pid,
-                supervisor_pid=supervised.supervisor_pid, supervisor_started_at=supervised.supervisor_started_at)
-            self._start_due = started + self.runner.start_record_s
-            commit = (run.commit or "")[:8]
-            self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
-                               f"(commit {commit})")
-            # The job and the jobs hooked to its end in one read, reused by the end (sooner.runs.facts);
-            # read once the script runs, so the read does not delay its start.
-            if self.facts is None or not self.facts.reusable():
-                self.facts = JobFacts.read(self.store, run.job)
-            job = self.facts.job
-            memory_limit_mb = job.memory_limit_mb if job is not None else None
+            try:
+                self.started_at = self.runner.clock.now()
+                PROCESS.dispatch_latency.observe(run.waited_s(self.started_at))
+                self._start = self.store.runs.start_fields(
+                    pid=supervised.script_pid, commit=run.commit, now=self.started_at, host=self.runner.host,
+                    pgid=supervised.script_pid, supervisor_pid=supervised.supervisor_pid,
+                    supervisor_started_at=supervised.supervisor_started_at)
+                self._start_due = started + self.runner.start_record_s
+                commit = (run.commit or "")[:8]
+                self.output.system(f"sooner: run {self.id} of {run.job} on worker {self.runner.worker_name} "
+                                   f"(commit {commit})")
+                # The job and the jobs hooked to its end in one read, reused by the end (sooner.runs.facts);
+                # read once the script runs, so the read does not delay its start.
+                if self.facts is None or not self.facts.reusable():
+                    self.facts = JobFacts.read(self.store, run.job)
+                job = self.facts.job
+                memory_limit_mb = job.memory_limit_mb if job is not None else None
+            except BaseException:  # the follower did not take the run over: leave nothing running or held
+                supervised.kill()
+                supervised.close()
+                raise
             returncode, forced = _Follower(self, supervised, started, memory_limit_mb, rpc).follow()
         self._finish(returncode, forced, time.monotonic() - started)
 

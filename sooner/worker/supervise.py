@@ -28,20 +28,28 @@ it started are gone. Why a process, and not a child of the worker:
 
 Why a launcher that forks supervisors: a fresh interpreter per run cost about
 28 ms of CPU (measured: no-op throughput fell from ~67 to ~29 runs/s); a fork
-of the small launcher costs about 2 ms. The launcher is stdlib-only, runs
-without ``site`` (``-I -S``) from this file's cached bytecode (imported as the
-top-level module ``supervise``), and its only job is to fork.
+of the small launcher costs about 2.5 ms, and a supervisor that is handed the
+next run once its last one is over costs a fraction of that (see
+:class:`_Pool`). The launcher is stdlib-only, runs without ``site`` (``-I
+-S``) from this file's cached bytecode (imported as the top-level module
+``supervise``), and its only job is to hand runs to supervisors.
 
 Protocol. The worker sends the launcher a request (length-prefixed JSON:
 argv, cwd, env) with four descriptors: the script's stdout and stderr, a
 status pipe and a control pipe; one request at a time, each answered with
 ``pid SUPERVISOR`` (or ``error ERRNO MESSAGE``). On the control pipe (the
 supervisor's stdin) the worker writes ``K`` to have the tree killed; EOF
-means the worker is gone. On the status pipe the supervisor reports ``pid PID
-SUBREAPER`` once the script runs, ``exit RETURNCODE`` when it ends (negative:
-killed by that signal) or ``error ERRNO MESSAGE``, and ``usage CPU_S MAX_RSS`` (its
-children's rusage) once the tree is gone; EOF means the supervisor exited, which it
-does when the script has ended and no descendant is left.
+while the run's tree lives means the worker is gone. On the status pipe the
+supervisor reports ``pid PID SUBREAPER`` once the script runs, ``exit
+RETURNCODE`` when it ends (negative: killed by that signal) or ``error ERRNO
+MESSAGE``, and ``usage CPU_S MAX_RSS`` (what the tree's processes used) once
+the tree is gone; then it closes the status pipe. EOF on it means the
+supervisor is done with the run (or was killed). The worker closes the
+control pipe when it is done with the run's processes (:meth:`Supervised.close`),
+which releases the supervisor for another run: until then it takes none, so
+the worker never signals a tree that is not its run's. While it serves a run
+a supervisor is named after it (``/proc/PID/comm``, :func:`supervisor_name`),
+so a later worker can tell which run it serves.
 
 Tests only: ``SOONER_TEST_KEEP_ORPHANS=1`` in a run's environment makes its
 supervisor ignore EOF on the control pipe (nothing else changes), so a test
@@ -77,9 +85,12 @@ MARKER = "import supervise;"
 STUB = f"import sys; sys.path.insert(0, sys.argv.pop(1)); {MARKER} sys.exit(supervise.launcher(*sys.argv[1:]))"
 KEEP_ORPHANS_ENV = "SOONER_TEST_KEEP_ORPHANS"
 SIGKILL, SIGTERM = 9, 15  # fixed by POSIX; importing `signal` costs ~7 ms
-_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NAME, _PR_SET_CHILD_SUBREAPER = 15, 36
 REAP_S = 0.05  # after the script ended: how often leftover descendants are reaped
 IDLE_S = 0.5  # how often an idle launcher reaps supervisors that ended
+SERVE_RUNS = 1000  # runs one supervisor serves before it exits (bounds whatever it accumulates)
+KEEP_IDLE_S = 10.0  # how long an idle supervisor is kept for the next run
+MAX_IDLE = 16  # idle supervisors kept at most
 POLL_S = 0.01  # without a pidfd: how often the script is polled
 KILL_FOR_S = 10.0  # how long a supervisor keeps killing a tree that will not die
 SAMPLE_S = 0.5  # how often the worker samples the tree (snapshot, memory)
@@ -87,9 +98,8 @@ CREATE_TIME_TOLERANCE_S = 0.01  # psutil's create times are in clock ticks
 
 
 # -- the launcher and the supervisors it forks (stdlib only) --------------------------------------
-def launcher(worker_pid: str, channel_fd: str) -> int:
-    """Fork a supervisor for each request on the channel until the worker closes it (or dies)."""
-    import json
+def launcher(worker_pid: str, channel_fd: str, keep_idle_s: str = str(KEEP_IDLE_S)) -> int:
+    """Hand each request on the channel to a supervisor until the worker closes it (or dies)."""
     import socket
 
     channel = socket.socket(fileno=int(channel_fd))
@@ -97,42 +107,152 @@ def launcher(worker_pid: str, channel_fd: str) -> int:
         return 1  # the worker died before we started
     _prctl(0, 0)  # load ctypes and libc once, here, not in every supervisor
     import gc
+    import json  # noqa: F401 -- loaded here for the supervisors, which read each request
     import resource  # noqa: F401 -- loaded once here: each supervisor reports its tree's rusage
+    import zlib  # noqa: F401 -- loaded once here: each supervisor names itself after its run
 
-    # A supervisor copies every page it writes to (copy-on-write, ~1 ms of its start measured): its
-    # collector must not walk the launcher's objects, and it allocates too little to need one.
+    # A supervisor copies every page it writes to (copy-on-write): its collector must not walk
+    # the launcher's objects.
     gc.freeze()
     # Orphans of a supervisor that was killed (its script, and what left the script's group) come
     # to the nearest subreaper: this launcher, which kills them (see _kill_orphans).
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    supervisors: set[int] = set()
+    pool = _Pool(channel, float(keep_idle_s))
     sweeping = False
     while True:
-        sweeping = _kill_orphans(supervisors, look=_reap(supervisors) or sweeping)
-        if not select.select([channel], [], [], REAP_S if sweeping else IDLE_S)[0]:
+        sweeping = _kill_orphans(pool.alive, look=pool.reap() or sweeping)
+        ready = select.select([channel, *pool.links], [], [], REAP_S if sweeping else pool.timeout())[0]
+        for link in ready:
+            if link is not channel:
+                pool.returned(link)
+        pool.expire()
+        if channel not in ready:
             continue
         request = _receive(channel)
         if request is None:
-            _kill_orphans(supervisors, look=True)
+            pool.close()
+            _kill_orphans(pool.alive, look=True)
             return 0
         payload, fds = request
         try:
-            pid = os.fork()
+            pid = pool.hand_over(payload, fds)
         except OSError as exc:
-            _close(fds)
             channel.sendall(f"error {exc.errno or 0} {exc.strerror}\n".encode())
             continue
-        supervisors.add(pid)
+        finally:
+            _close(fds)
+        channel.sendall(f"pid {pid}\n".encode())
+
+
+class _Pool:
+    """The launcher's supervisors: each serves one run at a time and, once released, the next.
+
+    A fork of the launcher per run cost ~2.5 ms of CPU (the fork, and the copy-on-write of
+    every page the new supervisor touched); a supervisor that served a run has those pages
+    already. Each supervisor has a *link* (a socketpair) to the launcher: the launcher sends a
+    run's request on it, the supervisor answers ``I`` once it is idle again. A supervisor that
+    served :data:`SERVE_RUNS` runs exits; one idle for ``keep_idle_s`` (:data:`KEEP_IDLE_S`), or beyond
+    :data:`MAX_IDLE` idle ones, is let go (its link closed: it exits).
+    """
+
+    def __init__(self, channel: socket.socket, keep_idle_s: float) -> None:
+        self.channel = channel
+        self.keep_idle_s = keep_idle_s
+        self.alive: set[int] = set()  # every supervisor not reaped yet
+        self.links: dict[socket.socket, int] = {}  # link -> supervisor pid, while it may serve
+        self.idle: dict[socket.socket, float] = {}  # link -> idle since (monotonic), oldest first
+
+    def hand_over(self, payload: bytes, fds: list[int]) -> int:
+        """Give the request to the supervisor idle the shortest time (its pages are warm), or a new one."""
+        import socket
+
+        message = len(payload).to_bytes(4, "big") + payload
+        while self.idle:
+            link = next(reversed(self.idle))
+            del self.idle[link]
+            try:
+                socket.send_fds(link, [message], fds)
+                return self.links[link]
+            except OSError:
+                self._drop(link)  # it died: reap() will see it
+        return self._fork(payload, fds)
+
+    def _fork(self, payload: bytes, fds: list[int]) -> int:
+        import socket
+
+        mine, its = socket.socketpair()
+        try:
+            pid = os.fork()
+        except OSError:
+            mine.close()
+            its.close()
+            raise
         if pid == 0:
             code = 1
             try:
-                gc.disable()
-                channel.close()
-                code = _supervisor(json.loads(payload), fds)
+                for link in [self.channel, mine, *self.links]:
+                    link.close()
+                code = _serve(its, payload, fds)
             finally:
                 os._exit(code)
-        _close(fds)
-        channel.sendall(f"pid {pid}\n".encode())
+        its.close()
+        self.alive.add(pid)
+        self.links[mine] = pid
+        return pid
+
+    def returned(self, link: socket.socket) -> None:
+        """The supervisor wrote on its link: ``I`` (idle again), or it is gone (EOF)."""
+        try:
+            data = link.recv(64)
+        except OSError:
+            data = b""
+        if data:
+            self.idle[link] = time.monotonic()
+        else:
+            self._drop(link)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for link, since in list(self.idle.items()):
+            if now - since >= self.keep_idle_s or len(self.idle) > MAX_IDLE:
+                self._drop(link)
+
+    def timeout(self) -> float:
+        """How long the launcher may wait for a request before an idle supervisor is due to go."""
+        if not self.idle:
+            return IDLE_S
+        oldest = next(iter(self.idle.values()))
+        return max(0.0, min(IDLE_S, oldest + self.keep_idle_s - time.monotonic()))
+
+    def reap(self) -> bool:
+        """Reap the launcher's ended children; True if a run's tree may have been left to it.
+
+        That is when a supervisor did not exit cleanly (killed, or failed), or an adopted orphan ended.
+        """
+        left = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return left
+            if pid == 0:
+                return left
+            if pid in self.alive:
+                self.alive.discard(pid)
+                for link in [link for link, owner in self.links.items() if owner == pid]:
+                    self._drop(link)
+                left = left or status != 0
+            else:
+                left = True
+
+    def close(self) -> None:
+        for link in list(self.links):
+            self._drop(link)
+
+    def _drop(self, link: socket.socket) -> None:
+        self.links.pop(link, None)
+        self.idle.pop(link, None)
+        link.close()
 
 
 def _receive(channel: socket.socket) -> tuple[bytes, list[int]] | None:
@@ -155,24 +275,77 @@ def _receive(channel: socket.socket) -> tuple[bytes, list[int]] | None:
     return body, fds
 
 
-def _supervisor(request: dict, fds: list[int]) -> int:
+def _serve(link: socket.socket, payload: bytes, fds: list[int]) -> int:
+    """A supervisor's life: serve the first run, then each the launcher hands over, until told to go."""
+    import json
+
+    for _ in range(SERVE_RUNS):
+        if not _supervisor(json.loads(payload), fds):
+            return 0  # the worker is gone
+        _released()
+        try:
+            link.sendall(b"I")
+        except OSError:
+            return 0
+        _name(IDLE_NAME)  # after the I: a supervisor named idle is one the launcher may hand a run
+        request = _receive(link)
+        if request is None:
+            return 0
+        payload, fds = request
+    return 0
+
+
+def supervisor_name(run_id: str) -> str:
+    """The name (``/proc/PID/comm``, 15 characters) a supervisor has while it serves ``run_id``.
+
+    Supervisors serve one run after another, so a pid and create time alone do not say which
+    run a supervisor serves now: a later worker checks this name too (:func:`is_supervisor_of`).
+    """
+    import zlib
+
+    return f"sooner {zlib.crc32(run_id.encode()):08x}"
+
+
+IDLE_NAME = "sooner idle"
+
+
+def _name(name: str) -> None:
+    _prctl(_PR_SET_NAME, name.encode())
+
+
+def _released() -> None:
+    """Wait until the worker closes the run's control pipe: then nothing of the worker uses this run."""
+    try:
+        while os.read(0, 64):
+            pass  # a late K: the tree is gone already
+    except OSError:
+        pass
+
+
+def _supervisor(request: dict, fds: list[int]) -> bool:
+    """Serve one run until its tree is gone; False if the worker died meanwhile."""
     out, err, status_fd, control = fds
     for fd in fds:
         os.set_inheritable(fd, False)
     os.dup2(control, 0, inheritable=False)
     os.close(control)
-    subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    env = request["env"]
     try:
-        pid = _spawn(request["argv"], request["cwd"], env, out, err)
-    except OSError as exc:
-        _report(status_fd, f"error {exc.errno or 0} {exc.strerror or exc}")
-        return 1
+        env = request["env"]
+        _name(supervisor_name(env.get("SOONER_RUN_ID", "")))
+        subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            pid = _spawn(request["argv"], request["cwd"], env, out, err)
+        except OSError as exc:
+            _report(status_fd, f"error {exc.errno or 0} {exc.strerror or exc}")
+            return True
+        finally:
+            os.close(out)  # only the script's tree holds the worker's output pipes
+            os.close(err)
+        _report(status_fd, f"pid {pid} {int(subreaper)}")
+        return _supervise(pid, status_fd, keep_orphans=env.get(KEEP_ORPHANS_ENV) == "1",
+                          socket=env.get("SOONER_SOCKET"))
     finally:
-        os.close(out)  # only the script's tree holds the worker's output pipes
-        os.close(err)
-    _report(status_fd, f"pid {pid} {int(subreaper)}")
-    return _supervise(pid, status_fd, keep_orphans=env.get(KEEP_ORPHANS_ENV) == "1", socket=env.get("SOONER_SOCKET"))
+        os.close(status_fd)  # EOF: the worker knows this run's supervision is over
 
 
 def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: int, err: int) -> int:
@@ -180,7 +353,7 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: int, err: int) -
 
     ``posix_spawn`` (a vfork) rather than a fork of this interpreter: the fork and its
     copy-on-write cost ~1.3 ms of CPU per run (measured). posix_spawn has no working directory
-    of its own, so the supervisor, which serves this one run, moves to it first.
+    of its own, so the supervisor, which serves one run at a time, moves to it first.
     """
     os.chdir(cwd)
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, out, 1),
@@ -188,70 +361,76 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: int, err: int) -
     return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
 
 
-def _supervise(pid: int, status_fd: int, keep_orphans: bool, socket: str | None) -> int:
+def _supervise(pid: int, status_fd: int, keep_orphans: bool, socket: str | None) -> bool:
+    """Until the script and every descendant are gone; False if the worker died (its tree is killed then)."""
     script = _Script(pid, status_fd)
-    watch = [0] + ([script.pidfd] if script.pidfd is not None else [])
-    while True:
-        timeout = REAP_S if script.ended else (None if script.pidfd is not None else POLL_S)
-        ready, _, _ = select.select(watch, [], [], timeout)
-        if 0 in ready:
-            order = os.read(0, 64)
-            if order or not keep_orphans:
-                _kill_tree(script)
-                if order:
-                    _report_usage(status_fd)
-                else:
+    try:
+        watch = [0] + ([script.pidfd] if script.pidfd is not None else [])
+        while True:
+            timeout = REAP_S if script.ended else (None if script.pidfd is not None else POLL_S)
+            ready, _, _ = select.select(watch, [], [], timeout)
+            if 0 in ready:
+                order = os.read(0, 64)
+                if order or not keep_orphans:
+                    _kill_tree(script)
+                    if order:
+                        _report_usage(status_fd, script)
+                        return True
                     _remove_socket_dir(socket)  # the worker died: nobody else will
-                return 0
-            watch.remove(0)
-        left = script.reap()
-        if script.ended and script.pidfd is not None:
-            if script.pidfd in watch:
-                watch.remove(script.pidfd)
-            os.close(script.pidfd)
-            script.pidfd = None
-        if script.ended and not left:
-            _report_usage(status_fd)
-            return 0
+                    return False
+                watch.remove(0)
+            left = script.reap()
+            if script.ended and script.pidfd is not None:
+                if script.pidfd in watch:
+                    watch.remove(script.pidfd)
+                script.close()
+            if script.ended and not left:
+                _report_usage(status_fd, script)
+                return True
+    finally:
+        script.close()
 
 
 class _Script:
-    """The supervised script: reaps every child and reports the script's own end once."""
+    """The supervised script: reaps every child, adds up what they used, reports the script's own end once."""
 
     def __init__(self, pid: int, status_fd: int) -> None:
         self.pid = pid
         self.status_fd = status_fd
         self.ended = False
         self.pidfd = _pidfd(pid)
+        self.cpu_s = 0.0  # of every process reaped (each with what it waited for), as RUSAGE_CHILDREN counts
+        self.max_rss = 0  # the largest ru_maxrss among them (Linux: KiB)
 
     def reap(self) -> bool:
         """Reap whatever ended; True while any child (the script or an adopted orphan) is left."""
         while True:
             try:
-                child, status = os.waitpid(-1, os.WNOHANG)
+                child, status, usage = os.wait3(os.WNOHANG)
             except ChildProcessError:
                 return False
             if child == 0:
                 return True
+            self.cpu_s += usage.ru_utime + usage.ru_stime
+            self.max_rss = max(self.max_rss, usage.ru_maxrss)
             if child == self.pid:
                 self.ended = True
                 _report(self.status_fd, f"exit {os.waitstatus_to_exitcode(status)}")
 
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
-def _report_usage(status_fd: int) -> None:
-    """Report what the tree used, from the rusage of every process waited for: ``usage CPU_S MAX_RSS_BYTES``.
+
+def _report_usage(status_fd: int, script: _Script) -> None:
+    """Report what the run's tree used, from the rusage of every process reaped: ``usage CPU_S MAX_RSS_BYTES``.
 
     Exact where the worker's samples are not: it includes processes that ended between two
     samples. The max RSS is that of the largest single process (Linux counts it in KiB).
     """
-    times = os.times()
-    try:
-        import resource
-
-        maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    except (ImportError, OSError):
-        maxrss = 0
-    _report(status_fd, f"usage {times.children_user + times.children_system:.3f} {maxrss}")
+    maxrss = script.max_rss * (1 if sys.platform == "darwin" else 1024)
+    _report(status_fd, f"usage {script.cpu_s:.3f} {maxrss}")
 
 
 def _report(status_fd: int, line: str) -> None:
@@ -325,26 +504,6 @@ def _remove_socket_dir(path: str | None) -> None:
         pass  # gone already, or not ours to remove: a starting worker sweeps what is left
 
 
-def _reap(supervisors: set[int]) -> bool:
-    """Reap the launcher's ended children; True if a run's tree may have been left to it.
-
-    That is when a supervisor did not exit cleanly (killed, or failed), or an adopted orphan ended.
-    """
-    left = False
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return left
-        if pid == 0:
-            return left
-        if pid in supervisors:
-            supervisors.discard(pid)
-            left = left or status != 0
-        else:
-            left = True
-
-
 def _kill_orphans(supervisors: set[int], look: bool) -> bool:
     """SIGKILL the launcher's children that are not supervisors, and all below them; True if there were any.
 
@@ -385,7 +544,7 @@ def _close(fds: Iterable[int]) -> None:
 _libc: list = []
 
 
-def _prctl(option: int, value: int) -> bool:
+def _prctl(option: int, value: int | bytes) -> bool:
     """prctl(2) on Linux (option 0 only loads libc); False where it is missing or refused."""
     if not sys.platform.startswith("linux"):
         return False
@@ -410,8 +569,9 @@ def _pidfd(pid: int) -> int | None:
 class Launcher:
     """The worker's launcher process, started on first use and again if it died; thread-safe."""
 
-    def __init__(self, timeout_s: float = 30.0) -> None:
+    def __init__(self, timeout_s: float = 30.0, keep_idle_s: float = KEEP_IDLE_S) -> None:
         self.timeout_s = timeout_s
+        self.keep_idle_s = keep_idle_s  # how long the launcher keeps an idle supervisor for the next run
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._channel: socket.socket | None = None
@@ -472,7 +632,7 @@ class Launcher:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", STUB, os.path.dirname(os.path.abspath(__file__)),
-                 str(os.getpid()), str(its.fileno())], pass_fds=(its.fileno(),), stdin=subprocess.DEVNULL,
+                 str(os.getpid()), str(its.fileno()), repr(self.keep_idle_s)], pass_fds=(its.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             mine.close()
@@ -530,7 +690,7 @@ class Supervised:
         self.subreaper = subreaper
         self.stdout, self.stderr, self.status_fd, self.control = stdout, stderr, status, control
         self.returncode: int | None = None  # the script's, once reported
-        self.status_closed = False  # the supervisor has exited
+        self.status_closed = False  # the supervisor is done with the run: nothing of its tree is left
         self._buffer = b""
         self._known: dict[int, psutil.Process] = {}  # the tree as last sampled
         # (CPU seconds, max RSS bytes) the supervisor reported once the tree was gone (see _report_usage).
@@ -619,6 +779,11 @@ class Supervised:
             signal_all([self._supervisor], SIGKILL)
 
     def close(self) -> None:
+        """Close the run's pipes; closing the control pipe releases the supervisor to serve another run.
+
+        Call it once nothing more is done with this run's processes: until then the supervisor
+        takes no other run, so its tree, its pid and its name are this run's.
+        """
         _close([self.stdout, self.stderr, self.status_fd, self.control])
 
 
@@ -670,11 +835,23 @@ def is_run_script(process: psutil.Process, run_id: str) -> bool:
         return False
 
 
-def is_supervisor(process: psutil.Process) -> bool:
-    """Whether the process is a Sooner launcher or supervisor (forked supervisors keep its command line)."""
+def is_supervisor_of(process: psutil.Process, run_id: str) -> bool:
+    """Whether the process is a Sooner supervisor serving this run now.
+
+    Forked supervisors keep the launcher's command line (:data:`MARKER`); a supervisor serves
+    one run after another, and while it serves one it is named after it (:func:`supervisor_name`).
+    Without ``/proc`` (not Linux) supervisors cannot be named, and the command line alone counts.
+    """
     try:
-        return any(MARKER in part for part in process.cmdline())
+        if not any(MARKER in part for part in process.cmdline()):
+            return False
+        with open(f"/proc/{process.pid}/comm") as comm:
+            return comm.read().strip() == supervisor_name(run_id)
     except psutil.Error:
+        return False
+    except FileNotFoundError:
+        return not os.path.isdir("/proc")
+    except OSError:
         return False
 
 
@@ -686,12 +863,12 @@ def stop_recorded(run_id: str, supervisor: Recorded, script: Recorded, group: in
     """Kill what is left of a run from its recorded processes; (pids killed, whether none of them is left).
 
     Only processes that verify are touched: same pid and create time, and a
-    Sooner supervisor's command line or, for the script, ``SOONER_RUN_ID`` in
-    its environment. Their descendants go too and, if the script verifies,
+    Sooner supervisor that serves this run (:func:`is_supervisor_of`) or, for the
+    script, ``SOONER_RUN_ID`` in its environment. Their descendants go too and, if the script verifies,
     its process group. A pid without a create time never verifies (its
     process had ended when it was recorded) and counts as gone.
     """
-    checks = ((supervisor, is_supervisor), (script, lambda p: is_run_script(p, run_id)))
+    checks = ((supervisor, lambda p: is_supervisor_of(p, run_id)), (script, lambda p: is_run_script(p, run_id)))
     roots = [p for (pid, started), verify in checks if started is not None
              and (p := process_matching(pid, started)) is not None and verify(p)]
     if group is not None and any(root.pid == script[0] == group for root in roots):  # the script leads its group
