@@ -265,3 +265,27 @@ def test_idle_supervisors_are_let_go_and_go_with_the_launcher(tmp_path, run_env)
         kept.close()
     wait_for(lambda: not any(alive(*pid) for pid in pids), timeout=10,
              message="idle supervisors to exit with their launcher")
+
+
+def test_a_killed_launcher_leaves_running_runs_alone_and_the_next_start_gets_a_new_one(launcher, tmp_path, run_env):
+    path = script(tmp_path, "#!/bin/sh\nread line\nexec sleep 30\n")
+    running = launcher.start([path], cwd=str(tmp_path), env=run_env)
+    assert launcher._process is not None
+    old_launcher = launcher._process.pid
+    os.kill(old_launcher, signal.SIGKILL)
+    wait_for(lambda: launcher._process is not None and launcher._process.poll() is not None,
+             message="the launcher to die")
+    # The run goes on under its supervisor ...
+    assert alive(running.script_pid, psutil.Process(running.script_pid).create_time())
+    following = launcher.start([script(tmp_path, "#!/bin/sh\nexit 4\n", "next.sh")], cwd=str(tmp_path),
+                               env=run_env)
+    wait_ended(following)
+    following.close()
+    assert following.returncode == 4 and launcher._process.pid != old_launcher
+    # ... and ends as usual; released, its supervisor (which has no launcher to go back to) exits.
+    running.kill()
+    wait_ended(running)
+    supervisor = (running.supervisor_pid, running.supervisor_started_at)
+    running.close()
+    assert running.returncode == -signal.SIGKILL and running.reported_usage is not None
+    wait_for(lambda: not alive(*supervisor), message="the orphaned supervisor to exit once released")
