@@ -74,6 +74,17 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
+def require_chromium() -> None:
+    """Headless Chromium must start: a failure under CI (it installs Debian's chromium), a skip elsewhere."""
+    from sooner.webapp.testing import chromium_problem
+
+    problem = chromium_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests need headless Chromium: {problem}")
+        pytest.skip(f"browser tests need headless Chromium: {problem}")
+
+
 def alive(pid: int, created: float) -> bool:
     """The very process (pid + create time) still runs; a zombie or a recycled pid does not count."""
     import psutil

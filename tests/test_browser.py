@@ -8,18 +8,17 @@ tests skip locally and fail when CI is set.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPTS, git, wait_for
+from conftest import SCRIPTS, git, require_chromium, wait_for
 from sooner.config import load_settings
 from sooner.model import RunStatus
 from sooner.site import init_site
 from sooner.store import open_store
-from sooner.webapp.testing import Process, WebServer, chromium_problem, launch_chromium, sign_in
+from sooner.webapp.testing import Process, WebServer, launch_chromium, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,11 +29,7 @@ PUSHED = ("web_progress.sh", "web_sleeper.sh", "web_hostile.sh")
 
 @pytest.fixture(scope="module")
 def chromium_ok() -> None:
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+    require_chromium()
 
 
 @pytest.fixture(scope="module")

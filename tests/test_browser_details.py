@@ -7,17 +7,17 @@ run service) and the live hub pushes the changes to the page. No worker.
 
 from __future__ import annotations
 
-import os
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from conftest import require_chromium
 from sooner.config import load_settings
 from sooner.model import ManualTrigger, RunStatus
 from sooner.runs.service import RunService
 from sooner.site import init_site
 from sooner.store import open_store
-from sooner.webapp.testing import WebServer, chromium_problem, launch_chromium, sign_in
+from sooner.webapp.testing import WebServer, launch_chromium, sign_in
 from sooner.worker.testing import deploy_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -29,11 +29,7 @@ AUTHOR = "Ada Lovelace-Byron <ada.lovelace-byron@analytical-engines.example.org>
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     root = tmp_path_factory.mktemp("browser-details")

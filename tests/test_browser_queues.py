@@ -9,18 +9,17 @@ locally and fail when CI is set.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from bson import ObjectId
 
-from conftest import wait_for
+from conftest import require_chromium, wait_for
 from sooner.config import load_settings
 from sooner.site import init_site
 from sooner.store import open_store
-from sooner.webapp.testing import WebServer, chromium_problem, launch_chromium, sign_in
+from sooner.webapp.testing import WebServer, launch_chromium, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -32,11 +31,7 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     root = tmp_path_factory.mktemp("browser-queues")

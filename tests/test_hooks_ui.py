@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import http.cookiejar
 import json
-import os
 import re
 import urllib.error
 import urllib.parse
@@ -16,12 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import csrf_of, served
+from conftest import csrf_of, require_chromium, served
 from sooner.config import load_settings
 from sooner.store import Store
 from sooner.store.webhooks import REFUSED
 from sooner.webapp import create_app
-from sooner.webapp.testing import chromium_problem, launch_chromium, sign_in
+from sooner.webapp.testing import launch_chromium, sign_in
 from sooner.worker.testing import deploy_files
 
 ADMIN, VIEWER = ("ann", "ann-password"), ("vic", "vic-password")
@@ -171,11 +170,7 @@ def test_only_admins_see_or_change_hooks(web):
 
 
 def test_in_chromium_an_admin_makes_a_hook_and_opens_its_log(web):
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

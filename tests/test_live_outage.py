@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import CountingStop, wait_for
+from conftest import CountingStop, require_chromium, wait_for
 from node.harness import PASSWORD, follow_readme, live_site, node_client, start_run
 from sooner.config import load_settings
 from sooner.errors import StoreError
@@ -31,7 +31,7 @@ from sooner.runs.service import RunService
 from sooner.store.embedded import EmbeddedServer
 from sooner.webapp import create_app
 from sooner.webapp.live import STORE_DOWN
-from sooner.webapp.testing import chromium_problem, launch_chromium, sign_in
+from sooner.webapp.testing import launch_chromium, sign_in
 
 
 @pytest.fixture
@@ -219,11 +219,7 @@ def test_the_readme_client_says_when_the_database_is_frozen_and_back_and_misses_
 
 @pytest.fixture(scope="module")
 def browser_page(served):
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     playwright = sync_playwright().start()

@@ -4,7 +4,6 @@ and one headless Chromium check that the workers page draws its charts with no c
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -12,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from conftest import served, signed_in
+from conftest import require_chromium, served, signed_in
 from sooner.model import ManualTrigger, RunStatus
 from sooner.model.run import RunUsage
 from sooner.model.sample import Sample, SampleKind
 from sooner.runs.service import RunService
 from sooner.webapp.context import EXTENSION
-from sooner.webapp.testing import chromium_problem, launch_chromium, sign_in
+from sooner.webapp.testing import launch_chromium, sign_in
 from sooner.worker.testing import deploy_files
 
 MB = 1 << 20
@@ -52,11 +51,7 @@ def seeded(mock_web_app) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def chromium_ok() -> None:
     """Headless Chromium can start (a failure under CI, a skip elsewhere, with the reason)."""
-    problem = chromium_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests need headless Chromium: {problem}")
-        pytest.skip(f"browser tests need headless Chromium: {problem}")
+    require_chromium()
 
 
 def get(url: str, headers: dict[str, str]) -> tuple[int, Any]:
