@@ -7,6 +7,7 @@ shell scripts; every process is checked by pid and create time.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import time
@@ -65,10 +66,16 @@ def script(tmp_path: Path, text: str, name: str = "script.sh") -> str:
     return str(path)
 
 
+def readable(fd: int, timeout: float) -> bool:
+    poller = select.poll()  # not select(): the descriptor may be 1024 or more (see the test below)
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
 def read_line(fd: int, timeout: float = 10.0) -> bytes:
     data, deadline = b"", time.monotonic() + timeout
     while b"\n" not in data and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
+        if readable(fd, 0.1):
             chunk = os.read(fd, 4096)
             if not chunk:
                 break
@@ -79,7 +86,7 @@ def read_line(fd: int, timeout: float = 10.0) -> bytes:
 def wait_ended(supervised: Supervised, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not supervised.status_closed and time.monotonic() < deadline:
-        if select.select([supervised.status_fd], [], [], 0.1)[0]:
+        if readable(supervised.status_fd, 0.1):
             supervised.read_status()
     assert supervised.status_closed, "the supervisor did not exit"
 
@@ -289,3 +296,25 @@ def test_a_killed_launcher_leaves_running_runs_alone_and_the_next_start_gets_a_n
     running.close()
     assert running.returncode == -signal.SIGKILL and running.reported_usage is not None
     wait_for(lambda: not alive(*supervisor), message="the orphaned supervisor to exit once released")
+
+
+def test_a_worker_with_more_than_a_thousand_descriptors_open_still_starts_runs(launcher, tmp_path, run_env):
+    # select() refuses descriptors from 1024 up: a busy worker's next pipes are above that.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1400:
+        pytest.skip(f"needs 1,400 open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1400), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        supervised = launcher.start([script(tmp_path, "#!/bin/sh\necho hi\n")], cwd=str(tmp_path), env=run_env)
+        try:
+            assert supervised.status_fd >= 1024
+            assert read_line(supervised.stdout) == b"hi\n"
+            wait_ended(supervised)
+        finally:
+            supervised.close()
+        assert supervised.returncode == 0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

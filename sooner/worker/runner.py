@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import selectors
 import signal
 import socket
@@ -52,7 +51,7 @@ from sooner.worker.output import OutputWriter
 from sooner.worker.rpc import RpcServer
 from sooner.worker.sampling import MONITOR_S, TreeUsage
 from sooner.worker.streams import ArrivalOrder, StreamDecoder
-from sooner.worker.supervise import SAMPLE_S, Launcher, Supervised
+from sooner.worker.supervise import SAMPLE_S, Launcher, Supervised, readable
 from sooner.worker.tree import TreeCache
 
 if TYPE_CHECKING:
@@ -223,7 +222,7 @@ class ActiveRun:
 
     def wait_for_wake(self, timeout_s: float) -> None:
         """Block up to ``timeout_s`` or until :meth:`wake` (a cancel, a lease, the database back)."""
-        select.select([self._wake_r], [], [], max(0.0, timeout_s))
+        readable([self._wake_r], max(0.0, timeout_s))  # poll: the pipe may be descriptor 1024 or more
         _drain(self._wake_r)
 
     def record_end(self, status: RunStatus, *, note: str | None = None, started_at: datetime | None = None,

@@ -121,12 +121,12 @@ def launcher(worker_pid: str, channel_fd: str, keep_idle_s: str = str(KEEP_IDLE_
     sweeping = False
     while True:
         sweeping = _kill_orphans(pool.alive, look=pool.reap() or sweeping)
-        ready = select.select([channel, *pool.links], [], [], REAP_S if sweeping else pool.timeout())[0]
-        for link in ready:
-            if link is not channel:
-                pool.returned(link)
+        ready = readable([channel.fileno(), *pool.by_fd], REAP_S if sweeping else pool.timeout())
+        for fd in ready:
+            if fd in pool.by_fd:
+                pool.returned(pool.by_fd[fd])
         pool.expire()
-        if channel not in ready:
+        if channel.fileno() not in ready:
             continue
         request = _receive(channel)
         if request is None:
@@ -160,6 +160,7 @@ class _Pool:
         self.keep_idle_s = keep_idle_s
         self.alive: set[int] = set()  # every supervisor not reaped yet
         self.links: dict[socket.socket, int] = {}  # link -> supervisor pid, while it may serve
+        self.by_fd: dict[int, socket.socket] = {}  # link's descriptor -> link
         self.idle: dict[socket.socket, float] = {}  # link -> idle since (monotonic), oldest first
 
     def hand_over(self, payload: bytes, fds: list[int]) -> int:
@@ -198,6 +199,7 @@ class _Pool:
         its.close()
         self.alive.add(pid)
         self.links[mine] = pid
+        self.by_fd[mine.fileno()] = mine
         return pid
 
     def returned(self, link: socket.socket) -> None:
@@ -250,7 +252,8 @@ class _Pool:
             self._drop(link)
 
     def _drop(self, link: socket.socket) -> None:
-        self.links.pop(link, None)
+        if self.links.pop(link, None) is not None:
+            self.by_fd.pop(link.fileno(), None)
         self.idle.pop(link, None)
         link.close()
 
@@ -558,6 +561,19 @@ def _prctl(option: int, value: int | bytes) -> bool:
         return False
 
 
+def readable(fds: list[int], timeout_s: float | None) -> list[int]:
+    """The descriptors among ``fds`` that are readable (or at EOF) within ``timeout_s`` (None: no limit).
+
+    ``poll``, not ``select``: select() refuses descriptors from 1024 up, which a busy worker
+    (or a launcher with that many supervisors) can reach.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
+    return [fd for fd, _ in poller.poll(timeout_ms)]
+
+
 def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -671,7 +687,7 @@ def _line(fd: int, deadline: float) -> tuple[str, bytes]:
     """The first line read from ``fd`` (empty at EOF or the deadline) and any bytes after it."""
     data = b""
     while b"\n" not in data:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        ready = readable([fd], max(0.0, deadline - time.monotonic()))
         chunk = os.read(fd, 256) if ready else b""
         if not chunk:
             break
