@@ -121,10 +121,10 @@ def launcher(worker_pid: str, channel_fd: str, keep_idle_s: str = str(KEEP_IDLE_
     sweeping = False
     while True:
         sweeping = _kill_orphans(pool.alive, look=pool.reap() or sweeping)
-        ready = readable([channel.fileno(), *pool.by_fd], REAP_S if sweeping else pool.timeout())
+        ready = readable([channel.fileno(), *pool.links], REAP_S if sweeping else pool.timeout())
         for fd in ready:
-            if fd in pool.by_fd:
-                pool.returned(pool.by_fd[fd])
+            if fd in pool.links:
+                pool.returned(fd)
         pool.expire()
         if channel.fileno() not in ready:
             continue
@@ -159,9 +159,8 @@ class _Pool:
         self.channel = channel
         self.keep_idle_s = keep_idle_s
         self.alive: set[int] = set()  # every supervisor not reaped yet
-        self.links: dict[socket.socket, int] = {}  # link -> supervisor pid, while it may serve
-        self.by_fd: dict[int, socket.socket] = {}  # link's descriptor -> link
-        self.idle: dict[socket.socket, float] = {}  # link -> idle since (monotonic), oldest first
+        self.links: dict[int, tuple[socket.socket, int]] = {}  # link's descriptor -> (link, pid), while it may serve
+        self.idle: dict[int, float] = {}  # link's descriptor -> idle since (monotonic), oldest first
 
     def hand_over(self, payload: bytes, fds: list[int]) -> int:
         """Give the request to the supervisor idle the shortest time (its pages are warm), or a new one."""
@@ -169,13 +168,14 @@ class _Pool:
 
         message = len(payload).to_bytes(4, "big") + payload
         while self.idle:
-            link = next(reversed(self.idle))
-            del self.idle[link]
+            fd = next(reversed(self.idle))
+            del self.idle[fd]
+            link, pid = self.links[fd]
             try:
                 socket.send_fds(link, [message], fds)
-                return self.links[link]
+                return pid
             except OSError:
-                self._drop(link)  # it died: reap() will see it
+                self._drop(fd)  # it died: reap() will see it
         return self._fork(payload, fds)
 
     def _fork(self, payload: bytes, fds: list[int]) -> int:
@@ -191,33 +191,32 @@ class _Pool:
         if pid == 0:
             code = 1
             try:
-                for link in [self.channel, mine, *self.links]:
+                for link in [self.channel, mine, *(link for link, _ in self.links.values())]:
                     link.close()
                 code = _serve(its, payload, fds)
             finally:
                 os._exit(code)
         its.close()
         self.alive.add(pid)
-        self.links[mine] = pid
-        self.by_fd[mine.fileno()] = mine
+        self.links[mine.fileno()] = (mine, pid)
         return pid
 
-    def returned(self, link: socket.socket) -> None:
+    def returned(self, fd: int) -> None:
         """The supervisor wrote on its link: ``I`` (idle again), or it is gone (EOF)."""
         try:
-            data = link.recv(64)
+            data = self.links[fd][0].recv(64)
         except OSError:
             data = b""
         if data:
-            self.idle[link] = time.monotonic()
+            self.idle[fd] = time.monotonic()
         else:
-            self._drop(link)
+            self._drop(fd)
 
     def expire(self) -> None:
         now = time.monotonic()
-        for link, since in list(self.idle.items()):
+        for fd, since in list(self.idle.items()):
             if now - since >= self.keep_idle_s or len(self.idle) > MAX_IDLE:
-                self._drop(link)
+                self._drop(fd)
 
     def timeout(self) -> float:
         """How long the launcher may wait for a request before an idle supervisor is due to go."""
@@ -241,20 +240,19 @@ class _Pool:
                 return left
             if pid in self.alive:
                 self.alive.discard(pid)
-                for link in [link for link, owner in self.links.items() if owner == pid]:
-                    self._drop(link)
+                for fd in [fd for fd, (_, owner) in self.links.items() if owner == pid]:
+                    self._drop(fd)
                 left = left or status != 0
             else:
                 left = True
 
     def close(self) -> None:
-        for link in list(self.links):
-            self._drop(link)
+        for fd in list(self.links):
+            self._drop(fd)
 
-    def _drop(self, link: socket.socket) -> None:
-        if self.links.pop(link, None) is not None:
-            self.by_fd.pop(link.fileno(), None)
-        self.idle.pop(link, None)
+    def _drop(self, fd: int) -> None:
+        link, _ = self.links.pop(fd)
+        self.idle.pop(fd, None)
         link.close()
 
 
@@ -371,7 +369,7 @@ def _supervise(pid: int, status_fd: int, keep_orphans: bool, socket: str | None)
         watch = [0] + ([script.pidfd] if script.pidfd is not None else [])
         while True:
             timeout = REAP_S if script.ended else (None if script.pidfd is not None else POLL_S)
-            ready, _, _ = select.select(watch, [], [], timeout)
+            ready = readable(watch, timeout)
             if 0 in ready:
                 order = os.read(0, 64)
                 if order or not keep_orphans:
