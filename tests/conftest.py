@@ -74,6 +74,31 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
+def processes_of(run_id: str) -> dict[int, float]:
+    """{pid: create time} of every live process whose environment says it belongs to this run."""
+    import psutil
+
+    found = {}
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get("SOONER_RUN_ID") == run_id:
+                found[process.pid] = process.create_time()
+        except psutil.Error:
+            continue
+    return found
+
+
+# A script that leaves its group three ways: `setsid`, a double fork (orphaned into another
+# session), and a plain grandchild; then it says so and waits silently.
+ESCAPING = """#!/bin/sh
+setsid sleep 600 &
+sh -c 'sleep 600 & wait' &
+( setsid sh -c 'sleep 600; true' & )
+echo started
+wait
+"""
+
+
 def require_chromium() -> None:
     """Headless Chromium must start: a failure under CI (it installs Debian's chromium), a skip elsewhere."""
     from sooner.webapp.testing import chromium_problem

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import alive, run_sooner, wait_for
+from conftest import ESCAPING, alive, processes_of, run_sooner, wait_for
 from sooner.config import Settings, load_settings
 from sooner.errors import WorkerError
 from sooner.model import FINISHED, ManualTrigger, Run, RunStatus
@@ -39,18 +39,6 @@ KEEP_ORPHANS_ENV = "SOONER_TEST_KEEP_ORPHANS"
 
 
 # -- helpers -------------------------------------------------------------------------------
-def processes_of(run_id: str) -> dict[int, float]:
-    """{pid: create time} of every live process whose environment says it belongs to this run."""
-    found = {}
-    for process in psutil.process_iter():
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get("SOONER_RUN_ID") == run_id:
-                found[process.pid] = process.create_time()
-        except psutil.Error:
-            continue
-    return found
-
-
 def all_gone(processes: dict[int, float]) -> bool:
     return not any(alive(pid, created) for pid, created in processes.items())
 
@@ -103,17 +91,6 @@ def finished(store, run_id: str, timeout: float = 20) -> Run:
 
 def text_of(store, run_id: str) -> str:
     return "".join(chunk["text"] for chunk in store.output.read(run_id))
-
-
-# A script that leaves the group three ways: `setsid`, a double fork (orphaned into another
-# session), and a plain grandchild; then it waits silently.
-ESCAPING = """#!/bin/sh
-setsid sleep 600 &
-sh -c 'sleep 600 & wait' &
-( setsid sh -c 'sleep 600; true' & )
-echo started
-wait
-"""
 
 
 def sleeps_of(run_id: str) -> int:

@@ -17,19 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import alive, wait_for
+from conftest import ESCAPING, alive, processes_of, wait_for
 from sooner.worker.supervise import IDLE_NAME, Launcher, Supervised, stop_recorded, supervisor_name
-
-# Leaves the script's group three ways (setsid, a double fork into another session, a plain
-# child), says so, then waits: the run's tree is the script and three sleeps.
-ESCAPING = """#!/bin/sh
-setsid sleep 600 &
-sh -c 'sleep 600 & wait' &
-( setsid sh -c 'sleep 600; true' & )
-echo started
-wait
-"""
-
 
 @pytest.fixture
 def launcher() -> Iterator[Launcher]:
@@ -46,17 +35,6 @@ def run_env(tmp_path) -> Iterator[dict[str, str]]:
     for pid, created in processes_of(env["SOONER_RUN_ID"]).items():
         if alive(pid, created):
             psutil.Process(pid).kill()
-
-
-def processes_of(run_id: str) -> dict[int, float]:
-    found = {}
-    for process in psutil.process_iter():
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get("SOONER_RUN_ID") == run_id:
-                found[process.pid] = process.create_time()
-        except psutil.Error:
-            continue
-    return found
 
 
 def script(tmp_path: Path, text: str, name: str = "script.sh") -> str:
