@@ -108,6 +108,21 @@ def test_the_run_page_shows_peak_memory_and_cpu_time_and_where_its_chart_reads(s
     assert "vendor/uPlot.iife.min.js" in page and "cdn" not in page.lower()
 
 
+def test_the_run_page_says_why_a_run_has_no_samples(seeded):
+    # A run that ended within its first second has none and never will: "yet" would mislead.
+    store = seeded["store"]
+    service = RunService(store)
+    quick = service.queue("hungry.sh", ManualTrigger(author="admin"))
+    assert quick is not None and service.take(quick.id, "w1", lease_s=60) is not None
+    store.runs.mark_started(quick.id, pid=1, commit=None, now=seeded["now"])
+    client = signed_in(seeded["app"], "admin", "admin-password")
+    running = client.get(f"/runs/{quick.id}").text
+    assert "No samples of its processes yet" in running and "ended before its first sample" not in running
+    service.finish(quick.id, RunStatus.SUCCEEDED, exit_code=0)
+    ended = client.get(f"/runs/{quick.id}").text
+    assert "the run ended before its first sample" in ended and "samples of its processes yet" not in ended
+
+
 @pytest.mark.browser
 def test_the_workers_page_draws_its_charts_in_headless_chromium(chromium_ok, seeded):
     from playwright.sync_api import sync_playwright
